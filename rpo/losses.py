@@ -1,0 +1,204 @@
+"""Every loss of the paper as a pure function of summed response log-probs (see shared/paper.md).
+
+Inputs are 1-D tensors: M chosen sequences and N rejected sequences. For paired losses M == N and
+row i of both sides belongs to prompt i. Nothing here touches a model, so each loss is testable on
+hand-made tensors, and the trainer can evaluate any of them on log-probs gathered from anywhere
+(one micro-batch, or a whole global batch across ranks).
+
+    from rpo.losses import get_loss
+    out = get_loss("rpo-paired")(pc, pr, rc, rr, chosen_prompt_embeddings=E_w,
+                                 rejected_prompt_embeddings=E_l, beta=0.1, tau=0.5)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rpo.errors import ConfigError
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar, differentiable w.r.t. the policy log-probs
+    chosen_rewards: Tensor  # beta * chosen log-ratios, detached
+    rejected_rewards: Tensor  # beta * rejected log-ratios, detached
+    weights: Tensor | None = None  # the M x N contrast weights w_ij, where the loss uses them
+
+
+def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of the labelled tokens of each sequence, and their count.
+
+    labels == -100 marks prompt and padding tokens. cross_entropy avoids materialising a full
+    log-softmax copy of the [B, T, V] logits, which matters at vocab 32k+.
+    """
+    logits, labels = logits[:, :-1, :], labels[:, 1:]
+    if logits.dtype in (torch.float16, torch.bfloat16):  # sum log-probs in fp32, keep fp64 exact
+        logits = logits.float()
+    token_nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    mask = labels != -100
+    return -(token_nll * mask).sum(-1), mask.sum(-1)
+
+
+def rpo_weights(chosen_embeddings: Tensor, rejected_embeddings: Tensor, tau: float) -> Tensor:
+    """w_ij = softmax_j(-(1 - cos(e_i, e'_j)) / tau): a constant, no gradient flows through it."""
+    with torch.no_grad():
+        e_w = F.normalize(chosen_embeddings.double(), dim=-1)
+        e_l = F.normalize(rejected_embeddings.double(), dim=-1)
+        distance = 1.0 - e_w @ e_l.T
+        return torch.softmax(-distance / tau, dim=1)
+
+
+def _check(pc, pr, rc, rr, paired: bool) -> None:
+    for name, t in (("policy_chosen_logps", pc), ("policy_rejected_logps", pr)):
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D (one summed log-prob per sequence), got shape {tuple(t.shape)}")
+    if rc is None or rr is None:
+        raise ValueError("this loss needs reference_chosen_logps and reference_rejected_logps")
+    if rc.shape != pc.shape or rr.shape != pr.shape:
+        raise ValueError(
+            f"reference log-probs {tuple(rc.shape)}/{tuple(rr.shape)} do not match policy "
+            f"{tuple(pc.shape)}/{tuple(pr.shape)}"
+        )
+    if paired and pc.shape != pr.shape:
+        raise ValueError(f"a paired loss needs as many chosen as rejected items, got {pc.numel()} and {pr.numel()}")
+
+
+def _rewards(pc, pr, rc, rr, beta):
+    chosen, rejected = pc - rc, pr - rr
+    return chosen, rejected, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def _no_loss(pc: Tensor, pr: Tensor) -> Tensor:
+    # Zero that stays in the graph, so backward() works on a batch that contributes nothing.
+    return pc.sum() * 0.0 + pr.sum() * 0.0
+
+
+def sft(pc, pr=None, rc=None, rr=None, *, chosen_lengths=None, **_) -> LossOutput:
+    """Mean token NLL of the chosen responses: -sum(logps) / sum(response tokens)."""
+    if chosen_lengths is None:
+        raise ValueError("sft needs chosen_lengths (the number of response tokens of each sequence)")
+    loss = -pc.sum() / chosen_lengths.sum().clamp(min=1).to(pc.dtype)
+    empty = pc.new_zeros(0)
+    return LossOutput(loss, empty, empty)
+
+
+def dpo(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+    _check(pc, pr, rc, rr, paired=True)
+    chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
+    return LossOutput(-F.logsigmoid(beta * (chosen - rejected)).mean(), cr, rj)
+
+
+def ipo(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+    _check(pc, pr, rc, rr, paired=True)
+    chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
+    return LossOutput(((chosen - rejected - 1.0 / (2.0 * beta)) ** 2).mean(), cr, rj)
+
+
+def kto(pc, pr, rc, rr, *, beta=0.1, policy_kl_logps=None, reference_kl_logps=None, **_) -> LossOutput:
+    """KTO with lambda_D = lambda_U = 1; z0 from mismatched (x, y) pairs, clamped at 0 and detached."""
+    _check(pc, pr, rc, rr, paired=False)
+    if policy_kl_logps is None or reference_kl_logps is None:
+        raise ValueError("kto needs policy_kl_logps and reference_kl_logps (log-probs of mismatched (x, y) pairs)")
+    chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
+    z0 = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
+    losses = torch.cat([1 - torch.sigmoid(beta * (chosen - z0)), 1 - torch.sigmoid(beta * (z0 - rejected))])
+    loss = losses.mean() if losses.numel() else _no_loss(pc, pr)
+    return LossOutput(loss, cr, rj)
+
+
+def _contrast(pc, pr, rc, rr, beta, paired):
+    _check(pc, pr, rc, rr, paired=paired)
+    chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
+    return chosen[:, None] - rejected[None, :], cr, rj  # S_ij = r_w,i - r_l,j
+
+
+def _embedding_weighted(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings, rejected_prompt_embeddings, paired):
+    if chosen_prompt_embeddings is None or rejected_prompt_embeddings is None:
+        raise ValueError(
+            "rpo-paired/rpo-unpaired weight contrasts by prompt similarity: pass chosen_prompt_embeddings "
+            "and rejected_prompt_embeddings"
+        )
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if chosen_prompt_embeddings.shape[0] != pc.numel() or rejected_prompt_embeddings.shape[0] != pr.numel():
+        raise ValueError(
+            f"embeddings have {chosen_prompt_embeddings.shape[0]}/{rejected_prompt_embeddings.shape[0]} rows for "
+            f"{pc.numel()} chosen / {pr.numel()} rejected items"
+        )
+    contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired)
+    if contrast.numel() == 0:  # an unpaired batch with no chosen or no rejected item
+        return LossOutput(_no_loss(pc, pr), cr, rj, contrast.detach())
+    weights = rpo_weights(chosen_prompt_embeddings, rejected_prompt_embeddings, tau).to(contrast.dtype)
+    loss = -F.logsigmoid(beta * weights * contrast).mean()
+    return LossOutput(loss, cr, rj, weights)
+
+
+def rpo_paired(pc, pr, rc, rr, *, beta=0.1, tau=0.5, chosen_prompt_embeddings=None,
+               rejected_prompt_embeddings=None, **_) -> LossOutput:
+    """(1/M^2) sum_ij -log sigmoid(beta * w_ij * S_ij) over a paired batch."""
+    return _embedding_weighted(pc, pr, rc, rr, beta=beta, tau=tau, paired=True,
+                               chosen_prompt_embeddings=chosen_prompt_embeddings,
+                               rejected_prompt_embeddings=rejected_prompt_embeddings)
+
+
+def rpo_unpaired(pc, pr, rc, rr, *, beta=0.1, tau=0.5, chosen_prompt_embeddings=None,
+                 rejected_prompt_embeddings=None, **_) -> LossOutput:
+    """Same formula on an M x N matrix of independent chosen and rejected items."""
+    return _embedding_weighted(pc, pr, rc, rr, beta=beta, tau=tau, paired=False,
+                               chosen_prompt_embeddings=chosen_prompt_embeddings,
+                               rejected_prompt_embeddings=rejected_prompt_embeddings)
+
+
+def rpo_uniform(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+    """(1/(M*N)) sum_ij -log sigmoid(beta * S_ij): every contrast weighted 1."""
+    contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired=False)
+    if contrast.numel() == 0:
+        return LossOutput(_no_loss(pc, pr), cr, rj)
+    return LossOutput(-F.logsigmoid(beta * contrast).mean(), cr, rj)
+
+
+def rpo_diagonal(pc, pr, rc, rr, *, beta=0.1, diagonal_weight=0.8, **_) -> LossOutput:
+    """Row i: alpha * DPO term + (1 - alpha) * mean of the off-diagonal terms; mean over rows.
+
+    With one pair there is no off-diagonal entry and the row is the DPO term alone.
+    """
+    if not 0.0 <= diagonal_weight <= 1.0:
+        raise ValueError(f"diagonal_weight must be in [0, 1], got {diagonal_weight}")
+    contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired=True)
+    losses = -F.logsigmoid(beta * contrast)
+    m = losses.shape[0]
+    diagonal = losses.diagonal()
+    if m == 1:
+        return LossOutput(diagonal.mean(), cr, rj)
+    off_diagonal = (losses.sum(1) - diagonal) / (m - 1)
+    loss = (diagonal_weight * diagonal + (1.0 - diagonal_weight) * off_diagonal).mean()
+    return LossOutput(loss, cr, rj)
+
+
+LOSSES: dict[str, Callable[..., LossOutput]] = {
+    "sft": sft,
+    "dpo": dpo,
+    "ipo": ipo,
+    "kto": kto,
+    "rpo-paired": rpo_paired,
+    "rpo-unpaired": rpo_unpaired,
+    "rpo-diagonal": rpo_diagonal,
+    "rpo-uniform": rpo_uniform,
+}
+# Losses trained on batches of independent chosen and rejected items (not pairs). KTO takes
+# paired batches here, read as desirable + undesirable items, as HALOs does with paired data.
+UNPAIRED_LOSSES = frozenset({"rpo-unpaired"})
+EMBEDDING_LOSSES = frozenset({"rpo-paired", "rpo-unpaired"})
+
+
+def get_loss(name: str) -> Callable[..., LossOutput]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}") from None

@@ -1,0 +1,202 @@
+"""Every loss against values computed by hand (plain `math`, no torch), gradchecks and identities."""
+import math
+
+import pytest
+import torch
+
+from rpo.errors import ConfigError
+from rpo.losses import LOSSES, get_loss, rpo_weights, sequence_logps
+
+BETA = 0.1
+
+
+def logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+PC = [-10.0, -12.0, -8.0]
+PR = [-11.0, -9.0, -15.0]
+RC = [-10.5, -11.0, -9.0]
+RR = [-10.0, -10.0, -14.0]
+RW = [p - r for p, r in zip(PC, RC)]  # chosen log-ratios  [0.5, -1.0, 1.0]
+RL = [p - r for p, r in zip(PR, RR)]  # rejected log-ratios [-1.0, 1.0, -1.0]
+EW = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]
+EL = [[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]
+
+
+def t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.hypot(*a) / math.hypot(*b)
+
+
+def hand_weights(ew, el, tau):
+    rows = []
+    for a in ew:
+        scores = [math.exp(-(1 - cos(a, b)) / tau) for b in el]
+        rows.append([s / sum(scores) for s in scores])
+    return rows
+
+
+def call(name, **kw):
+    return get_loss(name)(t(PC), t(PR), t(RC), t(RR), **kw)
+
+
+def test_dpo_by_hand():
+    expected = sum(-logsig(BETA * (w - l)) for w, l in zip(RW, RL)) / 3
+    out = call("dpo", beta=BETA)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    assert out.chosen_rewards.tolist() == pytest.approx([BETA * r for r in RW])
+    assert out.rejected_rewards.tolist() == pytest.approx([BETA * r for r in RL])
+    assert not out.chosen_rewards.requires_grad
+
+
+def test_ipo_by_hand():
+    expected = sum((w - l - 1 / (2 * BETA)) ** 2 for w, l in zip(RW, RL)) / 3
+    assert call("ipo", beta=BETA).loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_kto_by_hand_with_positive_and_clamped_kl():
+    for kl_policy, kl_ref in (([-5.0, -6.0], [-6.0, -6.5]), ([-7.0, -7.0], [-6.0, -6.0])):
+        z0 = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref)) / 2)
+        terms = [1 - sig(BETA * (w - z0)) for w in RW] + [1 - sig(BETA * (z0 - l)) for l in RL]
+        out = call("kto", beta=BETA, policy_kl_logps=t(kl_policy), reference_kl_logps=t(kl_ref))
+        assert out.loss.item() == pytest.approx(sum(terms) / 6, rel=1e-12)
+
+
+def test_rpo_weights_by_hand():
+    w = rpo_weights(t(EW), t(EL), 0.5)
+    assert w.tolist() == [pytest.approx(row, rel=1e-12) for row in hand_weights(EW, EL, 0.5)]
+    assert w.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["rpo-paired", "rpo-unpaired"])
+@pytest.mark.parametrize("tau", [0.25, 0.5, 0.75])
+def test_rpo_embedding_weighted_by_hand(name, tau):
+    w = hand_weights(EW, EL, tau)
+    expected = sum(-logsig(BETA * w[i][j] * (RW[i] - RL[j])) for i in range(3) for j in range(3)) / 9
+    out = call(name, beta=BETA, tau=tau, chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    assert out.weights.shape == (3, 3)
+
+
+def test_rpo_unpaired_rectangular_by_hand():
+    pc, rc, ew = t(PC[:2]), t(RC[:2]), t(EW[:2])
+    out = get_loss("rpo-unpaired")(pc, t(PR), rc, t(RR), beta=BETA, tau=0.5,
+                                   chosen_prompt_embeddings=ew, rejected_prompt_embeddings=t(EL))
+    w = hand_weights(EW[:2], EL, 0.5)
+    expected = sum(-logsig(BETA * w[i][j] * (RW[i] - RL[j])) for i in range(2) for j in range(3)) / 6
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_rpo_unpaired_batch_without_rejected_items_contributes_nothing():
+    pc = t(PC).requires_grad_()
+    empty = t([])
+    out = get_loss("rpo-unpaired")(pc, empty, t(RC), empty, chosen_prompt_embeddings=t(EW),
+                                   rejected_prompt_embeddings=torch.zeros(0, 2, dtype=torch.float64))
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+    assert pc.grad.abs().sum().item() == 0.0
+
+
+def test_rpo_uniform_by_hand():
+    expected = sum(-logsig(BETA * (RW[i] - RL[j])) for i in range(3) for j in range(3)) / 9
+    assert call("rpo-uniform", beta=BETA).loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_rpo_diagonal_by_hand():
+    alpha = 0.8
+    rows = []
+    for i in range(3):
+        off = [-logsig(BETA * (RW[i] - RL[j])) for j in range(3) if j != i]
+        rows.append(alpha * -logsig(BETA * (RW[i] - RL[i])) + (1 - alpha) * sum(off) / 2)
+    assert call("rpo-diagonal", beta=BETA, diagonal_weight=alpha).loss.item() == pytest.approx(sum(rows) / 3, rel=1e-12)
+
+
+def test_sft_is_mean_token_nll():
+    out = get_loss("sft")(t([-6.0, -2.0]), None, None, None, chosen_lengths=torch.tensor([3, 1]))
+    assert out.loss.item() == pytest.approx(8.0 / 4)
+
+
+def test_identities():
+    dpo = call("dpo", beta=BETA).loss
+    assert call("rpo-diagonal", beta=BETA, diagonal_weight=1.0).loss.item() == pytest.approx(dpo.item(), rel=1e-12)
+    assert call("rpo-diagonal", beta=BETA, diagonal_weight=0.0).loss.item() != pytest.approx(dpo.item())
+    # With one pair every RPO variant is DPO (w_11 = 1: the softmax runs over a single entry).
+    one = dict(chosen_prompt_embeddings=t(EW[:1]), rejected_prompt_embeddings=t(EL[:1]))
+    args = (t(PC[:1]), t(PR[:1]), t(RC[:1]), t(RR[:1]))
+    dpo1 = get_loss("dpo")(*args, beta=BETA).loss.item()
+    for name in ("rpo-paired", "rpo-unpaired", "rpo-uniform", "rpo-diagonal"):
+        assert get_loss(name)(*args, beta=BETA, **one).loss.item() == pytest.approx(dpo1, rel=1e-12), name
+    # Orthogonal prompts and tau -> 0: the weights become the identity, so off-diagonal logits vanish.
+    eye = torch.eye(3, dtype=torch.float64)
+    w = rpo_weights(eye, eye, 1e-3)
+    assert torch.allclose(w, eye, atol=1e-12)
+    # Uniform weights 1/N inside the sigmoid are RPO with identical prompts; the uniform loss uses w = 1.
+    same = torch.ones(3, 2, dtype=torch.float64)
+    assert torch.allclose(rpo_weights(same, same, 0.5), torch.full((3, 3), 1 / 3, dtype=torch.float64))
+
+
+GRAD_KW = {
+    "dpo": {}, "ipo": {}, "rpo-diagonal": {}, "rpo-uniform": {},
+    "kto": {"policy_kl_logps": t([-5.0, -6.0]), "reference_kl_logps": t([-6.0, -6.5])},
+    "rpo-paired": {"chosen_prompt_embeddings": t(EW), "rejected_prompt_embeddings": t(EL)},
+    "rpo-unpaired": {"chosen_prompt_embeddings": t(EW), "rejected_prompt_embeddings": t(EL)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_KW))
+def test_gradcheck(name):
+    def f(pc, pr):
+        return get_loss(name)(pc, pr, t(RC), t(RR), beta=0.5, tau=0.5, **GRAD_KW[name]).loss
+
+    inputs = (t(PC).requires_grad_(), t(PR).requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_sft_gradcheck():
+    lengths = torch.tensor([3, 1])
+    assert torch.autograd.gradcheck(lambda pc: get_loss("sft")(pc, chosen_lengths=lengths).loss, (t(PC[:2]).requires_grad_(),))
+
+
+def test_no_gradient_into_embeddings():
+    ew, el = t(EW).requires_grad_(), t(EL).requires_grad_()
+    pc = t(PC).requires_grad_()
+    get_loss("rpo-paired")(pc, t(PR), t(RC), t(RR), chosen_prompt_embeddings=ew, rejected_prompt_embeddings=el).loss.backward()
+    assert ew.grad is None and el.grad is None and pc.grad is not None
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="known losses: sft, dpo"):
+        get_loss("orpo")
+    with pytest.raises(ValueError, match="chosen_prompt_embeddings"):
+        call("rpo-paired")
+    with pytest.raises(ValueError, match="as many chosen as rejected"):
+        get_loss("dpo")(t(PC[:2]), t(PR), t(RC[:2]), t(RR))
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        call("rpo-paired", tau=0.0, chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL))
+    with pytest.raises(ValueError, match="policy_kl_logps"):
+        call("kto")
+    with pytest.raises(ValueError, match="1-D"):
+        get_loss("dpo")(t([PC]), t([PR]), t([RC]), t([RR]))
+    # Losses that need no embeddings accept and ignore them.
+    assert call("dpo", chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL)).loss.item() == pytest.approx(call("dpo").loss.item())
+    assert set(LOSSES) == {"sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"}
+
+
+def test_sequence_logps_masks_prompt_and_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, dtype=torch.float64)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 5, 6]])
+    logps, counts = sequence_logps(logits, labels)
+    log_probs = logits.log_softmax(-1)
+    expected0 = log_probs[0, 1, 3] + log_probs[0, 2, 4]
+    expected1 = log_probs[1, 0, 1] + log_probs[1, 1, 2] + log_probs[1, 2, 5] + log_probs[1, 3, 6]
+    assert logps.tolist() == pytest.approx([expected0.item(), expected1.item()], rel=1e-12)
+    assert counts.tolist() == [2, 4]
