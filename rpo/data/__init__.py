@@ -1,0 +1,1 @@
+"""Preference data: records and their views, loaders of the paper's sources, tokenisation."""
