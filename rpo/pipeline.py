@@ -1,0 +1,114 @@
+"""The experiment matrix: which runs a config asks for, and what each run's name means.
+
+Run names are output paths, so a name must say everything that distinguishes a run and parse back
+into the settings that produced it:
+
+    sft_seed1
+    dpo_bs8_seed1                              dpo, ipo, kto, rpo-diagonal, rpo-uniform
+    rpo-paired_tau0.5_minilm_bs8_seed1         rpo-paired, rpo-unpaired (embedder by short name)
+
+The Snakefile only wires these names to rules; the logic lives here so it is tested.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from rpo.errors import ConfigError
+from rpo.losses import EMBEDDING_LOSSES, LOSSES
+
+# Short names keep paths readable; anything else is used as given with "/" replaced.
+EMBEDDER_SHORT = {
+    "all-MiniLM-L6-v2": "minilm",
+    "sentence-transformers/all-MiniLM-L6-v2": "minilm",
+    "sentence-t5-large": "t5large",
+    "sentence-transformers/sentence-t5-large": "t5large",
+    "all-distilroberta-v1": "distilroberta",
+    "sentence-transformers/all-distilroberta-v1": "distilroberta",
+    "tfidf-svd": "tfidf",
+    "random": "random",
+}
+RUN_RE = re.compile(
+    r"^(?P<method>[a-z-]+?)(?:_tau(?P<tau>[0-9.]+)_(?P<embedder>[A-Za-z0-9.-]+))?(?:_bs(?P<batch_size>\d+))?"
+    r"_seed(?P<seed>\d+)$"
+)
+
+
+def embedder_short(name: str) -> str:
+    return EMBEDDER_SHORT.get(name, name.replace("/", "--").replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    seed: int
+    batch_size: int | None = None
+    tau: float | None = None
+    embedder: str | None = None  # the full embedder name
+
+    @property
+    def name(self) -> str:
+        if self.method == "sft":
+            return f"sft_seed{self.seed}"
+        middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
+        return f"{self.method}{middle}_bs{self.batch_size}_seed{self.seed}"
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_run(name: str, embedders: list[str]) -> Run:
+    """Invert Run.name, resolving the short embedder name against the configured embedders."""
+    match = RUN_RE.match(name)
+    if not match or match["method"] not in LOSSES:
+        raise ConfigError(f"run name {name!r} does not name a known method; e.g. dpo_bs8_seed1")
+    method, seed = match["method"], int(match["seed"])
+    if method == "sft":
+        return Run("sft", seed)
+    if match["batch_size"] is None:
+        raise ConfigError(f"run name {name!r} lacks a batch size (_bsN)")
+    if method not in EMBEDDING_LOSSES:
+        return Run(method, seed, int(match["batch_size"]))
+    if match["tau"] is None:
+        raise ConfigError(f"run name {name!r}: {method} needs _tau<value>_<embedder>")
+    by_short = {embedder_short(e): e for e in embedders}
+    if match["embedder"] not in by_short:
+        raise ConfigError(f"run name {name!r}: embedder {match['embedder']!r} is not one of the configured "
+                          f"embedders ({', '.join(by_short)})")
+    return Run(method, seed, int(match["batch_size"]), float(match["tau"]), by_short[match["embedder"]])
+
+
+def experiment_runs(config: dict) -> list[Run]:
+    """Every run the config asks for, per task: SFT, the baselines, the RPO grid and the ablations."""
+    rpo = config["rpo"]
+    bs = config["preference"]["batch_size"]
+    runs: list[Run] = []
+    for seed in config["seeds"]:
+        runs.append(Run("sft", seed))
+        for method in config["methods"]:
+            if method in EMBEDDING_LOSSES:
+                runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
+                if rpo.get("control_embedder"):
+                    runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
+            elif method != "sft":
+                runs.append(Run(method, seed, bs))
+        ablation = config.get("batch_size_ablation") or {}
+        for method in ablation.get("methods", []):
+            for size in ablation.get("batch_sizes", []):
+                runs.append(Run(method, seed, size, *(default_rpo(config) if method in EMBEDDING_LOSSES else ())))
+    return list(dict.fromkeys(runs))  # keep order, drop duplicates
+
+
+def default_rpo(config: dict) -> tuple[float, str]:
+    return config["rpo"]["default_tau"], config["rpo"]["default_embedder"]
+
+
+def expected_table_runs(config: dict) -> dict[str, list[str]]:
+    """Run names each report table needs, so a missing run is named instead of dropped."""
+    runs = experiment_runs(config)
+    return {"all": [r.name for r in runs]}
+
+
+def run_summary(run: Run) -> dict:
+    """The settings a run name encodes, for run.json and for the report."""
+    return {"run": run.name, **run.as_dict()}
