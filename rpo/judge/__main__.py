@@ -1,0 +1,113 @@
+"""Judge a samples file against its chosen responses and write judgments + win-rate summary.
+
+    python -m rpo.judge --samples results/hh/samples/dpo_bs8_seed1.jsonl --task dialogue \
+        --backend openai --model gpt-4-0613 --cache results/hh/judge_cache.sqlite --seed 1 \
+        --out results/hh/judgments/dpo_bs8_seed1.jsonl \
+        --summary results/hh/judgments/dpo_bs8_seed1.winrate.json
+
+The OpenAI backend reads OPENAI_API_KEY from the environment (never from a flag, so it stays out of
+shell history and process lists). The oracle backend takes `--reward module:function`, a callable
+reward(task, prompt, response, metadata) -> float. Outputs are written only when every item was
+judged; on failure, answers already received stay in the cache and a rerun pays only for the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from rpo.errors import ConfigError, DataError
+from rpo.io import write_json, write_jsonl
+from rpo.judge.base import TASKS, Judge, JudgeAPIError, judge_samples, read_samples, template_sha256
+from rpo.judge.cache import JudgeCache
+from rpo.judge.winrate import summarize
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rpo.judge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", required=True, type=Path, help="samples JSONL (rpo.generate output)")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--backend", default="openai", choices=("openai", "oracle"))
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: the client's)")
+    parser.add_argument("--model", default="gpt-4-0613")
+    parser.add_argument("--reward", default=None, help="oracle backend: module:function computing the reward")
+    parser.add_argument("--cache", type=Path, default=None, help="SQLite annotation cache (openai backend)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the presentation order and the bootstrap")
+    parser.add_argument("--out", required=True, type=Path, help="judgments JSONL")
+    parser.add_argument("--summary", required=True, type=Path, help="win-rate summary JSON")
+    parser.add_argument("--run", default=None, help="run name in the summary (default: the samples file stem)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per API call")
+    parser.add_argument("--max-attempts", type=int, default=6)
+    parser.add_argument("--backoff-base", type=float, default=1.0, help="first retry delay in seconds")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def load_reward(spec: str | None):
+    if not spec or ":" not in spec:
+        raise ConfigError(f"--reward: expected module:function for the oracle backend, got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        reward = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--reward: cannot load {spec!r}: {exc}") from exc
+    if not callable(reward):
+        raise ConfigError(f"--reward: {spec!r} is not callable")
+    return reward
+
+
+def make_judge(args, cache: JudgeCache | None) -> Judge:
+    if args.backend == "oracle":
+        from rpo.judge.oracle_backend import OracleJudge
+
+        return OracleJudge(load_reward(args.reward))
+    from rpo.judge.openai_backend import OpenAIJudge
+
+    return OpenAIJudge(
+        args.model, base_url=args.base_url, cache=cache, max_tokens=args.max_tokens, timeout=args.timeout,
+        max_attempts=args.max_attempts, backoff_base=args.backoff_base, concurrency=args.concurrency,
+        progress=not args.no_progress,
+    )
+
+
+def run(args) -> dict:
+    samples = read_samples(args.samples)
+    cache = JudgeCache(args.cache) if args.cache is not None and args.backend == "openai" else None
+    try:
+        judge = make_judge(args, cache)
+        rows = judge_samples(samples, args.task, judge, seed=args.seed)
+    finally:
+        if cache is not None:
+            cache.close()
+    summary = {"run": args.run or args.samples.stem, "task": args.task, **summarize(rows, seed=args.seed)}
+    summary.update(
+        seed=args.seed,
+        judge_backend=judge.backend,
+        judge_model=judge.model,
+        template_sha256=template_sha256(args.task),
+        **judge.usage(),
+    )
+    write_jsonl(args.out, rows)
+    write_json(args.summary, summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (JudgeAPIError, ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rate = "n/a" if summary["win_rate"] is None else f"{100 * summary['win_rate']:.2f}%"
+    print(f"{summary['run']}: win rate {rate} over {summary['n']} prompts "
+          f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, "
+          f"{summary['unparseable']} unparseable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""A judge behind any OpenAI-compatible chat endpoint (GPT-4 in the paper), with cache, retries, cost.
+
+Failure policy: a call is retried with exponential backoff and jitter on 429, 5xx, timeouts and
+connection errors, at most `max_attempts` times. Other items keep going; when all are done, a
+JudgeAPIError names the items that still failed. Every answer received is already in the cache, so
+rerunning pays only for the failed items. The API key is read from OPENAI_API_KEY only and never
+written anywhere; error messages are scrubbed of it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Sequence
+
+import openai
+from tqdm.auto import tqdm
+
+from rpo.errors import ConfigError
+from rpo.judge.base import Judge, JudgeAPIError, JudgeItem, Judgment, parse_verdict, render_prompt, template_sha256
+from rpo.judge.cache import JudgeCache, cache_key
+
+# USD per 1M tokens (input, output). A model not listed gets no cost estimate rather than a guess.
+PRICES_PER_MILLION = {
+    "gpt-4": (30.0, 60.0),
+    "gpt-4-0613": (30.0, 60.0),
+    "gpt-4-turbo": (10.0, 30.0),
+    "gpt-4-turbo-2024-04-09": (10.0, 30.0),
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "gpt-4-0125-preview": (10.0, 30.0),
+}
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    if model not in PRICES_PER_MILLION:
+        return None
+    price_in, price_out = PRICES_PER_MILLION[model]
+    return (input_tokens * price_in + output_tokens * price_out) / 1e6
+
+
+class OpenAIJudge(Judge):
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str = "gpt-4-0613",
+        *,
+        base_url: str | None = None,
+        cache: JudgeCache | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        timeout: float = 60.0,
+        max_attempts: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        concurrency: int = 8,
+        progress: bool = True,
+    ):
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts: must be at least 1, got {max_attempts}")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency: must be at least 1, got {concurrency}")
+        self.model = model
+        self.base_url = base_url
+        self.cache = cache
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.concurrency = concurrency
+        self.progress = progress
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+        self._usage = {"api_calls": 0, "cached": 0, "input_tokens": 0, "output_tokens": 0}
+
+    def usage(self) -> dict:
+        with self._lock:
+            usage = dict(self._usage)
+        usage["estimated_cost_usd"] = estimate_cost(self.model, usage["input_tokens"], usage["output_tokens"])
+        return usage
+
+    def _get_client(self) -> openai.OpenAI:
+        # Built on the first uncached item, so a fully cached rerun needs no key at all.
+        with self._lock:
+            if self._client is None:
+                api_key = os.environ.get("OPENAI_API_KEY")
+                if not api_key:
+                    raise ConfigError("OPENAI_API_KEY: not set; the judge reads its API key from this variable only")
+                self._client = openai.OpenAI(
+                    base_url=self.base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+                )
+            return self._client
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
+        results: list[Judgment | None] = [None] * len(items)
+        failures: list[tuple[str, str]] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._judge_one, item): i for i, item in enumerate(items)}
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"judging ({self.model})",
+                               disable=not self.progress):
+                index = futures[future]
+                try:
+                    results[index] = future.result()
+                except ConfigError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - recorded, reported once all items are done
+                    failures.append((items[index].id, _scrub(f"{type(exc).__name__}: {exc}")))
+        if failures:
+            where = f" (answers received so far are cached in {self.cache.path})" if self.cache else ""
+            raise JudgeAPIError(
+                f"{len(failures)} of {len(items)} judge calls failed after up to {self.max_attempts} attempts"
+                f"{where}; rerun to retry only those. First failure, item {failures[0][0]}: {failures[0][1]}"
+            )
+        return results  # type: ignore[return-value]
+
+    def _judge_one(self, item: JudgeItem) -> Judgment:
+        template_hash = template_sha256(item.task)
+        key = cache_key(self.model, template_hash, item.prompt, item.response_a, item.response_b)
+        if self.cache is not None:
+            raw = self.cache.get(key)
+            if raw is not None:
+                with self._lock:
+                    self._usage["cached"] += 1
+                return Judgment(verdict=parse_verdict(raw), raw=raw, cached=True)
+        text = render_prompt(item.task, item.prompt, item.response_a, item.response_b)
+        raw, input_tokens, output_tokens = self._call_with_retries(text)
+        if self.cache is not None:
+            self.cache.put(key, raw, model=self.model, template_sha256=template_hash,
+                           input_tokens=input_tokens, output_tokens=output_tokens)
+        return Judgment(verdict=parse_verdict(raw), raw=raw)
+
+    def _call_with_retries(self, text: str) -> tuple[str, int, int]:
+        client = self._get_client()
+        for attempt in range(self.max_attempts):
+            try:
+                response = client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": text}],
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                )
+                break
+            except RETRYABLE:
+                if attempt == self.max_attempts - 1:
+                    raise
+                time.sleep(self._backoff(attempt))
+        usage = response.usage
+        input_tokens = usage.prompt_tokens if usage else 0
+        output_tokens = usage.completion_tokens if usage else 0
+        with self._lock:
+            self._usage["api_calls"] += 1
+            self._usage["input_tokens"] += input_tokens
+            self._usage["output_tokens"] += output_tokens
+        raw = response.choices[0].message.content if response.choices else None
+        return raw or "", input_tokens, output_tokens
+
+    def _backoff(self, attempt: int) -> float:
+        # Jitter spreads out threads that hit the same rate limit at the same moment.
+        return random.uniform(0.5, 1.0) * min(self.backoff_max, self.backoff_base * 2**attempt)
+
+
+def _scrub(message: str) -> str:
+    api_key = os.environ.get("OPENAI_API_KEY")
+    return message.replace(api_key, "[OPENAI_API_KEY]") if api_key else message
