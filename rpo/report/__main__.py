@@ -1,0 +1,137 @@
+"""Command line: build every table or figure, or one of them (for one Snakemake rule each).
+
+  python -m rpo.report tables  --results results --out results/tables  [--expected-runs ...]
+  python -m rpo.report figures --results results --out results/figures [--weights example.json]
+  python -m rpo.report table1  --results results --out results/tables/table1      (writes table1.{csv,md,tex})
+  python -m rpo.report fig-tau --results results --out results/figures/tau        (writes tau.{png,pdf})
+  python -m rpo.report curves  --results results --out results/figures/curves
+  python -m rpo.report curve   --results results --task dialogue --run dpo_bs8_seed1 --out STEM
+  python -m rpo.report heatmap --weights example.json --out results/figures/weights
+
+--expected-runs takes "task/run" (or a bare run name, required in every task); AlpacaEval runs are
+"instructions/run". Every command exits non-zero with a message naming what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rpo.errors import ConfigError, DataError
+from rpo.report import figures, tables
+from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_trained_runs, load_metrics
+
+TABLES = ("table1", "table2", "table3", "table4", "ablation")
+# figure name -> (table it plots, plotting function)
+FIGURES = {
+    "fig-table1": ("table1", figures.plot_winrate_bars),
+    "fig-table2": ("table2", figures.plot_winrate_bars),
+    "fig-tau": ("table3", figures.plot_tau),
+    "fig-batch": ("table4", figures.plot_batch_size),
+    "fig-ablation": ("ablation", figures.plot_winrate_bars),
+}
+FIGURE_FILES = {"fig-table1": "table1", "fig-table2": "table2", "fig-tau": "tau", "fig-batch": "batch_size",
+                "fig-ablation": "ablation"}
+
+
+def build_table(name: str, args) -> tables.Table:
+    if name == "table2":
+        return tables.table2(collect_alpacaeval(args.results, args.expected_runs))
+    runs = collect_runs(args.results, args.tasks, args.expected_runs)
+    if name == "table1":
+        return tables.table1(runs, args.main_batch_size)
+    if name == "table3":
+        return tables.table3(runs, args.main_batch_size)
+    if name == "table4":
+        return tables.table4(runs)
+    if name == "ablation":
+        return tables.weighting_ablation(runs, args.main_batch_size)
+    raise ConfigError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
+
+
+def write_curves(results, tasks, out_dir: Path) -> list[Path]:
+    paths = []
+    for _, row in list_trained_runs(results, tasks).iterrows():
+        metrics = load_metrics(results, row["task"], row["run"])
+        paths += figures.plot_training_curves(metrics, figures.training_curve_title(row),
+                                              out_dir / row["task"] / row["run"])
+    return paths
+
+
+def _add_common(parser, out_help: str) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="judged tasks (default: both)")
+    parser.add_argument("--expected-runs", nargs="*", default=None, help="runs that must be present: task/run or run")
+    parser.add_argument("--main-batch-size", type=int, default=None,
+                        help="batch size of the main runs (default: the most common one per task)")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rpo.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tables", help="every table into a folder")
+    _add_common(p, "output folder")
+    p.add_argument("--targets", nargs="+", choices=TABLES, default=list(TABLES))
+    p = sub.add_parser("figures", help="every figure into a folder")
+    _add_common(p, "output folder")
+    p.add_argument("--targets", nargs="+", choices=[*FIGURES, "curves"], default=[*FIGURES, "curves"])
+    p.add_argument("--weights", type=Path, default=None, help="weight-example JSON for the heat map")
+    for name in TABLES:
+        _add_common(sub.add_parser(name, help=f"{name} only"), "output stem: writes STEM.csv/.md/.tex/.data.csv")
+    for name in FIGURES:
+        _add_common(sub.add_parser(name, help=f"{name} only"), "output stem: writes STEM.png and STEM.pdf")
+    _add_common(sub.add_parser("curves", help="training curves of every trained run"), "output folder")
+    p = sub.add_parser("curve", help="training curves of one run")
+    _add_common(p, "output stem")
+    p.add_argument("--task", required=True)
+    p.add_argument("--run", required=True)
+    p = sub.add_parser("heatmap", help="heat map of one batch's RPO weights")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output stem")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    written: list[Path] = []
+    try:
+        if args.command == "tables":
+            for name in args.targets:
+                written += tables.write_table(build_table(name, args), args.out / name)
+        elif args.command in TABLES:
+            written += tables.write_table(build_table(args.command, args), args.out)
+        elif args.command == "figures":
+            for name in args.targets:
+                if name == "curves":
+                    written += write_curves(args.results, args.tasks, args.out / "curves")
+                else:
+                    table_name, plot = FIGURES[name]
+                    written += plot(build_table(table_name, args), args.out / FIGURE_FILES[name])
+            if args.weights is not None:
+                written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out / "weights")
+        elif args.command in FIGURES:
+            table_name, plot = FIGURES[args.command]
+            written += plot(build_table(table_name, args), args.out)
+        elif args.command == "curves":
+            written += write_curves(args.results, args.tasks, args.out)
+        elif args.command == "curve":
+            row = list_trained_runs(args.results, [args.task]).set_index("run")
+            if args.run not in row.index:
+                raise DataError(f"no run config {args.results / args.task / 'models' / args.run / 'run.json'}")
+            config = {"task": args.task, "run": args.run, **row.loc[args.run].to_dict()}
+            written += figures.plot_training_curves(load_metrics(args.results, args.task, args.run),
+                                                    figures.training_curve_title(config), args.out)
+        elif args.command == "heatmap":
+            written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out)
+    except (DataError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

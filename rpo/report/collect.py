@@ -1,0 +1,197 @@
+"""Read run outputs (docs/design.md "Run outputs") into DataFrames, refusing anything incomplete.
+
+Every judged run must have its run.json and every trained run its judgment; an `expected_runs`
+list adds runs that must be present. Errors name every missing file or run at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from rpo.errors import DataError
+from rpo.io import read_jsonl
+
+TASKS = ("dialogue", "summarization")
+ALPACAEVAL_TASK = "instructions"
+METHODS = ("sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform")
+CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model")
+WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
+ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n", "ci_low", "ci_high")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _require(obj: dict, keys: Iterable[str], path: Path) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+
+
+def _check_fraction(obj: dict, keys: Iterable[str], path: Path) -> None:
+    for key in keys:
+        value = obj[key]
+        if value is None and key != "win_rate":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise DataError(f"{path}: key {key!r} must be a fraction in [0, 1], got {value!r}")
+    if obj.get("ci_low") is not None and obj.get("ci_high") is not None:
+        if not obj["ci_low"] <= obj["win_rate"] <= obj["ci_high"]:
+            raise DataError(f"{path}: win_rate {obj['win_rate']} lies outside [ci_low, ci_high] = "
+                            f"[{obj['ci_low']}, {obj['ci_high']}]")
+
+
+def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
+    """A run.json, checked: names this run, has a known method; missing optional keys become None."""
+    config = _read_json(path)
+    _require(config, ("run", "method", "model"), path)
+    if config["run"] != run:
+        raise DataError(f"{path}: key 'run' is {config['run']!r} but the folder is {run!r}")
+    if task is not None and config.get("task", task) != task:
+        raise DataError(f"{path}: key 'task' is {config['task']!r} but the file lies under task {task!r}")
+    if config["method"] not in METHODS:
+        raise DataError(f"{path}: key 'method' is {config['method']!r}, expected one of {', '.join(METHODS)}")
+    return {key: config.get(key) for key in CONFIG_COLUMNS}
+
+
+def _split_expected(expected_runs: Sequence[str] | None, tasks: Sequence[str]) -> set[tuple[str, str]]:
+    """'task/run' names one task's run; a bare 'run' must exist in every task of `tasks`."""
+    wanted = set()
+    for item in expected_runs or ():
+        if "/" in item:
+            task, run = item.split("/", 1)
+            if task in tasks:
+                wanted.add((task, run))
+        else:
+            wanted.update((task, item) for task in tasks)
+    return wanted
+
+
+def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per judged run: its winrate.json joined with its run.json.
+
+    Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, n, wins, ties, losses,
+    unparseable, win_rate, ci_low, ci_high. Raises DataError naming every judgment without a
+    run.json, every run.json without a judgment and every expected run that is missing.
+    """
+    results_dir = Path(results_dir)
+    rows, problems = [], []
+    for task in tasks:
+        judgments_dir = results_dir / task / "judgments"
+        models_dir = results_dir / task / "models"
+        if not judgments_dir.is_dir():
+            problems.append(f"missing folder {judgments_dir}")
+            continue
+        judged = {p.name[: -len(".winrate.json")]: p for p in sorted(judgments_dir.glob("*.winrate.json"))}
+        trained = {p.parent.name: p for p in sorted(models_dir.glob("*/run.json"))}
+        for run in sorted(set(trained) - set(judged)):
+            problems.append(f"run {task}/{run} has {trained[run]} but no judgment {judgments_dir / (run + '.winrate.json')}")
+        for run, path in judged.items():
+            if run not in trained:
+                problems.append(f"judgment {path} has no run config {models_dir / run / 'run.json'}")
+                continue
+            result = _read_json(path)
+            _require(result, WINRATE_KEYS, path)
+            if result.get("run", run) != run or result.get("task", task) != task:
+                raise DataError(f"{path}: names run {result.get('run')!r} of task {result.get('task')!r}, "
+                                f"expected {run!r} of {task!r}")
+            _check_fraction(result, ("win_rate", "ci_low", "ci_high"), path)
+            config = read_run_config(trained[run], run, task)
+            rows.append({"task": task, "run": run, **config, **{k: result[k] for k in WINRATE_KEYS}})
+    present = {(row["task"], row["run"]) for row in rows}
+    for task, run in sorted(_split_expected(expected_runs, tasks) - present):
+        problems.append(f"expected run {task}/{run} is missing (no {results_dir / task / 'judgments' / (run + '.winrate.json')})")
+    if problems:
+        raise DataError(f"{results_dir}: incomplete run outputs:\n  " + "\n  ".join(problems))
+    if not rows:
+        raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
+    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS])
+
+
+def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
+    """AlpacaEval runs may be models trained for the instructions task or for one of our tasks."""
+    for task in (ALPACAEVAL_TASK, *TASKS):
+        path = results_dir / task / "models" / run / "run.json"
+        if path.is_file():
+            return task, path
+    return None
+
+
+def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per results/instructions/alpacaeval/{run}.json, joined with the run's run.json
+    (looked up under instructions/, then dialogue/, then summarization/). Column `trained_on` says where."""
+    results_dir = Path(results_dir)
+    folder = results_dir / ALPACAEVAL_TASK / "alpacaeval"
+    if not folder.is_dir():
+        raise DataError(f"missing folder {folder} (AlpacaEval results)")
+    rows, problems = [], []
+    for path in sorted(folder.glob("*.json")):
+        run = path.stem
+        result = _read_json(path)
+        _require(result, ALPACAEVAL_KEYS, path)
+        if result.get("run", run) != run:
+            raise DataError(f"{path}: key 'run' is {result['run']!r} but the file is named for {run!r}")
+        _check_fraction(result, ("win_rate", "ci_low", "ci_high", "lc_win_rate"), path)
+        found = _find_run_config(results_dir, run)
+        if found is None:
+            problems.append(f"AlpacaEval result {path} has no run config models/{run}/run.json under "
+                            f"{', '.join(str(results_dir / t) for t in (ALPACAEVAL_TASK, *TASKS))}")
+            continue
+        config = read_run_config(found[1], run)
+        rows.append({"task": ALPACAEVAL_TASK, "run": run, "trained_on": found[0], **config,
+                     **{k: result[k] for k in ALPACAEVAL_KEYS}, "lc_win_rate": result.get("lc_win_rate")})
+    present = {row["run"] for row in rows}
+    # Only "instructions/run" entries name AlpacaEval runs; bare names belong to the judged tasks.
+    wanted = {item.split("/", 1)[1] for item in expected_runs or () if item.startswith(ALPACAEVAL_TASK + "/")}
+    for run in sorted(wanted):
+        if run not in present:
+            problems.append(f"expected AlpacaEval run {run} is missing (no {folder / (run + '.json')})")
+    if problems:
+        raise DataError(f"{results_dir}: incomplete AlpacaEval outputs:\n  " + "\n  ".join(problems))
+    if not rows:
+        raise DataError(f"{folder}: no AlpacaEval results")
+    return pd.DataFrame(rows)
+
+
+def list_trained_runs(results_dir, tasks: Sequence[str] = TASKS) -> pd.DataFrame:
+    """Every models/{run}/run.json under the tasks (judged or not): task, run and the config columns."""
+    results_dir = Path(results_dir)
+    rows = []
+    for task in tasks:
+        for path in sorted((results_dir / task / "models").glob("*/run.json")):
+            rows.append({"task": task, "run": path.parent.name, **read_run_config(path, path.parent.name, task)})
+    if not rows:
+        raise DataError(f"{results_dir}: no trained runs (models/*/run.json) under tasks {', '.join(tasks)}")
+    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS])
+
+
+PREFERENCE_METRICS = ("rewards/margins", "rewards/accuracies")
+
+
+def load_metrics(results_dir, task: str, run: str) -> pd.DataFrame:
+    """metrics.jsonl of one run as a DataFrame sorted by step; every row needs a numeric step and loss."""
+    path = Path(results_dir) / task / "models" / run / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"missing training log {path} of run {task}/{run}")
+    rows = read_jsonl(path)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    for row_no, row in enumerate(rows, start=1):
+        for key in ("step", "loss"):
+            value = row.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or (key == "loss" and not math.isfinite(value)):
+                raise DataError(f"{path}, row {row_no}: key {key!r} must be a finite number, got {value!r}")
+    return pd.DataFrame(rows).sort_values("step", kind="stable").reset_index(drop=True)

@@ -1,0 +1,236 @@
+"""Figures (PNG and PDF each): win rates with 95% intervals per table, win rate vs tau, win rate vs batch
+size, training curves per run, and the heat map of one batch's RPO weight matrix."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from rpo.errors import DataError  # noqa: E402
+from rpo.io import atomic_path  # noqa: E402
+from rpo.report.tables import Table  # noqa: E402
+
+_MARKER_RE = re.compile(r"\n?<\|(user|assistant)\|>\n?")
+PAPER_STYLE = {"marker": "D", "color": "crimson", "s": 36, "zorder": 5, "label": "paper"}
+
+
+def save_figure(fig, stem) -> list[Path]:
+    """Write stem.png and stem.pdf atomically, then close the figure."""
+    stem = Path(stem)
+    paths = []
+    try:
+        for fmt in ("png", "pdf"):
+            path = stem.parent / f"{stem.name}.{fmt}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def _panels(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per task (and per model when there are several)."""
+    several_models = data["model"].nunique(dropna=False) > 1
+    panels = []
+    for (task, model), block in data.groupby(["task", "model"], sort=False, dropna=False):
+        panels.append((f"{task} ({model})" if several_models else str(task), block))
+    return panels
+
+
+def _errors(block: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars in percent; a missing interval draws none."""
+    low = (block["win_rate"] - block["ci_low"].astype(float)).fillna(0.0)
+    high = (block["ci_high"].astype(float) - block["win_rate"]).fillna(0.0)
+    return 100.0 * np.vstack([low.to_numpy(float), high.to_numpy(float)])
+
+
+def plot_winrate_bars(table: Table, stem) -> list[Path]:
+    """Horizontal bars (the labels are long) with 95% intervals; the paper's value as a red diamond."""
+    data = table.data.copy()
+    if data.empty:
+        raise DataError(f"{table.name}: nothing to plot")
+    if "run" in data and data.groupby(["task", "model", "label"], dropna=False).size().max() > 1:
+        data["label"] = data["label"] + " (" + data["run"] + ")"
+    panels = _panels(data)
+    n_labels = max(len(block) for _, block in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 1.0 + 0.45 * n_labels),
+                             sharey=False, squeeze=False)
+    for ax, (title, block) in zip(axes[0], panels):
+        y = np.arange(len(block))[::-1]
+        ax.barh(y, 100 * block["win_rate"], xerr=_errors(block), color="tab:blue", alpha=0.8,
+                error_kw={"ecolor": "black", "capsize": 3, "lw": 1}, label="ours (95% CI)")
+        paper = block["paper"].astype(float) if "paper" in block else pd.Series(np.nan, index=block.index)
+        has_paper = paper.notna().to_numpy()
+        if has_paper.any():
+            ax.scatter(100 * paper.to_numpy()[has_paper], y[has_paper], **PAPER_STYLE)
+        ax.set_yticks(y, block["label"])
+        ax.set_xlim(0, 100)
+        ax.axvline(50, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("win rate vs chosen (%)" if block["task"].iloc[0] != "instructions" else "AlpacaEval 2.0 win rate (%)")
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(table.title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def _lines(table: Table, stem, x: str, series: str, xlabel: str, log2: bool = False) -> list[Path]:
+    data = table.data
+    if data.empty:
+        raise DataError(f"{table.name}: nothing to plot")
+    panels = _panels(data)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, sharey=True)
+    xs_all = np.sort(data[x].astype(float).unique())
+    # Nudge each series sideways a little so error bars at the same x do not hide each other.
+    spread = float(np.ptp(np.log2(xs_all)) if log2 else np.ptp(xs_all)) or 1.0
+    names = sorted(data[series].astype(str).unique())
+    for ax, (title, block) in zip(axes[0], panels):
+        for k, name in enumerate(names):
+            rows = block[block[series].astype(str) == name].sort_values(x)
+            if rows.empty:
+                continue
+            offset = (k - (len(names) - 1) / 2) * 0.015 * spread
+            xs = rows[x].astype(float).to_numpy()
+            xs = xs * 2 ** offset if log2 else xs + offset
+            ax.errorbar(xs, 100 * rows["win_rate"], yerr=_errors(rows), marker="o", capsize=3, label=name)
+        if log2:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title=series)
+    axes[0][0].set_ylabel("win rate vs chosen (%)")
+    fig.suptitle(table.title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def plot_tau(table3: Table, stem) -> list[Path]:
+    """Win rate vs tau, one line per embedder, one panel per task."""
+    return _lines(table3, stem, "tau", "embedder", "temperature tau")
+
+
+def plot_batch_size(table4: Table, stem) -> list[Path]:
+    """Win rate vs batch size, one line per method, one panel per task."""
+    return _lines(table4, stem, "batch_size", "method", "batch size (log scale)", log2=True)
+
+
+def _smooth(values: pd.Series) -> pd.Series:
+    span = max(1, len(values) // 20)
+    return values.ewm(span=span, adjust=False).mean()
+
+
+def plot_training_curves(metrics: pd.DataFrame, title: str, stem) -> list[Path]:
+    """Loss, reward margin and reward accuracy vs step (SFT logs only the loss): raw faint, smoothed solid."""
+    panels = [("loss", "loss")]
+    for key, label in (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")):
+        if key in metrics and metrics[key].notna().any():
+            panels.append((key, label))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        rows = metrics[["step", key]].dropna()
+        ax.plot(rows["step"], rows[key], color="tab:blue", alpha=0.3, lw=0.8, label="per step")
+        ax.plot(rows["step"], _smooth(rows[key]), color="tab:blue", lw=1.8, label="smoothed (EMA)")
+        if key == "rewards/accuracies":
+            ax.set_ylim(-0.02, 1.02)
+        if key == "rewards/margins":
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+# --- the weight matrix of one batch --------------------------------------------------------------
+
+def shorten_prompt(prompt: str, width: int = 40) -> str:
+    """The last user turn of a formatted prompt, on one line, cut to `width` characters."""
+    turns = [t for t in _MARKER_RE.split(prompt) if t and t not in ("user", "assistant")]
+    text = " ".join((turns[-1] if turns else prompt).split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def weight_example(prompts: Sequence[str], embeddings, tau: float, embedder_name: str,
+                   rejected_prompts: Sequence[str] | None = None, rejected_embeddings=None) -> dict:
+    """The RPO weights w_ij of one batch as a JSON-ready dict (paired batch: the rejected side is the
+    chosen side unless given). Uses rpo.losses.rpo_weights, the loss's own weighting."""
+    import torch
+
+    from rpo.losses import rpo_weights
+
+    chosen = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
+    rejected = chosen if rejected_embeddings is None else torch.as_tensor(np.asarray(rejected_embeddings, dtype=np.float64))
+    rejected_prompts = list(prompts if rejected_prompts is None else rejected_prompts)
+    if chosen.dim() != 2 or chosen.shape[0] != len(prompts) or rejected.shape[0] != len(rejected_prompts):
+        raise DataError(f"weight_example: {len(prompts)} chosen / {len(rejected_prompts)} rejected prompts but "
+                        f"embeddings of shape {tuple(chosen.shape)} / {tuple(rejected.shape)}")
+    weights = rpo_weights(chosen, rejected, tau)
+    return {"tau": float(tau), "embedder": embedder_name, "chosen_prompts": list(prompts),
+            "rejected_prompts": rejected_prompts, "weights": weights.tolist()}
+
+
+def read_weight_example(path) -> dict:
+    """A weight-example JSON, checked: M x N weights matching the prompt lists, finite, rows sum to 1."""
+    path = Path(path)
+    try:
+        example = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read weight example: {exc}") from exc
+    missing = [k for k in ("tau", "embedder", "chosen_prompts", "rejected_prompts", "weights") if k not in example]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+    weights = np.asarray(example["weights"], dtype=float)
+    shape = (len(example["chosen_prompts"]), len(example["rejected_prompts"]))
+    if weights.shape != shape:
+        raise DataError(f"{path}: key 'weights' has shape {weights.shape}, expected {shape} (chosen x rejected prompts)")
+    if not np.isfinite(weights).all() or not np.allclose(weights.sum(axis=1), 1.0, atol=1e-4):
+        raise DataError(f"{path}: key 'weights' must be finite with every row summing to 1 (softmax over j)")
+    return example
+
+
+def plot_weight_heatmap(example: dict, stem, width: int = 40) -> list[Path]:
+    """Heat map of w_ij with shortened prompts as tick labels and a colorbar; values printed when small."""
+    weights = np.asarray(example["weights"], dtype=float)
+    m, n = weights.shape
+    size = max(4.0, 0.55 * max(m, n) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-9))
+    ax.set_xticks(range(n), [f"{j}: {shorten_prompt(p, width)}" for j, p in enumerate(example["rejected_prompts"])],
+                  rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(m), [f"{i}: {shorten_prompt(p, width)}" for i, p in enumerate(example["chosen_prompts"])],
+                  fontsize=7)
+    ax.set_xlabel("prompt j of the rejected response")
+    ax.set_ylabel("prompt i of the chosen response")
+    if m * n <= 256:  # numbers stay readable up to 16 x 16
+        threshold = 0.6 * weights.max()
+        for i in range(m):
+            for j in range(n):
+                ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if weights[i, j] > threshold else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="weight w_ij (each row sums to 1)")
+    ax.set_title(f"RPO weights of one batch: tau={example['tau']:g}, embedder {example['embedder']}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def training_curve_title(row) -> str:
+    parts = [f"{row['task']}/{row['run']}", f"method {row['method']}"]
+    if row.get("batch_size") is not None and not (isinstance(row["batch_size"], float) and math.isnan(row["batch_size"])):
+        parts.append(f"batch {int(row['batch_size'])}")
+    return ", ".join(parts)

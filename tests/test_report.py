@@ -1,0 +1,275 @@
+"""rpo.report on a generated fake results tree: every table's numbers equal the inputs, paper values sit
+where published and "n/a" elsewhere, missing inputs are named, and every figure is a real PNG."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rpo.errors import DataError
+from rpo.losses import rpo_weights
+from rpo.report import (collect_alpacaeval, collect_runs, load_metrics, read_weight_example, table1, table2,
+                        table3, table4, weight_example, weighting_ablation, write_table)
+from rpo.report.__main__ import main
+from rpo.report.figures import shorten_prompt
+from rpo.report.tables import to_markdown, wilson_interval
+
+torch.set_num_threads(1)
+MODEL = "tiny-llama"
+MINILM = "all-MiniLM-L6-v2"
+# (method, tau, embedder, batch size) -> dialogue win rate; summarization gets the same minus 0.2.
+RUNS = {
+    ("sft", None, None, 8): 0.40, ("dpo", None, None, 8): 0.70, ("ipo", None, None, 8): 0.65,
+    ("kto", None, None, 8): 0.68, ("rpo-unpaired", 0.5, MINILM, 8): 0.74,
+    ("rpo-diagonal", None, None, 8): 0.69, ("rpo-uniform", None, None, 8): 0.66,
+    ("rpo-paired", 0.25, MINILM, 8): 0.76, ("rpo-paired", 0.5, MINILM, 8): 0.785, ("rpo-paired", 0.75, MINILM, 8): 0.77,
+    ("rpo-paired", 0.25, "tfidf-svd", 8): 0.71, ("rpo-paired", 0.5, "tfidf-svd", 8): 0.73,
+    ("rpo-paired", 0.75, "tfidf-svd", 8): 0.72, ("rpo-paired", 0.5, "random", 8): 0.67,
+    ("dpo", None, None, 2): 0.61, ("dpo", None, None, 4): 0.64,
+    ("rpo-paired", 0.5, MINILM, 2): 0.62, ("rpo-paired", 0.5, MINILM, 4): 0.71,
+}
+SHORT = {MINILM: "minilm", "tfidf-svd": "tfidf", "random": "random"}
+
+
+def run_name(method, tau, embedder, bs, seed=1):
+    if method == "sft":
+        return f"sft_seed{seed}"
+    if tau is None:
+        return f"{method}_bs{bs}_seed{seed}"
+    return f"{method}_tau{tau}_{SHORT[embedder]}_bs{bs}_seed{seed}"
+
+
+def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30):
+    run = run_name(method, tau, embedder, bs, seed)
+    model_dir = root / task / "models" / run
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config = {"run": run, "task": task, "method": method, "beta": beta, "batch_size": bs, "seed": seed, "model": MODEL}
+    if tau is not None:
+        config.update(tau=tau, embedder=embedder)
+    (model_dir / "run.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(seed + bs)
+    with open(model_dir / "metrics.jsonl", "w") as f:
+        for step in range(1, steps + 1):
+            row = {"step": step, "loss": 0.69 * math.exp(-step / 20) + 0.02 * rng.standard_normal(), "lr": 5e-7,
+                   "grad_norm": 1.0, "tokens_per_s": 1000.0}
+            if method != "sft":
+                margin = 0.05 * step + 0.1 * rng.standard_normal()
+                row.update({"rewards/chosen": margin / 2, "rewards/rejected": -margin / 2, "rewards/margins": margin,
+                            "rewards/accuracies": min(1.0, 0.5 + step / 60), "logps/chosen": -50.0, "logps/rejected": -60.0})
+            f.write(json.dumps(row) + "\n")
+    wins = round(win_rate * n)
+    low, high = max(0.0, win_rate - 0.064), min(1.0, win_rate + 0.055)
+    judgment = {"run": run, "task": task, "n": n, "wins": wins, "ties": 3, "losses": n - wins - 3, "unparseable": 0,
+                "win_rate": win_rate, "ci_low": low, "ci_high": high}
+    (root / task / "judgments").mkdir(parents=True, exist_ok=True)
+    (root / task / "judgments" / f"{run}.winrate.json").write_text(json.dumps(judgment))
+    return run
+
+
+def build_tree(root):
+    for task, shift in (("dialogue", 0.0), ("summarization", 0.2)):
+        for (method, tau, embedder, bs), rate in RUNS.items():
+            add_run(root, task, method, tau, embedder, bs, round(rate - shift, 4))
+    # the exact interval of the headline cell, to check formatting
+    path = root / "dialogue" / "judgments" / "rpo-paired_tau0.5_minilm_bs8_seed1.winrate.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ci_low": 0.721, "ci_high": 0.840}))
+    alpaca = root / "instructions" / "alpacaeval"
+    alpaca.mkdir(parents=True)
+    for run, rate, lc in (("sft_seed1", 0.12, None), ("dpo_bs8_seed1", 0.25, 0.22),
+                          ("rpo-paired_tau0.5_minilm_bs8_seed1", 0.331, 0.30)):
+        (alpaca / f"{run}.json").write_text(json.dumps({"run": run, "win_rate": rate, "standard_error": 0.015, "n": 805,
+                                                        "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
+    prompts = [f"\n<|user|>\nQuestion number {i} about {'cooking' if i % 2 else 'taxes and the law of the land'}?"
+               f"\n<|assistant|>\n" for i in range(6)]
+    embeddings = np.random.default_rng(0).standard_normal((6, 16))
+    (root / "weights.json").write_text(json.dumps(weight_example(prompts, embeddings, 0.5, MINILM)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return build_tree(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def runs(tree):
+    return collect_runs(tree)
+
+
+def row_of(frame, **match):
+    mask = np.ones(len(frame), dtype=bool)
+    for key, value in match.items():
+        mask &= frame[key].to_numpy() == value
+    assert mask.sum() == 1, (match, frame)
+    return frame[mask].iloc[0]
+
+
+def test_collect_joins_every_judgment_with_its_config(runs):
+    assert len(runs) == 2 * len(RUNS)
+    row = row_of(runs, task="dialogue", run="rpo-paired_tau0.5_minilm_bs8_seed1")
+    assert (row["method"], row["tau"], row["embedder"], row["batch_size"], row["model"]) == ("rpo-paired", 0.5, MINILM, 8, MODEL)
+    assert row["win_rate"] == 0.785 and row["n"] == 256
+    assert row_of(runs, task="summarization", run="dpo_bs8_seed1")["win_rate"] == pytest.approx(0.5)
+
+
+def test_missing_files_and_expected_runs_are_named(tree, tmp_path):
+    copy = shutil.copytree(tree, tmp_path / "r")
+    with pytest.raises(DataError) as err:
+        collect_runs(copy, expected_runs=["ghost_run", "dialogue/other_missing", "dpo_bs8_seed1"])
+    message = str(err.value)
+    assert "dialogue/ghost_run" in message and "summarization/ghost_run" in message
+    assert "dialogue/other_missing" in message and "summarization/other_missing" not in message
+    shutil.rmtree(copy / "dialogue" / "models" / "ipo_bs8_seed1")
+    (copy / "summarization" / "judgments" / "kto_bs8_seed1.winrate.json").unlink()
+    with pytest.raises(DataError) as err:
+        collect_runs(copy)
+    message = str(err.value)
+    assert str(copy / "dialogue" / "models" / "ipo_bs8_seed1" / "run.json") in message
+    assert "summarization/kto_bs8_seed1" in message and "kto_bs8_seed1.winrate.json" in message
+    with pytest.raises(DataError, match="instructions/alpacaeval/gone.json"):
+        collect_alpacaeval(copy, expected_runs=["instructions/gone", "bare_name_is_not_alpacaeval"])
+
+
+def test_bad_inputs_name_file_and_key(tree, tmp_path):
+    copy = shutil.copytree(tree, tmp_path / "r")
+    path = copy / "dialogue" / "judgments" / "dpo_bs8_seed1.winrate.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "win_rate": 70.0}))  # percent, not a fraction
+    with pytest.raises(DataError, match=r"dpo_bs8_seed1\.winrate\.json: key 'win_rate' must be a fraction"):
+        collect_runs(copy)
+    config = copy / "summarization" / "models" / "sft_seed1" / "run.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "method": "ppo"}))
+    with pytest.raises(DataError, match=r"sft_seed1/run\.json: key 'method' is 'ppo'"):
+        collect_runs(copy, tasks=["summarization"])
+    metrics = copy / "dialogue" / "models" / "ipo_bs8_seed1" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({"step": 99, "loss": "nan?"}) + "\n")
+    with pytest.raises(DataError, match=r"metrics\.jsonl, row 31: key 'loss'"):
+        load_metrics(copy, "dialogue", "ipo_bs8_seed1")
+
+
+def test_table1_cells_equal_inputs_beside_paper_values(runs):
+    frame = table1(runs).frame
+    assert list(frame["method"]) == ["SFT", "DPO", "IPO", "KTO", "RPO-Unpaired", "RPO-Paired"]
+    paired = row_of(frame, method="RPO-Paired")
+    assert paired["dialogue"] == "78.5 [72.1, 84.0]"  # tau 0.5, MiniLM, batch 8: not the sweep's other runs
+    assert paired["dialogue: paper (Anthropic HH)"] == "78.52"
+    assert paired["summarization"].startswith("58.5 [")
+    assert paired["summarization: paper (TL;DR)"] == "50.00 (reported)"
+    unpaired = row_of(frame, method="RPO-Unpaired")
+    assert unpaired["dialogue: paper (Anthropic HH)"] == "75.00 (reported)"
+    assert unpaired["summarization: paper (TL;DR)"] == "50.39 (reported)"
+    dpo = row_of(frame, method="DPO")
+    assert dpo["dialogue"].startswith("70.0 [") and dpo["dialogue: paper (Anthropic HH)"] == "72.26"
+    assert dpo["summarization: paper (TL;DR)"] == "n/a"
+    for method in ("SFT", "IPO", "KTO"):
+        assert row_of(frame, method=method)["dialogue: paper (Anthropic HH)"] == "n/a"
+
+
+def test_seeds_pool_and_conflicting_runs_refuse(tree, tmp_path):
+    copy = shutil.copytree(tree, tmp_path / "r")
+    add_run(copy, "dialogue", "ipo", None, None, 8, 0.60, seed=2)
+    frame, data = (lambda t: (t.frame, t.data))(table1(collect_runs(copy)))
+    low, high = wilson_interval(round(0.65 * 256) + round(0.60 * 256), 512)
+    expected = f"{100 * (166 + 154) / 512:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    assert row_of(frame, method="IPO")["dialogue"] == expected
+    assert row_of(data, task="dialogue", method="ipo")["n_runs"] == 2
+    add_run(copy, "dialogue", "kto", None, None, 8, 0.60, seed=2, beta=0.5)
+    with pytest.raises(DataError, match=r"kto_bs8_seed1, kto_bs8_seed2 land in one table cell but differ in 'beta'"):
+        table1(collect_runs(copy))
+
+
+def test_table2_alpacaeval(tree):
+    frame = table2(collect_alpacaeval(tree)).frame
+    assert row_of(frame, method="DPO")["paper"] == "30.84"
+    paired = row_of(frame, method="RPO-Paired")
+    assert (paired["win rate"], paired["paper"], paired["LC win rate"], paired["SE"]) == ("33.1 [30.1, 36.1]", "38.88", "30.0", "1.5")
+    assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a"]
+
+
+def test_table3_tau_by_embedder(runs):
+    frame = table3(runs).frame
+    minilm = row_of(frame, task="dialogue", embedder=MINILM)
+    assert [minilm[f"tau={t}"][:4] for t in ("0.25", "0.5", "0.75")] == ["76.0", "78.5", "77.0"]
+    assert minilm["paper"] == "78.52 at tau=0.5"
+    tfidf = row_of(frame, task="summarization", embedder="tfidf-svd")
+    assert [tfidf[f"tau={t}"][:4] for t in ("0.25", "0.5", "0.75")] == ["51.0", "53.0", "52.0"]
+    assert tfidf["paper"] == "n/a"
+    random_row = row_of(frame, task="dialogue", embedder="random")
+    assert random_row["tau=0.25"] == "not run" and random_row["tau=0.5"].startswith("67.0")
+
+
+def test_table4_batch_sizes(runs):
+    frame = table4(runs).frame
+    assert [c for c in frame.columns if c.startswith("bs=")] == ["bs=2", "bs=4", "bs=8"]
+    paired = row_of(frame, task="dialogue", method="RPO-Paired")
+    assert [paired[c][:4] for c in ("bs=2", "bs=4", "bs=8")] == ["62.0", "71.0", "78.5"]
+    dpo = row_of(frame, task="summarization", method="DPO")
+    assert [dpo[c][:4] for c in ("bs=2", "bs=4", "bs=8")] == ["41.0", "44.0", "50.0"]
+
+
+def test_weighting_ablation(runs):
+    frame = weighting_ablation(runs).frame
+    paper = dict(zip(frame["method"], frame["dialogue: paper (Anthropic HH)"]))
+    assert paper == {"DPO": "72.26", "Uniform weights (w=1)": "68.36", "Diagonal-heavy (alpha=0.8)": "69.92 (reported)",
+                     "Embedding-weighted (RPO-Paired)": "78.52", "Random-embedding control": "n/a",
+                     "RPO-Unpaired": "75.00 (reported)"}
+    ours = dict(zip(frame["method"], frame["dialogue"].str[:4]))
+    assert ours == {"DPO": "70.0", "Uniform weights (w=1)": "66.0", "Diagonal-heavy (alpha=0.8)": "69.0",
+                    "Embedding-weighted (RPO-Paired)": "78.5", "Random-embedding control": "67.0", "RPO-Unpaired": "74.0"}
+
+
+def test_written_table_files(runs, tmp_path):
+    table = table1(runs)
+    paths = write_table(table, tmp_path / "t" / "table1")
+    assert sorted(p.name for p in paths) == ["table1.csv", "table1.data.csv", "table1.md", "table1.tex"]
+    assert pd.read_csv(paths[0], dtype=str, keep_default_na=False).equals(table.frame.astype(str))
+    assert "| RPO-Paired" in paths[1].read_text() and "78.5 [72.1, 84.0]" in paths[1].read_text()
+    assert "TL;DR column" in paths[1].read_text()  # the task-to-paper footnote
+    tex = paths[2].read_text()
+    assert "\\begin{tabular}" in tex and "78.5 [72.1, 84.0]" in tex and "95\\% interval" in tex and "\\label{tab:table1}" in tex
+    assert row_of(pd.read_csv(paths[3]), task="dialogue", method="rpo-paired")["paper"] == pytest.approx(0.7852)
+    assert to_markdown(pd.DataFrame({"a|b": ["x"]})).splitlines()[0] == "| a\\|b |"
+
+
+def test_weight_example_matches_rpo_weights(tree):
+    example = read_weight_example(tree / "weights.json")
+    weights = np.asarray(example["weights"])
+    assert weights.shape == (6, 6) and np.allclose(weights.sum(axis=1), 1.0)
+    assert example["tau"] == 0.5 and example["embedder"] == MINILM
+    embeddings = torch.as_tensor(np.random.default_rng(0).standard_normal((6, 16)))
+    assert np.allclose(weights, rpo_weights(embeddings, embeddings, 0.5).numpy())
+    assert shorten_prompt(example["chosen_prompts"][0], 20) == "Question number 0 a…"
+    bad = tree.parent / "bad_weights.json"
+    bad.write_text(json.dumps({**example, "weights": weights[:, :5].tolist()}))
+    with pytest.raises(DataError, match=r"bad_weights\.json: key 'weights' has shape \(6, 5\), expected \(6, 6\)"):
+        read_weight_example(bad)
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 15_000, (path, len(data))
+    assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_cli_writes_every_table_and_figure(tree, tmp_path, capsys):
+    assert main(["tables", "--results", str(tree), "--out", str(tmp_path / "tables")]) == 0
+    for name in ("table1", "table2", "table3", "table4", "ablation"):
+        for suffix in (".csv", ".md", ".tex", ".data.csv"):
+            assert (tmp_path / "tables" / f"{name}{suffix}").is_file()
+    assert "rpo-paired\\_tau0.5\\_minilm\\_bs8\\_seed1" in (tmp_path / "tables" / "table2.tex").read_text()
+    out = tmp_path / "figures"
+    args = ["--results", str(tree), "--tasks", "dialogue"]
+    assert main(["figures", *args, "--out", str(out), "--weights", str(tree / "weights.json"),
+                 "--targets", "fig-table1", "fig-table2", "fig-tau", "fig-batch", "fig-ablation"]) == 0
+    for name in ("table1", "table2", "tau", "batch_size", "ablation", "weights"):
+        assert_png(out / f"{name}.png")
+    assert main(["curve", *args, "--run", "rpo-paired_tau0.5_minilm_bs8_seed1", "--task", "dialogue",
+                 "--out", str(out / "curve_rpo")]) == 0
+    assert main(["curve", *args, "--run", "sft_seed1", "--task", "dialogue", "--out", str(out / "curve_sft")]) == 0
+    assert_png(out / "curve_rpo.png") and assert_png(out / "curve_sft.png")
+    capsys.readouterr()
+    assert main(["table1", "--results", str(tree), "--out", str(tmp_path / "x"), "--expected-runs", "dialogue/nope"]) == 1
+    assert "expected run dialogue/nope is missing" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
