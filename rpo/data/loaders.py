@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -65,6 +65,10 @@ class LoadReport:
 
     def reason_counts(self) -> dict[str, int]:
         return dict(Counter(skip.kind for skip in self.skipped))
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary, e.g. for a pipeline's data report."""
+        return {**asdict(self), "n_skipped": self.n_skipped, "reason_counts": self.reason_counts()}
 
 
 # ---- opening a split -------------------------------------------------------------------------
