@@ -1,0 +1,127 @@
+"""Reference log-probs, computed once over the whole training set and stored.
+
+The preference trainer reads this file instead of holding a second model: one forward pass per
+sequence for the whole run instead of one per step. The file records what it was computed from
+(data hash, model fingerprint, tokenisation settings) and `load_reference_cache` refuses a stale one.
+
+    python -m rpo.refcache --model results/dialogue/models/sft_seed1 \
+        --records results/dialogue/data/train.jsonl --out results/dialogue/refcache/sft_seed1.pt
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rpo.data.records import PreferenceRecord, read_records
+from rpo.data.tokenize import collate, tokenize_example
+from rpo.errors import CacheMismatchError
+from rpo.io import atomic_path, sha256_file
+from rpo.losses import sequence_logps
+from rpo.models import load_model, model_fingerprint
+
+SIDES = ("chosen", "rejected", "kl")
+
+
+def default_truncation(records: list[PreferenceRecord]) -> str:
+    return records[0].metadata.get("truncation", "keep_end") if records else "keep_end"
+
+
+def kl_partner(index: int, n: int) -> int:
+    """The record whose chosen response is paired with prompt `index` for KTO's KL estimate."""
+    return (index + 1) % n
+
+
+def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
+    """Tokenise every record's chosen, rejected and mismatched (KL) sequence once."""
+    def tok(prompt, response):
+        return tokenize_example(tokenizer, prompt, response, max_length, max_prompt_length, truncation)
+
+    n = len(records)
+    return {
+        "chosen": [tok(r.prompt, r.chosen) for r in records],
+        "rejected": [tok(r.prompt, r.rejected) for r in records],
+        "kl": [tok(r.prompt, records[kl_partner(i, n)].chosen) for i, r in enumerate(records)],
+    }
+
+
+@torch.no_grad()
+def batched_logps(model, examples: list[dict], pad_token_id: int, batch_size: int, desc: str = "") -> torch.Tensor:
+    device = next(model.parameters()).device
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    out = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not desc, leave=False):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
+        # The same precision as the trainer's forward: fp32 weights, bf16 autocast on capable GPUs.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out.append(sequence_logps(logits, batch["labels"])[0].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def cache_meta(records_path, model_path, max_length, max_prompt_length, truncation) -> dict:
+    return {
+        "data_sha256": sha256_file(records_path),
+        "model_fingerprint": model_fingerprint(model_path),
+        "max_length": max_length,
+        "max_prompt_length": max_prompt_length,
+        "truncation": truncation,
+    }
+
+
+def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
+                            truncation=None, batch_size=16, device=None) -> Path:
+    records = read_records(records_path)
+    truncation = truncation or default_truncation(records)
+    model, tokenizer = load_model(model_path, dtype="float32", device=device)
+    model.eval()
+    sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
+    cache = {side: batched_logps(model, sequences[side], tokenizer.pad_token_id, batch_size, f"ref logps ({side})")
+             for side in SIDES}
+    cache["meta"] = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
+    cache["meta"]["n"] = len(records)
+    with atomic_path(out_path) as tmp:
+        torch.save(cache, tmp)
+    return Path(out_path)
+
+
+def load_reference_cache(path, records_path, model_path, *, max_length, max_prompt_length, truncation) -> dict:
+    """Load the cache and refuse it unless it was computed from exactly this data, model and tokenisation."""
+    try:
+        cache = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise CacheMismatchError(f"{path}: cannot read the reference log-prob cache: {exc}") from exc
+    expected = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
+    stored = cache.get("meta", {})
+    wrong = [f"{key}: cache has {stored.get(key)!r}, run has {value!r}" for key, value in expected.items()
+             if stored.get(key) != value]
+    if wrong:
+        raise CacheMismatchError(
+            f"{path} was computed for other data or another reference model ({'; '.join(wrong)}); "
+            "recompute it with `python -m rpo.refcache`"
+        )
+    return cache
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="reference model folder (the SFT model)")
+    parser.add_argument("--records", required=True, help="training records (JSONL)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--truncation", choices=["keep_end", "keep_start"], default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
+                            max_prompt_length=args.max_prompt_length, truncation=args.truncation,
+                            batch_size=args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

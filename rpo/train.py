@@ -1,0 +1,314 @@
+"""One training loop for SFT and every preference loss, driven by a config file.
+
+    python -m rpo.train --config run.yaml [key=value ...]
+
+Read top to bottom: config -> data order -> step (forward, loss, backward) -> checkpoint -> save.
+The contrast scope is the micro-batch (the paper's per-device code): each micro-batch is one
+forward pass over its chosen sequences followed by its rejected ones, and the loss sees their
+summed log-probs as one M x N matrix. Reference log-probs come from the cache (rpo.refcache);
+this process never holds a reference model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from rpo.data.records import read_records, sft_examples, unpaired_items
+from rpo.data.tokenize import collate
+from rpo.embed import load_embeddings
+from rpo.errors import ConfigError, TrainingDivergedError
+from rpo.io import atomic_path, sha256_json, write_json
+from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss, sequence_logps
+from rpo.models import load_model, save_model
+from rpo.refcache import default_truncation, load_reference_cache, tokenize_records
+
+DEFAULTS = {
+    "model": None, "data": None, "out": None, "method": None,  # required
+    "reference_cache": None, "embeddings": None, "embedder": None, "checkpoint_dir": None,
+    "beta": 0.1, "tau": 0.5, "diagonal_weight": 0.8,
+    "batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
+    "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
+    "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
+    "seed": 1, "save_every": 50, "dtype": "auto", "device": None, "threads": None,
+    "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
+}
+REQUIRED = ("model", "data", "out", "method")
+# Keys that may change between a run and its resumption without invalidating the checkpoint.
+RESUME_FREE_KEYS = ("save_every", "threads", "device", "stop_after_steps", "checkpoint_dir")
+
+
+def resolve_config(config: dict) -> dict:
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    for key in REQUIRED:
+        if not cfg[key]:
+            raise ConfigError(f"training config key '{key}' is required")
+    if cfg["method"] not in LOSSES:
+        raise ConfigError(f"training config key 'method': unknown {cfg['method']!r}; known: {', '.join(LOSSES)}")
+    for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"training config key '{key}' must be a positive integer, got {cfg[key]!r}")
+    for key in ("beta", "tau", "lr"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+            raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
+    if cfg["optimizer"] not in ("rmsprop", "adamw"):
+        raise ConfigError(f"training config key 'optimizer' must be rmsprop or adamw, got {cfg['optimizer']!r}")
+    if cfg["method"] != "sft" and not cfg["reference_cache"]:
+        raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
+    if cfg["method"] in EMBEDDING_LOSSES and not cfg["embeddings"]:
+        raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
+    cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
+    return cfg
+
+
+def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
+    """Every micro-batch of the run as (chosen record indices, rejected record indices), in order.
+
+    Derived from the seed alone, so a resumed run finds its place by step number. Incomplete
+    trailing micro-batches are dropped so every contrast matrix has the configured size.
+    """
+    bs, plan = cfg["batch_size"], []
+    for epoch in range(cfg["epochs"]):
+        generator = torch.Generator().manual_seed(cfg["seed"] + epoch)
+        if cfg["method"] in UNPAIRED_LOSSES:
+            items = unpaired_items(records, seed=cfg["seed"] + epoch)
+            for s in range(0, len(items) - bs + 1, bs):
+                chunk = items[s:s + bs]
+                plan.append(([i.record_index for i in chunk if i.desirable],
+                             [i.record_index for i in chunk if not i.desirable]))
+            continue
+        pool = [i for i, _, _ in sft_examples(records)] if cfg["method"] == "sft" else list(range(len(records)))
+        order = [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
+        for s in range(0, len(order) - bs + 1, bs):
+            chunk = order[s:s + bs]
+            plan.append((chunk, [] if cfg["method"] == "sft" else chunk))
+    return plan
+
+
+class Trainer:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        self.records = read_records(cfg["data"])
+        self.truncation = cfg["truncation"] or default_truncation(self.records)
+        torch.manual_seed(cfg["seed"])
+        # fp32 master weights; bf16 enters through autocast on GPUs that support it.
+        self.model, self.tokenizer = load_model(cfg["model"], dtype="float32", device=cfg["device"])
+        self.device = next(self.model.parameters()).device
+        self.autocast = self.device.type == "cuda" and cfg["dtype"] in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
+        self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
+                                          self.truncation)
+        self.loss_fn = get_loss(cfg["method"])
+        self.ref = self.embeddings = None
+        if cfg["method"] != "sft":
+            self.ref = load_reference_cache(cfg["reference_cache"], cfg["data"], cfg["model"],
+                                            max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
+                                            truncation=self.truncation)
+        if cfg["method"] in EMBEDDING_LOSSES:
+            self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"])
+        self.plan = micro_batch_plan(cfg, self.records)
+        accum = cfg["gradient_accumulation_steps"]
+        self.total_steps = len(self.plan) // accum
+        if cfg["max_steps"]:
+            self.total_steps = min(self.total_steps, cfg["max_steps"])
+        if self.total_steps < 1:
+            raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
+                              f"{cfg['batch_size']} x gradient_accumulation_steps {accum}")
+        opt_cls = torch.optim.RMSprop if cfg["optimizer"] == "rmsprop" else torch.optim.AdamW
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
+                                       num_training_steps=self.total_steps)
+        self.step = 0
+
+    # -- one micro-batch -------------------------------------------------------------------------
+    def _logps(self, examples: list[dict]):
+        batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_logps(logits, batch["labels"]) + (int(batch["attention_mask"].sum()),)
+
+    def reference_logps(self, side: str, indices: list[int]) -> torch.Tensor:
+        return self.ref[side][torch.tensor(indices, dtype=torch.long)]
+
+    def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
+        seqs = self.sequences
+        examples = [seqs["chosen"][i] for i in chosen_idx] + [seqs["rejected"][j] for j in rejected_idx]
+        logps, counts, n_tokens = self._logps(examples)
+        m = len(chosen_idx)
+        pc, pr = logps[:m], logps[m:]
+        if self.cfg["method"] == "sft":
+            return self.loss_fn(pc, chosen_lengths=counts[:m]), pc, pr, n_tokens
+        ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
+        kw = {}
+        if self.embeddings is not None:
+            kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
+        if self.cfg["method"] == "kto":
+            with torch.no_grad():  # z0 is detached: the mismatched pairs need no graph
+                kw["policy_kl_logps"] = self._logps([seqs["kl"][i] for i in chosen_idx])[0]
+            kw["reference_kl_logps"] = self.reference_logps("kl", chosen_idx).to(self.device)
+        out = self.loss_fn(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
+                           self.reference_logps("rejected", rejected_idx).to(pr),
+                           beta=self.cfg["beta"], tau=self.cfg["tau"], diagonal_weight=self.cfg["diagonal_weight"], **kw)
+        return out, pc, pr, n_tokens
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def train_step(self) -> dict:
+        accum, started = self.cfg["gradient_accumulation_steps"], time.perf_counter()
+        stats: dict[str, list] = {}
+        n_tokens = 0
+        for chosen_idx, rejected_idx in self.plan[self.step * accum:(self.step + 1) * accum]:
+            out, pc, pr, tokens = self.micro_batch_loss(chosen_idx, rejected_idx)
+            if not torch.isfinite(out.loss):
+                raise TrainingDivergedError(
+                    f"{self.cfg['out']}: loss is {out.loss.item()} at step {self.step + 1}; lower lr "
+                    f"(now {self.cfg['lr']}) or check the data")
+            (out.loss / accum).backward()
+            n_tokens += tokens
+            _accumulate(stats, out, pc, pr, paired=self.cfg["method"] not in UNPAIRED_LOSSES)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["max_grad_norm"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        row = {"step": self.step, **{k: float(np.mean(v)) for k, v in stats.items()},
+               "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / elapsed}
+        return row
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        return sha256_json({k: v for k, v in self.cfg.items() if k not in RESUME_FREE_KEYS})
+
+    def save_checkpoint(self) -> None:
+        # The metrics file beside it is append-only and trimmed to the checkpoint's step on resume.
+        with atomic_path(Path(self.cfg["checkpoint_dir"]) / "state.pt") as tmp:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": _rng_state(),
+                        "config_sha256": self._fingerprint()}, tmp)
+
+    def maybe_resume(self) -> bool:
+        state_path = Path(self.cfg["checkpoint_dir"]) / "state.pt"
+        if not state_path.exists():
+            return False
+        state = torch.load(state_path, weights_only=False)
+        if state["config_sha256"] != self._fingerprint():
+            raise ConfigError(f"{state_path} belongs to a run with another config; delete "
+                              f"{self.cfg['checkpoint_dir']} to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        _set_rng_state(state["rng"])
+        _truncate_metrics(Path(self.cfg["checkpoint_dir"]) / "metrics.jsonl", self.step)
+        return True
+
+    # -- the run ---------------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        cfg = self.cfg
+        resumed = self.maybe_resume()
+        self.model.train()
+        metrics_path = Path(cfg["checkpoint_dir"]) / "metrics.jsonl"
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        steps_here = 0
+        with open(metrics_path, "a", encoding="utf-8") as metrics, \
+                tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg['method']} {Path(cfg['out']).name}",
+                     disable=None) as bar:
+            while self.step < self.total_steps:
+                row = self.train_step()
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                steps_here += 1
+                if self.step % cfg["save_every"] == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+                if cfg["stop_after_steps"] and steps_here >= cfg["stop_after_steps"] and self.step < self.total_steps:
+                    self.save_checkpoint()
+                    return None
+        self.save_final(metrics_path, resumed)
+        return Path(cfg["out"])
+
+    def save_final(self, metrics_path: Path, resumed: bool) -> None:
+        with atomic_path(self.cfg["out"]) as tmp:
+            save_model(self.model, self.tokenizer, tmp)
+            shutil.copy(metrics_path, tmp / "metrics.jsonl")
+            run = {k: v for k, v in self.cfg.items() if k not in ("stop_after_steps",)}
+            write_json(tmp / "run.json", {**run, "truncation": self.truncation, "steps": self.step,
+                                          "resumed": resumed, "n_records": len(self.records)})
+        shutil.rmtree(self.cfg["checkpoint_dir"], ignore_errors=True)
+
+
+def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
+    stats.setdefault("loss", []).append(out.loss.item())
+    stats.setdefault("logps/chosen", []).append(pc.detach().mean().item())
+    if out.chosen_rewards.numel() == 0 and out.rejected_rewards.numel() == 0:
+        return  # sft: no rewards
+    cr, rr = out.chosen_rewards.float(), out.rejected_rewards.float()
+    if pr.numel():
+        stats.setdefault("logps/rejected", []).append(pr.detach().mean().item())
+    if cr.numel() and rr.numel():
+        stats.setdefault("rewards/chosen", []).append(cr.mean().item())
+        stats.setdefault("rewards/rejected", []).append(rr.mean().item())
+        # Paired: margin and accuracy of each pair. Unpaired: over all chosen x rejected contrasts.
+        diff = cr - rr if paired else (cr[:, None] - rr[None, :]).flatten()
+        stats.setdefault("rewards/margins", []).append(diff.mean().item())
+        stats.setdefault("rewards/accuracies", []).append((diff > 0).float().mean().item())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows written after the checkpoint, so a resumed run logs each step once."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def load_config(path, overrides: list[str]) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text()) if path else {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a training config must be a mapping")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        cfg[key] = yaml.safe_load(value)
+    return cfg
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train SFT or a preference loss (rpo.train)")
+    parser.add_argument("--config", help="YAML mapping of training keys")
+    parser.add_argument("overrides", nargs="*", help="key=value pairs that override the config file")
+    args = parser.parse_args(argv)
+    Trainer(resolve_config(load_config(args.config, args.overrides))).fit()
+
+
+if __name__ == "__main__":
+    main()
