@@ -18,8 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from rpo.data.records import _rows_with_lines  # (line number, row) pairs; read_jsonl drops blank lines
 from rpo.errors import ConfigError, DataError
-from rpo.io import read_jsonl
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TASKS = ("dialogue", "summarization")
@@ -143,12 +143,12 @@ SAMPLE_FIELDS = ("id", "prompt", "response", "chosen")
 
 def read_samples(path, required: Sequence[str] = SAMPLE_FIELDS) -> list[dict]:
     """Rows of a samples JSONL file (rpo.generate's output), checked for the fields judging needs."""
-    rows = read_jsonl(path)
-    for index, row in enumerate(rows):
+    numbered = _rows_with_lines(path)
+    for line, row in numbered:
         problem = _row_problem(row, required)
         if problem:
-            raise DataError(f"{path}, line {_line_of_row(path, index)}: {problem}")
-    return rows
+            raise DataError(f"{path}, line {line}: {problem}")
+    return [row for _, row in numbered]
 
 
 def _row_problem(row: dict, required: Sequence[str]) -> str | None:
@@ -160,12 +160,6 @@ def _row_problem(row: dict, required: Sequence[str]) -> str | None:
     if not isinstance(row.get("metadata", {}), dict):
         return "field 'metadata' must be an object"
     return None
-
-
-def _line_of_row(path, index: int) -> int:
-    """1-based line number of the index-th non-blank line (read_jsonl skips blank lines)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [n for n, line in enumerate(lines, start=1) if line.strip()][index]
 
 
 def judge_samples(samples: Sequence[dict], task: str, judge: Judge, seed: int) -> list[dict]:

@@ -1,0 +1,171 @@
+"""Sample responses to evaluation prompts (paper: 256 test prompts, nucleus sampling, top_p 0.95).
+
+    prompts = select_prompts(read_records("test.jsonl"), n=256, seed=1)   # same prompts for every model
+    generate("results/hh/models/dpo_bs8_seed1", prompts, "samples.jsonl", max_new_tokens=256, seed=1)
+
+Prompts are tokenised exactly as in training (no special tokens, cut to max_prompt_length keeping the
+side the record's metadata["truncation"] names), left-padded, and decoded with the KV cache. Each batch
+reseeds the RNG with seed + batch index, so a batch's samples do not depend on what earlier batches
+drew. Output rows: id, prompt, response, chosen (the dataset's chosen response or reference), metadata,
+model, sampling.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rpo.errors import ConfigError
+from rpo.io import read_jsonl, write_jsonl
+
+TRUNCATION_SIDES = ("keep_end", "keep_start")
+
+
+def _as_row(record) -> dict:
+    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+
+
+def select_prompts(records: Sequence, n: int, seed: int) -> list[dict]:
+    """The first n unique prompts after a seeded shuffle, as rows {id, prompt, chosen, metadata}.
+
+    `records` are PreferenceRecords / EvalPrompts or their dict rows; the reference is `chosen` or
+    `reference`. A prompt that occurs in several pairs (TL;DR has many per post) is kept once, with its
+    first pair's chosen response. Fewer than n unique prompts: all of them are returned.
+    """
+    if n < 1:
+        raise ConfigError(f"n: must be a positive number of prompts, got {n}")
+    unique: dict[str, dict] = {}
+    for record in map(_as_row, records):
+        if record["prompt"] not in unique:
+            unique[record["prompt"]] = {
+                "id": record["id"],
+                "prompt": record["prompt"],
+                "chosen": record.get("chosen", record.get("reference")),
+                "metadata": dict(record.get("metadata") or {}),
+            }
+    rows = list(unique.values())
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def _prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None, truncation: str) -> list[int]:
+    if truncation not in TRUNCATION_SIDES:
+        raise ConfigError(f"truncation: must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        ids = ids[-max_prompt_length:] if truncation == "keep_end" else ids[:max_prompt_length]
+    return ids
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
+
+
+def generate(
+    model_path,
+    prompts: list[dict],
+    out_path,
+    max_new_tokens: int = 256,
+    top_p: float = 0.95,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 1,
+    do_sample: bool = True,
+    max_prompt_length: int | None = 256,
+    dtype=None,
+    device=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Sample one response per prompt row (from select_prompts) and write the samples JSONL."""
+    from rpo.models import load_model
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError(f"batch_size and max_new_tokens: must be positive, got {batch_size}, {max_new_tokens}")
+    model, tokenizer = load_model(model_path, dtype=dtype, device=device)
+    model.eval()
+    sampling = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length,
+                "seed": seed, "batch_size": batch_size}
+    options = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": True,
+               "pad_token_id": tokenizer.pad_token_id}
+    if do_sample:
+        sampling.update(top_p=top_p, temperature=temperature)
+        # top_k=0 turns off any top-k default a model's generation_config carries: pure nucleus sampling.
+        options.update(top_p=top_p, temperature=temperature, top_k=0)
+    rows = []
+    starts = range(0, len(prompts), batch_size)
+    for batch_index, start in enumerate(tqdm(starts, desc="generating", disable=not progress)):
+        batch = prompts[start:start + batch_size]
+        ids = [_prompt_ids(tokenizer, p["prompt"], max_prompt_length,
+                           (p.get("metadata") or {}).get("truncation", "keep_end")) for p in batch]
+        input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
+        torch.manual_seed(seed + batch_index)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids.to(model.device),
+                                    attention_mask=attention_mask.to(model.device), **options)
+        # Left padding puts every prompt's end at the same column: new tokens start there.
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        for prompt, text in zip(batch, texts):
+            rows.append({
+                "id": prompt["id"],
+                "prompt": prompt["prompt"],
+                "response": text.strip(),
+                "chosen": prompt.get("chosen"),
+                "metadata": prompt.get("metadata") or {},
+                "model": str(model_path),
+                "sampling": sampling,
+            })
+    write_jsonl(out_path, rows)
+    return rows
+
+
+def read_prompt_records(path) -> list:
+    """PreferenceRecords, or EvalPrompts when the rows carry a `reference` instead of a pair."""
+    from rpo.data.records import read_eval_prompts, read_records
+
+    rows = read_jsonl(path)
+    is_eval = bool(rows) and "reference" in rows[0] and "rejected" not in rows[0]
+    return read_eval_prompts(path) if is_eval else read_records(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rpo.generate", description="Sample responses to test prompts.")
+    parser.add_argument("--model", required=True, type=Path, help="save_pretrained folder")
+    parser.add_argument("--records", required=True, type=Path, help="PreferenceRecord or EvalPrompt JSONL")
+    parser.add_argument("--out", required=True, type=Path, help="samples JSONL")
+    parser.add_argument("--n", type=int, default=256, help="number of test prompts (seeded shuffle)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--prompt-seed", type=int, default=None, help="seed of the prompt shuffle (default --seed)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of nucleus sampling")
+    parser.add_argument("--dtype", default=None, help="auto (default), bfloat16, float16, float32")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    args = parser.parse_args(argv)
+    prompt_seed = args.seed if args.prompt_seed is None else args.prompt_seed
+    prompts = select_prompts(read_prompt_records(args.records), args.n, prompt_seed)
+    rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                    temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
+                    do_sample=not args.greedy, max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+                    device=args.device)
+    print(f"wrote {len(rows)} samples to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

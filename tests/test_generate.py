@@ -1,0 +1,147 @@
+"""Generation on a tiny random GPT-2 built in-test: prompt selection, left padding, seeding, output rows."""
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from rpo.data.records import EvalPrompt, PreferenceRecord
+from rpo.errors import ConfigError
+from rpo.generate import _prompt_ids, generate, main, select_prompts
+from rpo.io import read_jsonl, write_jsonl
+
+torch.set_num_threads(1)
+CORPUS = [
+    "the cat sat on the mat and looked at the dog",
+    "a summary should keep the important points of the post",
+    "how do I bake bread at home with flour water and salt",
+    "the assistant answers questions helpfully and briefly",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    raw = Tokenizer(models.BPE(unk_token=None))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<pad>")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def prompt_rows(texts):
+    return [{"id": f"p{i}", "prompt": f"\n<|user|>\n{t}\n<|assistant|>\n", "chosen": f"ref {i}", "metadata": {}}
+            for i, t in enumerate(texts)]
+
+
+def run(model_dir, tmp_path, prompts, name="s.jsonl", **kwargs):
+    options = dict(max_new_tokens=8, batch_size=2, seed=1, progress=False, device="cpu")
+    options.update(kwargs)
+    return generate(model_dir, prompts, tmp_path / name, **options)
+
+
+def test_select_prompts_is_seeded_unique_and_capped():
+    records = [PreferenceRecord(f"r{i}", f"post {i // 2}", f"good {i}", f"bad {i}", {}) for i in range(20)]
+    first = select_prompts(records, n=5, seed=1)
+    assert first == select_prompts(records, n=5, seed=1)
+    assert [r["id"] for r in first] != [r["id"] for r in select_prompts(records, n=5, seed=2)]
+    assert len({r["prompt"] for r in first}) == 5
+    by_prompt = {r["prompt"]: r for r in select_prompts(records, n=100, seed=3)}
+    assert len(by_prompt) == 10  # capped at the number of unique prompts
+    assert by_prompt["post 4"]["id"] == "r8" and by_prompt["post 4"]["chosen"] == "good 8"  # first pair kept
+    evals = select_prompts([EvalPrompt("e0", "say hi", "hi!", {"instruction": "say hi"})], n=1, seed=0)
+    assert evals == [{"id": "e0", "prompt": "say hi", "chosen": "hi!", "metadata": {"instruction": "say hi"}}]
+    with pytest.raises(ConfigError, match="n: must be a positive"):
+        select_prompts(records, n=0, seed=1)
+
+
+def test_greedy_batched_left_padding_matches_unpadded_generation(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = prompt_rows(["the cat", "how do I bake bread at home with flour water and salt please"])
+    rows = run(model_dir, tmp_path, prompts, do_sample=False, max_new_tokens=6)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    for prompt, row in zip(prompts, rows):
+        ids = torch.tensor([tokenizer(prompt["prompt"], add_special_tokens=False)["input_ids"]])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
+                             pad_token_id=tokenizer.pad_token_id)
+        expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert row["response"] == expected
+        assert prompt["prompt"].strip() not in row["response"]
+
+
+def test_sampling_is_deterministic_and_seeded_per_batch(model_dir, tmp_path):
+    texts = ["the cat sat", "a summary", "how do I bake", "the assistant answers", "the dog", "bread"]
+    first = run(model_dir, tmp_path, prompt_rows(texts), name="a.jsonl", max_new_tokens=12)
+    again = run(model_dir, tmp_path, prompt_rows(texts), name="b.jsonl", max_new_tokens=12)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert first == again
+    other_seed = run(model_dir, tmp_path, prompt_rows(texts), name="c.jsonl", max_new_tokens=12, seed=2)
+    assert [r["response"] for r in other_seed] != [r["response"] for r in first]
+    # Change only the first batch: the later batches must not notice.
+    changed = run(model_dir, tmp_path, prompt_rows(["salt and flour", "water"] + texts[2:]), name="d.jsonl",
+                  max_new_tokens=12)
+    assert [r["response"] for r in changed[2:]] == [r["response"] for r in first[2:]]
+
+
+def test_output_rows(model_dir, tmp_path):
+    prompts = prompt_rows(["the cat", "a summary of the post", "bread"])
+    prompts[1]["metadata"] = {"truncation": "keep_start", "instruction": "x"}
+    rows = run(model_dir, tmp_path, prompts, max_new_tokens=5, top_p=0.9, temperature=0.7)
+    assert read_jsonl(tmp_path / "s.jsonl") == rows
+    assert [r["id"] for r in rows] == ["p0", "p1", "p2"]
+    assert [r["chosen"] for r in rows] == ["ref 0", "ref 1", "ref 2"]
+    assert rows[1]["metadata"] == {"truncation": "keep_start", "instruction": "x"}
+    assert rows[0]["model"] == str(model_dir)
+    assert rows[0]["sampling"] == {"do_sample": True, "max_new_tokens": 5, "max_prompt_length": 256, "seed": 1,
+                                   "batch_size": 2, "top_p": 0.9, "temperature": 0.7}
+    assert all(row["response"] == row["response"].strip() for row in rows)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    single_tokens = {tokenizer.decode([t], skip_special_tokens=True).strip() for t in range(len(tokenizer))}
+    one_token = run(model_dir, tmp_path, prompts, name="one.jsonl", max_new_tokens=1)
+    assert all(row["response"] in single_tokens for row in one_token)  # only the new token, nothing of the prompt
+
+
+def test_prompt_truncation_sides(model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    full = _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", None, "keep_end")
+    assert _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_end") == full[-3:]
+    assert _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_start") == full[:3]
+    with pytest.raises(ConfigError, match="truncation"):
+        _prompt_ids(tokenizer, "x", 3, "middle")
+
+
+def test_cli_with_preference_and_eval_records(model_dir, tmp_path):
+    records = [{"id": f"r{i}", "prompt": f"\n<|user|>\nquestion {i}\n<|assistant|>\n", "chosen": f"yes {i}",
+                "rejected": f"no {i}", "metadata": {"task": "dialogue", "truncation": "keep_end"}}
+               for i in range(6)]
+    write_jsonl(tmp_path / "test.jsonl", records)
+    common = ["--model", str(model_dir), "--n", "4", "--seed", "1", "--max-new-tokens", "4", "--device", "cpu"]
+    assert main(common + ["--records", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "s.jsonl")]) == 0
+    rows = read_jsonl(tmp_path / "s.jsonl")
+    assert len(rows) == 4 and all(r["chosen"] == "yes " + r["id"][1:] for r in rows)
+    assert [r["id"] for r in rows] == [r["id"] for r in select_prompts(records, 4, seed=1)]
+
+    evals = [{"id": f"e{i}", "prompt": f"\n<|user|>\ntask {i}\n<|assistant|>\n", "reference": f"ref {i}",
+              "metadata": {"instruction": f"task {i}"}} for i in range(3)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    assert main(common + ["--records", str(tmp_path / "eval.jsonl"), "--out", str(tmp_path / "e.jsonl")]) == 0
+    rows = read_jsonl(tmp_path / "e.jsonl")
+    assert sorted(r["chosen"] for r in rows) == ["ref 0", "ref 1", "ref 2"]
+    assert all(r["metadata"]["instruction"] == "task " + r["id"][1:] for r in rows)
