@@ -55,6 +55,13 @@ def test_keep_start_keeps_the_first_prompt_tokens(word_tokenizer):
     assert out["labels"] == [-100] * 4 + [16, 17, 18, EOS]
 
 
+def test_keep_start_keeps_the_closing_assistant_marker(word_tokenizer):
+    prompt = format_turns([("user", PROMPT)])  # ids 4, 10..15, 5
+    out = tokenize_example(word_tokenizer, prompt, RESPONSE, 32, 4, "keep_start")
+    assert out["input_ids"] == [4, 10, 11, 5, 16, 17, 18, EOS]
+    assert out["labels"] == [-100] * 4 + [16, 17, 18, EOS]
+
+
 def test_response_cut_after_prompt_so_total_fits(word_tokenizer):
     out = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 6, 4, "keep_end")
     assert out["input_ids"] == [12, 13, 14, 15, 16, 17]

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 
+from rpo.data.records import ASSISTANT
 from rpo.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -28,7 +29,8 @@ def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max
 
     Prompt and response are tokenised separately, without special tokens, and concatenated, so the
     boundary between them is exact. The prompt is cut to `max_prompt_length` first, keeping its end
-    (dialogue history, "keep_end") or its start (a post to summarise, "keep_start"); then the
+    (dialogue history, "keep_end") or its start (a post to summarise, "keep_start", which still ends
+    with the assistant marker); then the
     response is cut so the whole fits `max_length` (a cut response loses its EOS, as in DPO's code).
     """
     if truncation not in TRUNCATION_SIDES:
@@ -41,6 +43,13 @@ def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max
     response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [eos]
     if len(prompt_ids) > max_prompt_length:
         if truncation == "keep_end":
+            prompt_ids = prompt_ids[-max_prompt_length:]
+        elif prompt.endswith(ASSISTANT):
+            # Keep the post's start but also the closing assistant marker: without it the model
+            # never sees where its answer begins.
+            tail = list(tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"])
+            body = list(tokenizer(prompt[: -len(ASSISTANT)], add_special_tokens=False)["input_ids"])
+            prompt_ids = body[: max(max_prompt_length - len(tail), 0)] + tail
             prompt_ids = prompt_ids[-max_prompt_length:]
         else:
             prompt_ids = prompt_ids[:max_prompt_length]
