@@ -65,6 +65,9 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
     return {
         "data_sha256": sha256_file(records_path),
         "model_fingerprint": model_fingerprint(model_path),
+        # Log-probs depend on the tokenisation too, which the model fingerprint does not cover.
+        "tokenizer_sha256": sha256_file(Path(model_path) / "tokenizer.json")
+        if (Path(model_path) / "tokenizer.json").exists() else None,
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
         "truncation": truncation,
