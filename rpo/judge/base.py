@@ -141,22 +141,22 @@ def outcome(verdict: str, model_first: bool) -> str:
 SAMPLE_FIELDS = ("id", "prompt", "response", "chosen")
 
 
-def read_samples(path, required: Sequence[str] = SAMPLE_FIELDS) -> list[dict]:
-    """Rows of a samples JSONL file (rpo.generate's output), checked for the fields judging needs."""
+def read_samples(path, required: Sequence[str] = SAMPLE_FIELDS, metadata_fields: Sequence[str] = ()) -> list[dict]:
+    """Rows of a samples JSONL file (rpo.generate's output), checked for the (string) fields needed."""
     numbered = _rows_with_lines(path)
     for line, row in numbered:
-        problem = _row_problem(row, required)
+        problem = _row_problem(row, required) or _row_problem(row.get("metadata") or {}, metadata_fields, "metadata.")
         if problem:
             raise DataError(f"{path}, line {line}: {problem}")
     return [row for _, row in numbered]
 
 
-def _row_problem(row: dict, required: Sequence[str]) -> str | None:
+def _row_problem(row: dict, required: Sequence[str], prefix: str = "") -> str | None:
     for name in required:
         if name not in row or row[name] is None:
-            return f"missing field {name!r}"
+            return f"missing field '{prefix}{name}'"
         if not isinstance(row[name], str):
-            return f"field {name!r} must be a string, got {type(row[name]).__name__}"
+            return f"field '{prefix}{name}' must be a string, got {type(row[name]).__name__}"
     if not isinstance(row.get("metadata", {}), dict):
         return "field 'metadata' must be an object"
     return None

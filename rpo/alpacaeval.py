@@ -1,0 +1,226 @@
+"""AlpacaEval 2.0 through the `alpaca_eval` package (paper: annotator alpaca_eval_gpt4_turbo_fn, GPT-4
+Turbo reference outputs, plain win rate).
+
+    export_model_outputs("samples/rpo.jsonl", "alpaca/rpo.json", "rpo-paired")
+    export_reference_outputs("samples/rpo.jsonl", "alpaca/reference.json")
+    run_alpaca_eval("alpaca/rpo.json", "alpaca/reference.json", output_dir="alpaca/out",
+                    caching_path="alpaca/annotations_cache.json")
+
+alpaca_eval runs in a subprocess: it reads OPENAI_API_BASE / OPENAI_API_KEY / OPENAI_CLIENT_CONFIG_PATH
+once, at import, so a fresh process is the only reliable way to point it at a given endpoint. It is
+given explicit reference outputs, a caching path and fn_metric get_winrate, so nothing is fetched from
+the Hugging Face hub. The length-controlled win rate needs hub files: it is tried afterwards and
+reported as None (with the reason) when it cannot be computed. Rates are fractions in [0, 1]
+(alpaca_eval itself prints percentages).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rpo.errors import ConfigError, DataError
+from rpo.io import read_jsonl, write_json
+from rpo.judge.base import read_samples
+
+DEFAULT_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"
+REFERENCE_GENERATOR = "gpt4_turbo"
+
+
+class AlpacaEvalError(RuntimeError):
+    """The alpaca_eval run failed; the message carries the end of its (key-scrubbed) log."""
+
+
+def _export(path, out_path, field: str, generator_name: str) -> int:
+    rows = read_samples(path, required=("id", field), metadata_fields=("instruction",))
+    outputs = [
+        {"instruction": row["metadata"]["instruction"], "output": row[field], "generator": generator_name,
+         "dataset": row["metadata"].get("dataset")}
+        for row in rows
+    ]
+    # alpaca_eval pairs model and reference outputs by instruction text: a repeat would pair wrongly.
+    repeated = [text for text, count in Counter(o["instruction"] for o in outputs).items() if count > 1]
+    if repeated:
+        raise DataError(f"{path}: instruction repeated across rows, e.g. {repeated[0][:80]!r}")
+    write_json(out_path, outputs)
+    return len(outputs)
+
+
+def export_model_outputs(samples_path, out_path, generator_name: str) -> int:
+    """Samples JSONL -> alpaca_eval model_outputs JSON; metadata.instruction is the raw instruction."""
+    return _export(samples_path, out_path, "response", generator_name)
+
+
+def export_reference_outputs(path, out_path, generator_name: str = REFERENCE_GENERATOR) -> int:
+    """Reference outputs from EvalPrompt rows (`reference`) or samples rows (`chosen`)."""
+    rows = read_jsonl(path)
+    field = "reference" if rows and "reference" in rows[0] else "chosen"
+    return _export(path, out_path, field, generator_name)
+
+
+def _evaluators_dir() -> Path:
+    spec = importlib.util.find_spec("alpaca_eval")  # locate without importing (the import is slow)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("alpaca_eval: the package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "evaluators_configs"
+
+
+def resolve_annotator(annotators_config) -> str:
+    """A built-in annotator name as is, or an existing config path made absolute (alpaca_eval needs that)."""
+    path = Path(annotators_config)
+    if path.exists():
+        return str(path.resolve())
+    name = str(annotators_config)
+    if "/" not in name and (_evaluators_dir() / name / "configs.yaml").is_file():
+        return name
+    raise ConfigError(f"annotators_config: {name!r} is neither an existing config path nor an annotator "
+                      f"built into alpaca_eval (see {_evaluators_dir()})")
+
+
+def _scrub(text: str) -> str:
+    api_key = os.environ.get("OPENAI_API_KEY")
+    return text.replace(api_key, "[OPENAI_API_KEY]") if api_key else text
+
+
+def _length_controlled(annotations_path: Path) -> tuple[float | None, str | None]:
+    try:
+        import pandas as pd
+        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+
+        metrics = get_length_controlled_winrate(pd.read_json(annotations_path), save_weights_dir=None)
+        return metrics["length_controlled_winrate"] / 100.0, None
+    except Exception as exc:  # noqa: BLE001 - offline or degenerate data: the plain rate still stands
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+
+
+def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_ANNOTATOR, *, output_dir,
+                    caching_path, base_url: str | None = None, timeout_s: float | None = None) -> dict:
+    """Annotate model vs reference outputs with alpaca_eval; return win_rate, standard_error, n, lc_win_rate.
+
+    base_url, when given, points alpaca_eval's OpenAI client at that endpoint (OPENAI_API_BASE; a set
+    OPENAI_CLIENT_CONFIG_PATH is dropped for the run so it cannot override it). The key comes from
+    OPENAI_API_KEY. Annotations are cached in `caching_path`: a rerun pays only for new pairs.
+    """
+    annotator = resolve_annotator(annotators_config)
+    output_dir, caching_path = Path(output_dir).resolve(), Path(caching_path).resolve()
+    env = dict(os.environ)
+    if base_url is not None:
+        env["OPENAI_API_BASE"] = base_url
+        env.pop("OPENAI_CLIENT_CONFIG_PATH", None)
+    if not env.get("OPENAI_API_KEY") and not env.get("OPENAI_CLIENT_CONFIG_PATH"):
+        raise ConfigError("OPENAI_API_KEY: not set (nor OPENAI_CLIENT_CONFIG_PATH); alpaca_eval needs one")
+    generator = read_json_list(model_outputs)[0]["generator"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    caching_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "alpaca_eval.main", "evaluate",
+        "--model_outputs", str(Path(model_outputs).resolve()),
+        "--reference_outputs", str(Path(reference_outputs).resolve()),
+        "--annotators_config", annotator,
+        "--output_path", str(output_dir),
+        "--caching_path", str(caching_path),
+        "--fn_metric", "get_winrate", "--sort_by", "win_rate",
+        "--precomputed_leaderboard", "None", "--is_cache_leaderboard", "False",
+    ]
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AlpacaEvalError(f"alpaca_eval did not finish within {timeout_s} s (cached answers are kept "
+                              f"in {caching_path} only once alpaca_eval saves them)") from None
+    log = _scrub(proc.stdout + proc.stderr)
+    (output_dir / "alpaca_eval.log").write_text(log, encoding="utf-8")
+    if proc.returncode != 0:
+        raise AlpacaEvalError(f"alpaca_eval exited with status {proc.returncode}; end of its log "
+                              f"({output_dir / 'alpaca_eval.log'}):\n{log[-2000:]}")
+    # alpaca_eval puts results in a sub-folder named after a built-in annotator, not after a path.
+    results_dir = output_dir if "/" in annotator else output_dir / annotator
+    return _read_results(results_dir, generator, annotator)
+
+
+def read_json_list(path) -> list[dict]:
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read alpaca_eval outputs: {exc}") from exc
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "generator" in r for r in rows):
+        raise DataError(f"{path}: expected a non-empty JSON list of objects with a 'generator' field")
+    return rows
+
+
+def _read_results(results_dir: Path, generator: str, annotator: str) -> dict:
+    import pandas as pd
+
+    leaderboard = pd.read_csv(results_dir / "leaderboard.csv", index_col=0)
+    row = leaderboard.loc[generator]
+    annotations_path = results_dir / "annotations.json"
+    preferences = pd.read_json(annotations_path)["preference"]
+    lc_win_rate, lc_error = _length_controlled(annotations_path)
+    return {
+        "annotator": annotator,
+        "generator": generator,
+        "win_rate": _percent_to_fraction(row["win_rate"]),
+        "standard_error": _percent_to_fraction(row["standard_error"]),
+        "n": int(row["n_total"]),
+        "n_wins": int(row["n_wins"]),
+        "n_losses": int(row["n_wins_base"]),
+        "n_draws": int(row["n_draws"]),
+        "n_unparseable": int(preferences.isna().sum()),
+        "lc_win_rate": lc_win_rate,
+        "lc_error": lc_error,
+        "annotations": str(annotations_path),
+    }
+
+
+def _percent_to_fraction(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value / 100.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rpo.alpacaeval", description="AlpacaEval 2.0 via alpaca_eval.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="samples JSONL -> alpaca_eval outputs JSON")
+    export.add_argument("--samples", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path, help="model_outputs JSON")
+    export.add_argument("--generator", required=True, help="the model's name on the leaderboard")
+    export.add_argument("--reference-out", type=Path, default=None, help="also write the reference outputs")
+    export.add_argument("--reference-from", type=Path, default=None,
+                        help="EvalPrompt JSONL holding the references (default: the samples' chosen)")
+    export.add_argument("--reference-generator", default=REFERENCE_GENERATOR)
+    evaluate = commands.add_parser("evaluate", help="annotate with alpaca_eval and summarise")
+    evaluate.add_argument("--model-outputs", required=True, type=Path)
+    evaluate.add_argument("--reference-outputs", required=True, type=Path)
+    evaluate.add_argument("--annotators-config", default=DEFAULT_ANNOTATOR, help="built-in name or config path")
+    evaluate.add_argument("--output-dir", required=True, type=Path)
+    evaluate.add_argument("--caching-path", required=True, type=Path)
+    evaluate.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for the annotator")
+    evaluate.add_argument("--summary", required=True, type=Path, help="result JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            n = export_model_outputs(args.samples, args.out, args.generator)
+            if args.reference_out is not None:
+                export_reference_outputs(args.reference_from or args.samples, args.reference_out,
+                                         args.reference_generator)
+            print(f"wrote {n} outputs to {args.out}")
+            return 0
+        result = run_alpaca_eval(args.model_outputs, args.reference_outputs, args.annotators_config,
+                                 output_dir=args.output_dir, caching_path=args.caching_path, base_url=args.base_url)
+    except (ConfigError, DataError, AlpacaEvalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_json(args.summary, result)
+    lc = "n/a" if result["lc_win_rate"] is None else f"{100 * result['lc_win_rate']:.2f}%"
+    print(f"{result['generator']}: AlpacaEval win rate {100 * result['win_rate']:.2f}% over {result['n']} "
+          f"instructions (length-controlled: {lc})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
