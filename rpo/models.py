@@ -51,6 +51,14 @@ def _check_spec(spec) -> str:
     return kind
 
 
+def check_spec(spec) -> str:
+    """Validate a model spec without building anything (config validation at pipeline start)."""
+    kind = _check_spec(spec)
+    if kind == "small":
+        _small_sizes(spec)
+    return kind
+
+
 def _positive_int(spec: dict, key: str, required: bool = True) -> int | None:
     if key not in spec:
         if required:
@@ -285,3 +293,26 @@ def model_fingerprint(path) -> str:
         raise DataError(f"{path}: no safetensors weight file in the model folder")
     files = [path / "config.json", *weights]
     return sha256_json({file.name: sha256_file(file) for file in files})
+
+
+def main(argv=None) -> None:
+    """python -m rpo.models --spec '{"kind": "small", ...}' --corpus a.jsonl b.jsonl --out DIR"""
+    import argparse
+    import json
+
+    from rpo.io import read_jsonl
+
+    parser = argparse.ArgumentParser(description="Build a base model folder (and its tokenizer) from a spec")
+    parser.add_argument("--spec", required=True, help="model spec as JSON")
+    parser.add_argument("--corpus", nargs="*", default=[],
+                        help="JSONL record files whose prompt/chosen/rejected/reference text trains the tokenizer")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    corpus = [row[key] for path in args.corpus for row in read_jsonl(path)
+              for key in ("prompt", "chosen", "rejected", "reference") if isinstance(row.get(key), str)]
+    build_model(json.loads(args.spec), args.out, corpus=corpus or None, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
