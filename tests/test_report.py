@@ -46,9 +46,11 @@ def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta
     run = run_name(method, tau, embedder, bs, seed)
     model_dir = root / task / "models" / run
     model_dir.mkdir(parents=True, exist_ok=True)
-    config = {"run": run, "task": task, "method": method, "beta": beta, "batch_size": bs, "seed": seed, "model": MODEL}
-    if tau is not None:
-        config.update(tau=tau, embedder=embedder)
+    # Like the trainer's run.json: no run/task keys, tau on every method, `model` = where training
+    # started (a preference run starts from its SFT run's folder).
+    start = f"results/base/{MODEL}" if method == "sft" else f"results/{task}/models/sft_seed{seed}"
+    config = {"model": start, "data": f"results/{task}/data/train.jsonl", "out": str(model_dir), "method": method,
+              "beta": beta, "tau": 0.5 if tau is None else tau, "embedder": embedder, "batch_size": bs, "seed": seed}
     (model_dir / "run.json").write_text(json.dumps(config))
     rng = np.random.default_rng(seed + bs)
     with open(model_dir / "metrics.jsonl", "w") as f:
@@ -82,6 +84,9 @@ def build_tree(root):
                           ("rpo-paired_tau0.5_minilm_bs8_seed1", 0.331, 0.30)):
         (alpaca / f"{run}.json").write_text(json.dumps({"run": run, "win_rate": rate, "standard_error": 0.015, "n": 805,
                                                         "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
+    # as rpo.alpacaeval writes it: generator instead of run, no interval, no LC rate
+    (alpaca / "kto_bs8_seed1.json").write_text(json.dumps({"generator": "kto_bs8_seed1", "win_rate": 0.2,
+                                                             "standard_error": 0.01, "n": 805}))
     prompts = [f"\n<|user|>\nQuestion number {i} about {'cooking' if i % 2 else 'taxes and the law of the land'}?"
                f"\n<|assistant|>\n" for i in range(6)]
     embeddings = np.random.default_rng(0).standard_normal((6, 16))
@@ -143,6 +148,14 @@ def test_bad_inputs_name_file_and_key(tree, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "method": "ppo"}))
     with pytest.raises(DataError, match=r"sft_seed1/run\.json: key 'method' is 'ppo'"):
         collect_runs(copy, tasks=["summarization"])
+    dpo_config = copy / "dialogue" / "models" / "dpo_bs4_seed1" / "run.json"
+    original = dpo_config.read_text()
+    dpo_config.write_text(json.dumps({**json.loads(original), "run": "dpo_bs8_seed1"}))
+    with pytest.raises(DataError, match=r"dpo_bs4_seed1/run\.json: key 'run' is 'dpo_bs8_seed1' but the folder is 'dpo_bs4_seed1'"):
+        collect_runs(copy, tasks=["dialogue"])
+    dpo_config.write_text(json.dumps({**json.loads(original), "model": "results/dialogue/models/sft_seed7"}))
+    with pytest.raises(DataError, match=r"key 'model' points to run 'sft_seed7', whose run config .* is missing"):
+        collect_runs(copy, tasks=["dialogue"])
     metrics = copy / "dialogue" / "models" / "ipo_bs8_seed1" / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + json.dumps({"step": 99, "loss": "nan?"}) + "\n")
     with pytest.raises(DataError, match=r"metrics\.jsonl, row 31: key 'loss'"):
@@ -169,11 +182,13 @@ def test_table1_cells_equal_inputs_beside_paper_values(runs):
 
 def test_seeds_pool_and_conflicting_runs_refuse(tree, tmp_path):
     copy = shutil.copytree(tree, tmp_path / "r")
+    add_run(copy, "dialogue", "sft", None, None, 8, 0.40, seed=2)
     add_run(copy, "dialogue", "ipo", None, None, 8, 0.60, seed=2)
     frame, data = (lambda t: (t.frame, t.data))(table1(collect_runs(copy)))
     low, high = wilson_interval(round(0.65 * 256) + round(0.60 * 256), 512)
     expected = f"{100 * (166 + 154) / 512:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
     assert row_of(frame, method="IPO")["dialogue"] == expected
+    assert set(frame["model"]) == {MODEL}  # seed 2's runs descend from sft_seed2, whose base is the same
     assert row_of(data, task="dialogue", method="ipo")["n_runs"] == 2
     add_run(copy, "dialogue", "kto", None, None, 8, 0.60, seed=2, beta=0.5)
     with pytest.raises(DataError, match=r"kto_bs8_seed1, kto_bs8_seed2 land in one table cell but differ in 'beta'"):
@@ -186,6 +201,7 @@ def test_table2_alpacaeval(tree):
     paired = row_of(frame, method="RPO-Paired")
     assert (paired["win rate"], paired["paper"], paired["LC win rate"], paired["SE"]) == ("33.1 [30.1, 36.1]", "38.88", "30.0", "1.5")
     assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a"]
+    assert row_of(frame, method="KTO")[["win rate", "paper"]].tolist() == ["20.0 [18.0, 22.0]", "n/a"]
 
 
 def test_table3_tau_by_embedder(runs):
@@ -273,3 +289,14 @@ def test_cli_writes_every_table_and_figure(tree, tmp_path, capsys):
     assert main(["table1", "--results", str(tree), "--out", str(tmp_path / "x"), "--expected-runs", "dialogue/nope"]) == 1
     assert "expected run dialogue/nope is missing" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_cli_curves_for_every_trained_run(tmp_path):
+    root = tmp_path / "results"
+    runs = [add_run(root, "dialogue", "sft", None, None, 8, 0.4), add_run(root, "dialogue", "kto", None, None, 8, 0.6)]
+    assert main(["curves", "--results", str(root), "--tasks", "dialogue", "--out", str(tmp_path / "curves")]) == 0
+    for run in runs:
+        assert_png(tmp_path / "curves" / "dialogue" / f"{run}.png")
+    (root / "dialogue" / "models" / runs[1] / "metrics.jsonl").unlink()
+    with pytest.raises(DataError, match=r"missing training log .*kto_bs8_seed1/metrics\.jsonl"):
+        load_metrics(root, "dialogue", runs[1])

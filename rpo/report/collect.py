@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,7 +21,8 @@ ALPACAEVAL_TASK = "instructions"
 METHODS = ("sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform")
 CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model")
 WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
-ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n", "ci_low", "ci_high")
+ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n")  # ci_low/ci_high, lc_win_rate optional
+_Z95 = 1.959963984540054
 
 
 def _read_json(path: Path) -> dict:
@@ -54,17 +56,46 @@ def _check_fraction(obj: dict, keys: Iterable[str], path: Path) -> None:
                             f"[{obj['ci_low']}, {obj['ci_high']}]")
 
 
+_RUN_NAME = re.compile(r"^(" + "|".join(map(re.escape, METHODS)) + r")(_.+)?_seed\d+$")
+
+
+def _model_label(name: str) -> str:
+    """A hub id ("org/name") stays as it is; a local folder path is shortened to its last part."""
+    name = name.rstrip("/")
+    is_path = name.startswith((".", "/")) or name.count("/") > 1
+    return Path(name).name if is_path else name
+
+
+def base_model(config: dict, path: Path) -> str:
+    """The base model a run descends from. The trainer records the model it started from, which for a
+    preference run is its SFT run's folder: follow such links through the sibling run folders."""
+    seen = {path.parent.name}
+    model, where = config.get("model"), path
+    while True:
+        if not isinstance(model, str) or not model:
+            raise DataError(f"{where}: key 'model' must name the model the run started from, got {model!r}")
+        name = Path(model.rstrip("/")).name
+        parent = path.parent.parent / name / "run.json"
+        if name in seen or not parent.is_file():
+            if _RUN_NAME.match(name):
+                raise DataError(f"{where}: key 'model' points to run {name!r}, whose run config {parent} is missing")
+            return _model_label(model)
+        seen.add(parent.parent.name)
+        where, model = parent, _read_json(parent).get("model")
+
+
 def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
-    """A run.json, checked: names this run, has a known method; missing optional keys become None."""
+    """A run.json, checked: a known method, and `run`/`task` (when recorded) matching where the file
+    lies; `model` resolved to the base model; missing optional keys become None."""
     config = _read_json(path)
-    _require(config, ("run", "method", "model"), path)
-    if config["run"] != run:
+    _require(config, ("method", "model"), path)
+    if config.get("run", run) != run:
         raise DataError(f"{path}: key 'run' is {config['run']!r} but the folder is {run!r}")
     if task is not None and config.get("task", task) != task:
         raise DataError(f"{path}: key 'task' is {config['task']!r} but the file lies under task {task!r}")
     if config["method"] not in METHODS:
         raise DataError(f"{path}: key 'method' is {config['method']!r}, expected one of {', '.join(METHODS)}")
-    return {key: config.get(key) for key in CONFIG_COLUMNS}
+    return {**{key: config.get(key) for key in CONFIG_COLUMNS}, "model": base_model(config, path)}
 
 
 def _split_expected(expected_runs: Sequence[str] | None, tasks: Sequence[str]) -> set[tuple[str, str]]:
@@ -144,7 +175,17 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
         _require(result, ALPACAEVAL_KEYS, path)
         if result.get("run", run) != run:
             raise DataError(f"{path}: key 'run' is {result['run']!r} but the file is named for {run!r}")
-        _check_fraction(result, ("win_rate", "ci_low", "ci_high", "lc_win_rate"), path)
+        result.setdefault("lc_win_rate", None)
+        if result.get("ci_low") is None or result.get("ci_high") is None:
+            # rpo.alpacaeval reports alpaca_eval's standard error only: use the normal interval.
+            se = result["standard_error"]
+            if not isinstance(se, (int, float)) or isinstance(se, bool) or not 0.0 <= se <= 1.0:
+                raise DataError(f"{path}: key 'standard_error' must be a fraction in [0, 1], got {se!r}")
+            if not isinstance(result["win_rate"], (int, float)):
+                raise DataError(f"{path}: key 'win_rate' must be a fraction in [0, 1], got {result['win_rate']!r}")
+            result["ci_low"] = max(0.0, result["win_rate"] - _Z95 * se)
+            result["ci_high"] = min(1.0, result["win_rate"] + _Z95 * se)
+        _check_fraction(result, ("win_rate", "standard_error", "ci_low", "ci_high", "lc_win_rate"), path)
         found = _find_run_config(results_dir, run)
         if found is None:
             problems.append(f"AlpacaEval result {path} has no run config models/{run}/run.json under "
@@ -152,7 +193,7 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
             continue
         config = read_run_config(found[1], run)
         rows.append({"task": ALPACAEVAL_TASK, "run": run, "trained_on": found[0], **config,
-                     **{k: result[k] for k in ALPACAEVAL_KEYS}, "lc_win_rate": result.get("lc_win_rate")})
+                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "ci_low", "ci_high", "lc_win_rate")}})
     present = {row["run"] for row in rows}
     # Only "instructions/run" entries name AlpacaEval runs; bare names belong to the judged tasks.
     wanted = {item.split("/", 1)[1] for item in expected_runs or () if item.startswith(ALPACAEVAL_TASK + "/")}

@@ -20,7 +20,7 @@ from rpo.io import atomic_path  # noqa: E402
 from rpo.report.tables import Table  # noqa: E402
 
 _MARKER_RE = re.compile(r"\n?<\|(user|assistant)\|>\n?")
-PAPER_STYLE = {"marker": "D", "color": "crimson", "s": 36, "zorder": 5, "label": "paper"}
+PAPER_STYLE = {"marker": "D", "color": "crimson", "s": 36, "zorder": 5, "label": "paper (see the table's notes)"}
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -43,7 +43,8 @@ def _panels(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     several_models = data["model"].nunique(dropna=False) > 1
     panels = []
     for (task, model), block in data.groupby(["task", "model"], sort=False, dropna=False):
-        panels.append((f"{task} ({model})" if several_models else str(task), block))
+        name = "AlpacaEval 2.0" if task == "instructions" else str(task)
+        panels.append((f"{name} ({model})" if several_models else name, block))
     return panels
 
 
@@ -55,33 +56,43 @@ def _errors(block: pd.DataFrame) -> np.ndarray:
 
 
 def plot_winrate_bars(table: Table, stem) -> list[Path]:
-    """Horizontal bars (the labels are long) with 95% intervals; the paper's value as a red diamond."""
+    """Horizontal bars (the labels are long) with 95% intervals; the paper's value as a red diamond.
+    Panels share one row per label, so a label missing in one panel leaves a gap there."""
     data = table.data.copy()
     if data.empty:
         raise DataError(f"{table.name}: nothing to plot")
     if "run" in data and data.groupby(["task", "model", "label"], dropna=False).size().max() > 1:
         data["label"] = data["label"] + " (" + data["run"] + ")"
+    labels = list(dict.fromkeys(data["label"]))
+    position = {label: len(labels) - 1 - k for k, label in enumerate(labels)}  # first label on top
     panels = _panels(data)
-    n_labels = max(len(block) for _, block in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 1.0 + 0.45 * n_labels),
-                             sharey=False, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 4.2 * len(panels), 1.2 + 0.42 * len(labels)),
+                             sharey=True, squeeze=False)
     for ax, (title, block) in zip(axes[0], panels):
-        y = np.arange(len(block))[::-1]
+        y = block["label"].map(position).to_numpy()
         ax.barh(y, 100 * block["win_rate"], xerr=_errors(block), color="tab:blue", alpha=0.8,
-                error_kw={"ecolor": "black", "capsize": 3, "lw": 1}, label="ours (95% CI)")
+                error_kw={"ecolor": "black", "capsize": 3, "lw": 1}, label="ours, 95% CI")
         paper = block["paper"].astype(float) if "paper" in block else pd.Series(np.nan, index=block.index)
         has_paper = paper.notna().to_numpy()
         if has_paper.any():
             ax.scatter(100 * paper.to_numpy()[has_paper], y[has_paper], **PAPER_STYLE)
-        ax.set_yticks(y, block["label"])
+        ax.axvline(50, color="grey", lw=0.8, ls=":", label="50%")
         ax.set_xlim(0, 100)
-        ax.axvline(50, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("win rate vs chosen (%)" if block["task"].iloc[0] != "instructions" else "AlpacaEval 2.0 win rate (%)")
         ax.set_title(title)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_yticks(list(position.values()), list(position.keys()))
+    axes[0][0].set_ylim(-0.6, len(labels) - 0.4)
+    # One legend for the figure, below the panels, so it never covers a bar.
+    handles, names = [], []
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
     fig.suptitle(table.title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))  # ~0.4 inch for the legend row
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     return save_figure(fig, stem)
 
 
@@ -100,7 +111,7 @@ def _lines(table: Table, stem, x: str, series: str, xlabel: str, log2: bool = Fa
             rows = block[block[series].astype(str) == name].sort_values(x)
             if rows.empty:
                 continue
-            offset = (k - (len(names) - 1) / 2) * 0.015 * spread
+            offset = (k - (len(names) - 1) / 2) * 0.025 * spread
             xs = rows[x].astype(float).to_numpy()
             xs = xs * 2 ** offset if log2 else xs + offset
             ax.errorbar(xs, 100 * rows["win_rate"], yerr=_errors(rows), marker="o", capsize=3, label=name)
@@ -128,9 +139,11 @@ def plot_batch_size(table4: Table, stem) -> list[Path]:
     return _lines(table4, stem, "batch_size", "method", "batch size (log scale)", log2=True)
 
 
+SMOOTH_FROM_STEPS = 50  # shorter logs are drawn as they are; smoothing a few points only hides them
+
+
 def _smooth(values: pd.Series) -> pd.Series:
-    span = max(1, len(values) // 20)
-    return values.ewm(span=span, adjust=False).mean()
+    return values.ewm(span=max(5, len(values) // 25), adjust=False).mean()
 
 
 def plot_training_curves(metrics: pd.DataFrame, title: str, stem) -> list[Path]:
@@ -142,8 +155,11 @@ def plot_training_curves(metrics: pd.DataFrame, title: str, stem) -> list[Path]:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         rows = metrics[["step", key]].dropna()
-        ax.plot(rows["step"], rows[key], color="tab:blue", alpha=0.3, lw=0.8, label="per step")
-        ax.plot(rows["step"], _smooth(rows[key]), color="tab:blue", lw=1.8, label="smoothed (EMA)")
+        if len(rows) >= SMOOTH_FROM_STEPS:
+            ax.plot(rows["step"], rows[key], color="tab:blue", alpha=0.3, lw=0.8, label="per step")
+            ax.plot(rows["step"], _smooth(rows[key]), color="tab:blue", lw=1.8, label="smoothed (EMA)")
+        else:
+            ax.plot(rows["step"], rows[key], color="tab:blue", lw=1.5, marker=".", label="per step")
         if key == "rewards/accuracies":
             ax.set_ylim(-0.02, 1.02)
         if key == "rewards/margins":
@@ -151,7 +167,8 @@ def plot_training_curves(metrics: pd.DataFrame, title: str, stem) -> list[Path]:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    if len(metrics) >= SMOOTH_FROM_STEPS:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, stem)
@@ -211,8 +228,11 @@ def plot_weight_heatmap(example: dict, stem, width: int = 40) -> list[Path]:
     size = max(4.0, 0.55 * max(m, n) + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-9))
-    ax.set_xticks(range(n), [f"{j}: {shorten_prompt(p, width)}" for j, p in enumerate(example["rejected_prompts"])],
-                  rotation=45, ha="right", fontsize=7)
+    if example["rejected_prompts"] == example["chosen_prompts"]:  # paired batch: the y labels say it all
+        ax.set_xticks(range(n), [str(j) for j in range(n)], fontsize=7)
+    else:
+        ax.set_xticks(range(n), [f"{j}: {shorten_prompt(p, width)}" for j, p in enumerate(example["rejected_prompts"])],
+                      rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(m), [f"{i}: {shorten_prompt(p, width)}" for i, p in enumerate(example["chosen_prompts"])],
                   fontsize=7)
     ax.set_xlabel("prompt j of the rejected response")
@@ -223,7 +243,7 @@ def plot_weight_heatmap(example: dict, stem, width: int = 40) -> list[Path]:
             for j in range(n):
                 ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if weights[i, j] > threshold else "white")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="weight w_ij (each row sums to 1)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=r"weight $w_{ij}$ (each row sums to 1)")
     ax.set_title(f"RPO weights of one batch: tau={example['tau']:g}, embedder {example['embedder']}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, stem)

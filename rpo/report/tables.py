@@ -28,6 +28,7 @@ NOT_RUN = "not run"
 TASK_NOTE = ("Our task 'dialogue' stands in for the paper's Anthropic HH column and 'summarization' for "
              "its TL;DR column; our base models are not the paper's.")
 CI_NOTE = "Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets."
+PAPER_NOTE = "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here."
 _Z95 = 1.959963984540054
 
 
@@ -146,7 +147,7 @@ def _paper_model_note(runs: pd.DataFrame) -> str:
         parts.append(f"ours {model or '(unnamed)'} beside paper HH {ref}")
     return ("Paper HH values are those of the paper model listed here (Mistral-7B is the only HH model with "
             "absolute published numbers): " + "; ".join(parts) + ". TL;DR values: model not stated in the paper. "
-            "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here.")
+            + PAPER_NOTE)
 
 
 def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], name: str, title: str, notes: list[str]) -> Table:
@@ -240,7 +241,8 @@ def table3(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
 
     return _grid(selected, "table3", "Table 3: RPO-Paired win rate by temperature tau and prompt embedder",
                  "tau", lambda t: f"tau={t:g}", "embedder",
-                 ["The paper's per-cell sweep values are not known here; 'paper' gives its default setting only."],
+                 ["The paper's per-cell sweep values are not known here; 'paper' gives its default setting only. "
+                  + PAPER_NOTE],
                  paper_col)
 
 
@@ -272,9 +274,10 @@ def table2(alpacaeval: pd.DataFrame) -> Table:
                      "label": METHOD_LABELS[row["method"]], "run": row["run"], "win_rate": row["win_rate"],
                      "ci_low": row["ci_low"], "ci_high": row["ci_high"],
                      "paper": paper.paper_win_rate("alpacaeval", row["method"])})
-    notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets; SE: "
-             "standard error; LC: length-controlled (the paper reports the plain rate).",
-             "Paper values are the paper's AlpacaEval 2.0 numbers; its base model differs from ours."]
+    notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets (win rate "
+             "+/- 1.96 SE where the result file gives none); SE: alpaca_eval's standard error; LC: "
+             "length-controlled (the paper reports the plain rate).",
+             "Paper values are the paper's AlpacaEval 2.0 numbers; its base model differs from ours. " + PAPER_NOTE]
     return Table("table2", "Table 2: AlpacaEval 2.0 win rate", pd.DataFrame(lines), pd.DataFrame(data), notes)
 
 
