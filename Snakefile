@@ -1,0 +1,22 @@
+# RPO replication: SFT -> reference log-probs -> DPO/RPO variants and baselines -> generation ->
+# judging -> AlpacaEval -> tables and figures. `snakemake --cores 2` runs the embedded default;
+# `snakemake --configfile workflow/paper.yaml ...` runs the paper's setup through the same rules.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,79 @@
+"""Write the pipeline's data folder from either source: the generated world or the paper's datasets.
+
+    python -m rpo.data.prepare --data-config '<JSON of config.yaml's data: section>' --out results/data
+
+Both sources produce the same layout, so every later rule is the same at both scales:
+    {out}/{task}/train.jsonl, {out}/{task}/test.jsonl   preference records (task: dialogue, summarization)
+    {out}/instructions/eval.jsonl                      eval-only prompts with reference outputs
+    {out}/load_report.json                             rows read, loaded and skipped (with reasons)
+    {out}/world.json                                   (world only) what the oracle judge regenerates
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from rpo.data.records import write_eval_prompts, write_records
+from rpo.errors import ConfigError
+from rpo.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _prepare_world(data_config: dict, out: Path) -> dict:
+    from rpo.data.world import generate_world
+
+    world = generate_world(data_config.get("world") or {})
+    world.write(out)
+    return {"source": "world"}
+
+
+def _prepare_hub(data_config: dict, out: Path) -> dict:
+    from rpo.data.loaders import load_eval_prompts, load_preference_data
+
+    hub, report = data_config.get("hub") or {}, {"source": "hub", "tasks": {}}
+    for task in data_config["tasks"]:
+        if task not in hub:
+            raise ConfigError(f"config key 'data.hub.{task}': missing (data.source is hub)")
+        spec = hub[task]
+        for split_key, name in (("train_split", "train"), ("test_split", "test")):
+            records, load_report = load_preference_data(spec["source"], spec.get("path"), spec[split_key],
+                                                        on_error=spec.get("on_error", "raise"))
+            if name == "train" and spec.get("max_train"):
+                records = records[: spec["max_train"]]
+            write_records(out / task / f"{name}.jsonl", records)
+            report["tasks"][f"{task}/{name}"] = load_report.to_dict()
+            log.info("%s/%s: %d records (%d rows skipped)", task, name, len(records), load_report.n_skipped)
+    instructions = hub.get("instructions") or {"source": "alpaca_eval", "path": None, "split": "eval"}
+    prompts = load_eval_prompts(instructions.get("source", "alpaca_eval"), instructions.get("path"),
+                                instructions.get("split", "eval"))
+    write_eval_prompts(out / "instructions" / "eval.jsonl", prompts)
+    return report
+
+
+def prepare(data_config: dict, out_dir) -> Path:
+    """Build the whole data folder in a temporary folder and move it into place at the end."""
+    source = data_config.get("source")
+    builders = {"world": _prepare_world, "hub": _prepare_hub}
+    if source not in builders:
+        raise ConfigError(f"config key 'data.source': must be one of {', '.join(builders)}, got {source!r}")
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        report = builders[source](data_config, tmp)
+        write_json(tmp / "load_report.json", report)
+    return Path(out_dir)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Write the pipeline's data folder (rpo.data.prepare)")
+    parser.add_argument("--data-config", required=True, help="JSON of the config's data: section")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    prepare(json.loads(args.data_config), args.out)
+
+
+if __name__ == "__main__":
+    main()

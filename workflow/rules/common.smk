@@ -1,0 +1,117 @@
+# Config validation, path helpers and target lists. Wiring only: what a run means lives in
+# rpo.pipeline, how it trains in rpo.train.
+import json
+import shlex
+
+from rpo.config import validate_config
+from rpo.losses import EMBEDDING_LOSSES
+from rpo.pipeline import embedder_short, experiment_runs, parse_run
+
+
+validate_config(config)
+
+RESULTS = config["results_dir"]
+DATA = f"{RESULTS}/data"
+TASKS = config["data"]["tasks"]
+MODELS = list(config["models"])
+RPO = config["rpo"]
+EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO.get("control_embedder") else [])))
+EMBEDDER_BY_SHORT = {embedder_short(e): e for e in EMBEDDERS}
+RUNS = experiment_runs(config)
+THREADS = config.get("threads", 1)
+MEM_MB = config.get("mem_mb", 4000)
+GPUS = config.get("gpus", 0)
+LOCAL_ORACLE = config["judge"]["backend"] == "local-oracle"
+ALPACA_METHODS = (config.get("alpacaeval") or {}).get("runs", [])
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9._-]+",
+    task="dialogue|summarization",
+    seed=r"\d+",
+    run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
+    emb="[A-Za-z0-9._-]+",
+
+
+def quoted_json(obj):
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def run_settings(wildcards):
+    return parse_run(wildcards.run, EMBEDDERS)
+
+
+def model_dir(model, task, run):
+    return f"{RESULTS}/{model}/{task}/models/{run}"
+
+
+def train_overrides(stage, extra):
+    """key=value arguments for `python -m rpo.train`: shared training keys, the stage's keys, the run's."""
+    keys = {**config["training"], **config[stage], **extra, "threads": THREADS}
+    keys.pop("reference_batch_size", None)
+    return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in sorted(keys.items()) if v is not None)
+
+
+def preference_overrides(wildcards):
+    run = run_settings(wildcards)
+    extra = {"method": run.method, "batch_size": run.batch_size, "seed": run.seed}
+    if run.method in EMBEDDING_LOSSES:
+        extra.update(tau=run.tau, embedder=run.embedder)
+    return train_overrides("preference", extra)
+
+
+def preference_inputs(wildcards):
+    run = run_settings(wildcards)
+    inputs = {
+        "data": f"{DATA}/{wildcards.task}/train.jsonl",
+        "sft": model_dir(wildcards.model, wildcards.task, f"sft_seed{run.seed}"),
+        "refcache": f"{RESULTS}/{wildcards.model}/{wildcards.task}/refcache/sft_seed{run.seed}.pt",
+    }
+    if run.method in EMBEDDING_LOSSES:
+        inputs["embeddings"] = f"{RESULTS}/embeddings/{wildcards.task}/{embedder_short(run.embedder)}.pt"
+    return inputs
+
+
+def judge_wrapper():
+    """The local oracle judge: an OpenAI-compatible server on 127.0.0.1 that lives for one command."""
+    return f"python -m rpo.judge.local --world {DATA}/world.json --" if LOCAL_ORACLE else ""
+
+
+def judge_inputs():
+    return {"world": f"{DATA}/world.json"} if LOCAL_ORACLE else {}
+
+
+def run_names():
+    return [r.name for r in RUNS]
+
+
+def winrate_files(model=None):
+    return [f"{RESULTS}/{m}/{t}/judgments/{r}.winrate.json" for m in ([model] if model else MODELS)
+            for t in TASKS for r in run_names()]
+
+
+def alpaca_runs():
+    return [r.name for r in RUNS if r.method in ALPACA_METHODS and _is_default(r)]
+
+
+def _is_default(run):
+    if run.method in EMBEDDING_LOSSES:
+        return (run.tau, run.embedder, run.batch_size) == (RPO["default_tau"], RPO["default_embedder"],
+                                                           config["preference"]["batch_size"])
+    return run.method == "sft" or run.batch_size == config["preference"]["batch_size"]
+
+
+def alpaca_files():
+    return [f"{RESULTS}/{m}/instructions/alpacaeval/{r}.json" for m in MODELS for r in alpaca_runs()]
+
+
+TABLES = ["table1", "table2", "table3", "table4", "weighting"]
+FIGURES = ["table1", "table2", "tau", "table4", "weighting", "weights_heatmap"]
+
+
+def all_targets():
+    return (
+        [f"{RESULTS}/tables/{t}.md" for t in TABLES]
+        + [f"{RESULTS}/figures/{f}.png" for f in FIGURES]
+        + [f"{RESULTS}/figures/curves/{m}/{t}/{r}.png" for m in MODELS for t in TASKS for r in run_names()]
+    )

@@ -1,0 +1,68 @@
+# Generation on the test prompts, pairwise judging against the dataset's chosen responses, and
+# AlpacaEval on the instruction set. With judge.backend local-oracle the same openai-client code
+# talks to a server on 127.0.0.1 that judges by the generated world's known reward.
+
+GEN = config["generation"]
+JUDGE = config["judge"]
+
+
+def generation_args():
+    return (f"--n {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
+            f" --top-p {GEN.get('top_p', 0.95)} --temperature {GEN.get('temperature', 1.0)}"
+            f" --batch-size {GEN.get('batch_size', 8)}"
+            f" --max-prompt-length {config['training'].get('max_prompt_length', 256)}")
+
+
+rule generate:
+    input:
+        model=lambda wc: model_dir(wc.model, wc.task, wc.run),
+        records=f"{DATA}/{{task}}/test.jsonl",
+    output:
+        f"{RESULTS}/{{model}}/{{task}}/samples/{{run}}.jsonl",
+    params:
+        args=generation_args(),
+        seed=config["seeds"][0],
+    log:
+        f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/{{task}}/generate_{{run}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.generate --model {input.model} --records {input.records} --out {output}"
+        " --seed {params.seed} {params.args} > {log} 2>&1"
+
+
+rule judge:
+    input:
+        unpack(lambda wc: judge_inputs()),
+        samples=f"{RESULTS}/{{model}}/{{task}}/samples/{{run}}.jsonl",
+    output:
+        judgments=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.jsonl",
+        summary=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.winrate.json",
+    params:
+        wrapper=judge_wrapper(),
+        model=JUDGE.get("model", "gpt-4-0613"),
+        base_url=f"--base-url {JUDGE['base_url']}" if JUDGE.get("base_url") else "",
+        cache=f"{RESULTS}/judge_cache.sqlite",
+        concurrency=JUDGE.get("concurrency", 8),
+        seed=config["seeds"][0],
+    log:
+        f"{RESULTS}/logs/{{model}}/{{task}}/judge_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/{{task}}/judge_{{run}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        judge_api=1,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "{params.wrapper} python -m rpo.judge --samples {input.samples} --task {wildcards.task} --backend openai"
+        " {params.base_url} --model {params.model} --cache {params.cache} --seed {params.seed}"
+        " --concurrency {params.concurrency} --no-progress --out {output.judgments} --summary {output.summary}"
+        " > {log} 2>&1"

@@ -1,0 +1,73 @@
+# SFT on the chosen responses, the reference log-prob cache, then every preference run.
+# Checkpoints live beside each run ({run}.ckpt): a killed job resumes when rerun.
+
+
+rule sft:
+    input:
+        data=f"{DATA}/{{task}}/train.jsonl",
+        base=f"{RESULTS}/{{model}}/base",
+    output:
+        directory(f"{RESULTS}/{{model}}/{{task}}/models/sft_seed{{seed}}"),
+    params:
+        overrides=lambda wc: train_overrides("sft", {"method": "sft", "seed": int(wc.seed)}),
+    log:
+        f"{RESULTS}/logs/{{model}}/{{task}}/sft_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/{{task}}/sft_seed{{seed}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.train model={input.base} data={input.data} out={output} {params.overrides} > {log} 2>&1"
+
+
+rule refcache:
+    input:
+        data=f"{DATA}/{{task}}/train.jsonl",
+        model=f"{RESULTS}/{{model}}/{{task}}/models/sft_seed{{seed}}",
+    output:
+        f"{RESULTS}/{{model}}/{{task}}/refcache/sft_seed{{seed}}.pt",
+    params:
+        max_length=config["training"].get("max_length", 512),
+        max_prompt_length=config["training"].get("max_prompt_length", 256),
+        batch_size=config["training"].get("reference_batch_size", 16),
+    log:
+        f"{RESULTS}/logs/{{model}}/{{task}}/refcache_sft_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/{{task}}/refcache_sft_seed{{seed}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
+        " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}"
+        " --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+
+
+rule preference:
+    input:
+        unpack(preference_inputs),
+    output:
+        directory(f"{RESULTS}/{{model}}/{{task}}/models/{{run}}"),
+    params:
+        overrides=preference_overrides,
+        embeddings=lambda wc, input: f"embeddings={input.embeddings}" if "embeddings" in input.keys() else "",
+    log:
+        f"{RESULTS}/logs/{{model}}/{{task}}/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/{{task}}/{{run}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.train model={input.sft} data={input.data} out={output} reference_cache={input.refcache}"
+        " {params.embeddings} {params.overrides} > {log} 2>&1"
