@@ -1,0 +1,156 @@
+"""Prompt and candidate-response writers of the generated world, one theme (cluster) at a time.
+
+Candidates vary in quality by independent, cluster-specific features (how much of the required
+advice / how many key facts they keep; harmful, evasive, rambling or filler phrases; repetition),
+so the chosen response of a pair is often flawed too: SFT on chosen responses copies those flaws,
+and preference training has something to remove.
+"""
+from __future__ import annotations
+
+import random
+
+from rpo.data.records import format_turns
+from rpo.data.world_lexicon import (
+    DETAIL_REPLIES, DETAILS, GOOD_FRAMES, GREETING_REPLIES, GREETINGS, HARMFUL_FRAMES, INSTRUCTIONS,
+    OPENERS, PARTIAL_FRAMES, RAMBLE_FRAMES, REQUESTS, DialogueTheme,
+)
+from rpo.data.world_lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
+from rpo.data.world_reward import content_words
+
+# Dialogue candidates: how much advice they give, then independent flaws.
+ADVICE_LEVELS = (("full", 0.45), ("partial", 0.35), ("evasive", 0.20))
+P_OPENER, P_REPEAT, P_HARMFUL, P_RAMBLE = 0.5, 0.12, 0.2, 0.3
+# Summary candidates: how many key facts they keep, then independent flaws.
+SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.45), ("copy", 0.25))
+P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.35, 0.2, 0.1
+
+
+def _weighted(rng: random.Random, options) -> str:
+    names, weights = zip(*options)
+    return rng.choices(names, weights=weights)[0]
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def join_clauses(clauses) -> str:
+    clauses = list(clauses)
+    return clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
+
+
+# ---- dialogue (HH stand-in) and instructions (AlpacaEval stand-in) ----
+
+def dialogue_metadata(theme: DialogueTheme, obj: str, problem: int, budget: int) -> dict:
+    phrase, clauses = theme.problems[problem]
+    required = _unique(content_words(obj) + [word for clause in clauses for word in content_words(clause)])
+    return {
+        "theme": theme.name, "object": obj, "problem": phrase, "required": required,
+        "harmful": list(theme.harmful), "evasive": list(theme.evasive), "ramble": list(theme.ramble),
+        "budget": budget,
+    }
+
+
+def dialogue_prompt(theme: DialogueTheme, rng: random.Random, max_turns: int) -> tuple[str, str, int]:
+    """A 1..max_turns user-turn history ending in a request; returns (prompt, object, problem index)."""
+    obj = rng.choice(theme.objects)
+    problem = rng.randrange(len(theme.problems))
+    n_turns = rng.randint(1, max_turns)
+    turns = []
+    if n_turns >= 2:
+        turns += [("user", rng.choice(GREETINGS).format(topic=theme.topic)), ("assistant", rng.choice(GREETING_REPLIES))]
+    if n_turns >= 3:
+        turns += [("user", rng.choice(DETAILS).format(obj=obj)), ("assistant", rng.choice(DETAIL_REPLIES))]
+    request = rng.choice(REQUESTS).format(obj=obj, problem=theme.problems[problem][0])
+    return format_turns(turns + [("user", request)]), obj, problem
+
+
+def instruction_prompt(theme: DialogueTheme, rng: random.Random) -> tuple[str, str, int]:
+    obj = rng.choice(theme.objects)
+    problem = rng.randrange(len(theme.problems))
+    text = rng.choice(INSTRUCTIONS).format(obj=obj, problem=theme.problems[problem][0])
+    return format_turns([("user", text)]), obj, problem
+
+
+def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
+    clauses = list(theme.problems[problem][1])
+    rng.shuffle(clauses)
+    level = _weighted(rng, ADVICE_LEVELS)
+    if level == "full":
+        advice = join_clauses(clauses)
+        body = rng.choice(GOOD_FRAMES).format(obj=obj, advice=advice)
+    elif level == "partial":
+        advice = join_clauses(clauses[:rng.randint(1, len(clauses) - 1)])
+        body = rng.choice(PARTIAL_FRAMES).format(obj=obj, advice=advice)
+    else:
+        body = rng.choice(theme.evasive)
+    parts = [(rng.choice(OPENERS) if rng.random() < P_OPENER else "") + body]
+    if level != "evasive":
+        if rng.random() < P_REPEAT:  # a degenerate loop: the advice once more
+            parts.append(advice + ".")
+        if rng.random() < P_HARMFUL:
+            parts.append(rng.choice(HARMFUL_FRAMES).format(phrase=rng.choice(theme.harmful)))
+    if rng.random() < P_RAMBLE:
+        parts.append(rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble)))
+    return " ".join(parts)
+
+
+def reference_response(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
+    """A mid-quality answer: most of the advice, or all of it plus a ramble; never harmful."""
+    clauses = list(theme.problems[problem][1])
+    rng.shuffle(clauses)
+    if rng.random() < 0.5:
+        return PARTIAL_FRAMES[0].format(obj=obj, advice=join_clauses(clauses[:-1]))
+    body = rng.choice(GOOD_FRAMES).format(obj=obj, advice=join_clauses(clauses))
+    return body + " " + rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble))
+
+
+# ---- summarization (TL;DR stand-in) ----
+
+def post_prompt(theme: PostTheme, rng: random.Random, n_facts: int, n_fillers: int) -> tuple[str, dict]:
+    """A post stating `n_facts` of the theme's facts among `n_fillers` filler sentences.
+
+    Returns (prompt, layout) where layout holds the fact and filler indices in post order.
+    """
+    facts = rng.sample(range(len(theme.facts)), n_facts)
+    fillers = rng.sample(range(len(theme.fillers)), n_fillers)
+    sentences = [("fact", i) for i in facts] + [("filler", i) for i in fillers]
+    rng.shuffle(sentences)
+    body = " ".join((theme.facts if kind == "fact" else theme.fillers)[i][0] for kind, i in sentences)
+    text = POST_FRAME.format(subreddit=theme.subreddit, title=rng.choice(theme.titles), body=body)
+    layout = {
+        "facts": [i for kind, i in sentences if kind == "fact"],
+        "fillers": [i for kind, i in sentences if kind == "filler"],
+        "sentences": [(theme.facts if kind == "fact" else theme.fillers)[i][0] for kind, i in sentences],
+    }
+    return format_turns([("user", text)]), layout
+
+
+def post_metadata(theme: PostTheme, layout: dict, budget: int) -> dict:
+    return {
+        "theme": theme.name,
+        "facts": [theme.facts[i][1] for i in layout["facts"]],
+        "absent": [phrase for i, (_, phrase) in enumerate(theme.facts) if i not in layout["facts"]],
+        "filler": [phrase for _, phrase in theme.fillers],
+        "budget": budget,
+    }
+
+
+def summary_candidate(theme: PostTheme, layout: dict, rng: random.Random) -> str:
+    level = _weighted(rng, SUMMARY_LEVELS)
+    if level == "copy":  # the lazy summary: the post's first sentences, filler and all
+        return " ".join(layout["sentences"][:rng.randint(2, len(layout["sentences"]))])
+    facts = [theme.facts[i][1] for i in layout["facts"]]
+    if level == "partial":
+        keep = sorted(rng.sample(range(len(facts)), rng.randint(1, len(facts) - 1)))
+        facts = [facts[i] for i in keep]
+    items = list(facts)
+    if rng.random() < P_FILLER:
+        pool = layout["fillers"] or range(len(theme.fillers))
+        items.insert(rng.randint(0, len(items)), theme.fillers[rng.choice(list(pool))][1])
+    if rng.random() < P_HALLUCINATE:
+        absent = [i for i in range(len(theme.facts)) if i not in layout["facts"]]
+        items.insert(rng.randint(0, len(items)), theme.facts[rng.choice(absent)][1])
+    if rng.random() < P_SUMMARY_REPEAT:
+        items.append(rng.choice(items))
+    return rng.choice(SUMMARY_JOINERS).join(items) + "."
