@@ -101,7 +101,7 @@ def reference_response(theme: DialogueTheme, obj: str, problem: int, rng: random
     rng.shuffle(clauses)
     if rng.random() < 0.5:
         return PARTIAL_FRAMES[0].format(obj=obj, advice=join_clauses(clauses[:-1]))
-    body = rng.choice(GOOD_FRAMES).format(obj=obj, advice=join_clauses(clauses))
+    body = GOOD_FRAMES[0].format(obj=obj, advice=join_clauses(clauses))
     return body + " " + rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble))
 
 
