@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rpo.errors import ConfigError, DataError
 from rpo.io import read_jsonl, write_json
-from rpo.judge.base import read_samples
+from rpo.judge.base import read_samples, scrub_api_key
 
 DEFAULT_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"
 REFERENCE_GENERATOR = "gpt4_turbo"
@@ -83,11 +83,6 @@ def resolve_annotator(annotators_config) -> str:
                       f"built into alpaca_eval (see {_evaluators_dir()})")
 
 
-def _scrub(text: str) -> str:
-    api_key = os.environ.get("OPENAI_API_KEY")
-    return text.replace(api_key, "[OPENAI_API_KEY]") if api_key else text
-
-
 def _length_controlled(annotations_path: Path) -> tuple[float | None, str | None]:
     try:
         import pandas as pd
@@ -133,7 +128,7 @@ def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_
     except subprocess.TimeoutExpired:
         raise AlpacaEvalError(f"alpaca_eval did not finish within {timeout_s} s (cached answers are kept "
                               f"in {caching_path} only once alpaca_eval saves them)") from None
-    log = _scrub(proc.stdout + proc.stderr)
+    log = scrub_api_key(proc.stdout + proc.stderr)
     (output_dir / "alpaca_eval.log").write_text(log, encoding="utf-8")
     if proc.returncode != 0:
         raise AlpacaEvalError(f"alpaca_eval exited with status {proc.returncode}; end of its log "

@@ -21,10 +21,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rpo.data.tokenize import TRUNCATION_SIDES
 from rpo.errors import ConfigError
 from rpo.io import read_jsonl, write_jsonl
-
-TRUNCATION_SIDES = ("keep_end", "keep_start")
 
 
 def _as_row(record) -> dict:
@@ -94,8 +93,7 @@ def generate(
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"batch_size and max_new_tokens: must be positive, got {batch_size}, {max_new_tokens}")
-    model, tokenizer = load_model(model_path, dtype=dtype, device=device)
-    model.eval()
+    model, tokenizer = load_model(model_path, dtype=dtype, device=device)  # in eval mode
     sampling = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length,
                 "seed": seed, "batch_size": batch_size}
     options = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": True,

@@ -166,6 +166,23 @@ def test_exhausted_retries_fail_after_the_others_and_keep_their_answers(api_key,
     assert [r["verdict"] for r in rows] == expected_verdicts()
 
 
+def test_interrupt_starts_no_further_calls(api_key, server, tmp_path):
+    judge = openai_judge(server, JudgeCache(tmp_path / "cache.sqlite"), concurrency=1)
+    original, interrupted = judge._call_with_retries, []
+
+    def call_or_interrupt(text):
+        if server.requests == 3 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # as if Ctrl-C arrived before the 4th call
+        return original(text)
+
+    judge._call_with_retries = call_or_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        judge_samples(make_samples(), "dialogue", judge, seed=1)
+    # The one worker may already have taken the next item; nothing after that starts (11 calls without the cancel).
+    assert server.requests <= 4 and len(judge.cache) == server.requests
+
+
 def test_killed_run_keeps_answers_already_received(api_key, tmp_path):
     """SIGKILL the CLI while its 4th call is in flight; the rerun pays only for the other N - 3."""
     released = __import__("threading").Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ class Judge(abc.ABC):
     def usage(self) -> dict:
         """Calls, tokens and estimated cost of this judge's work so far (empty when not applicable)."""
         return {}
+
+
+def scrub_api_key(text: str) -> str:
+    """`text` with the value of OPENAI_API_KEY masked, for anything that may reach a log or a file."""
+    api_key = os.environ.get("OPENAI_API_KEY")
+    return text.replace(api_key, "[OPENAI_API_KEY]") if api_key else text
 
 
 def check_task(task: str) -> str:

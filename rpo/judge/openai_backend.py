@@ -19,7 +19,9 @@ import openai
 from tqdm.auto import tqdm
 
 from rpo.errors import ConfigError
-from rpo.judge.base import Judge, JudgeAPIError, JudgeItem, Judgment, parse_verdict, render_prompt, template_sha256
+from rpo.judge.base import (
+    Judge, JudgeAPIError, JudgeItem, Judgment, parse_verdict, render_prompt, scrub_api_key, template_sha256,
+)
 from rpo.judge.cache import JudgeCache, cache_key
 
 # USD per 1M tokens (input, output). A model not listed gets no cost estimate rather than a guess.
@@ -101,15 +103,20 @@ class OpenAIJudge(Judge):
         failures: list[tuple[str, str]] = []
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {pool.submit(self._judge_one, item): i for i, item in enumerate(items)}
-            for future in tqdm(as_completed(futures), total=len(futures), desc=f"judging ({self.model})",
-                               disable=not self.progress):
-                index = futures[future]
-                try:
-                    results[index] = future.result()
-                except ConfigError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - recorded, reported once all items are done
-                    failures.append((items[index].id, _scrub(f"{type(exc).__name__}: {exc}")))
+            try:
+                for future in tqdm(as_completed(futures), total=len(futures), desc=f"judging ({self.model})",
+                                   disable=not self.progress):
+                    index = futures[future]
+                    try:
+                        results[index] = future.result()
+                    except ConfigError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - recorded, reported once all items are done
+                        failures.append((items[index].id, scrub_api_key(f"{type(exc).__name__}: {exc}")))
+            except BaseException:
+                # Ctrl-C or a config error: finish the calls in flight (their answers get cached), start no more.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         if failures:
             where = f" (answers received so far are cached in {self.cache.path})" if self.cache else ""
             raise JudgeAPIError(
@@ -162,8 +169,3 @@ class OpenAIJudge(Judge):
     def _backoff(self, attempt: int) -> float:
         # Jitter spreads out threads that hit the same rate limit at the same moment.
         return random.uniform(0.5, 1.0) * min(self.backoff_max, self.backoff_base * 2**attempt)
-
-
-def _scrub(message: str) -> str:
-    api_key = os.environ.get("OPENAI_API_KEY")
-    return message.replace(api_key, "[OPENAI_API_KEY]") if api_key else message
