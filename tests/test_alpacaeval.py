@@ -1,12 +1,12 @@
 """AlpacaEval end to end: our exports, the real alpaca_eval package and its default annotator
-(alpaca_eval_gpt4_turbo_fn, function calling), against tests/judge_server.py on 127.0.0.1."""
+(alpaca_eval_gpt4_turbo_fn, function calling), against rpo/judge/server.py on 127.0.0.1."""
 import json
 import re
 import secrets
 
 import pytest
 
-from judge_server import ChatServer
+from rpo.judge.server import ChatServer
 from rpo.alpacaeval import (
     DEFAULT_ANNOTATOR, export_model_outputs, export_reference_outputs, main, resolve_annotator, run_alpaca_eval,
 )

@@ -1,4 +1,4 @@
-"""Judging protocol and the OpenAI backend, run with the real openai client against tests/judge_server.py."""
+"""Judging protocol and the OpenAI backend, run with the real openai client against rpo/judge/server.py."""
 import json
 import os
 import secrets
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from judge_server import ChatServer
+from rpo.judge.server import ChatServer
 from rpo.errors import ConfigError, DataError
 from rpo.io import write_jsonl
 from rpo.judge import (

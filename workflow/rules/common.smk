@@ -29,7 +29,7 @@ wildcard_constraints:
     model="[A-Za-z0-9._-]+",
     task="dialogue|summarization",
     seed=r"\d+",
-    run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
+    run=r"[a-z-]+_[A-Za-z0-9._-]+",
     emb="[A-Za-z0-9._-]+",
 
 
@@ -106,12 +106,16 @@ def alpaca_files():
 
 
 TABLES = ["table1", "table2", "table3", "table4", "weighting"]
-FIGURES = ["table1", "table2", "tau", "table4", "weighting", "weights_heatmap"]
+FIGURES = ["table1", "table2", "tau", "table4", "weighting"]
 
 
 def all_targets():
+    """Every table and figure of every model: the `all` target."""
+    tables = [t for t in TABLES if t != "table2" or alpaca_runs()]
+    figures = [f for f in FIGURES if f != "table2" or alpaca_runs()]
     return (
-        [f"{RESULTS}/tables/{t}.md" for t in TABLES]
-        + [f"{RESULTS}/figures/{f}.png" for f in FIGURES]
-        + [f"{RESULTS}/figures/curves/{m}/{t}/{r}.png" for m in MODELS for t in TASKS for r in run_names()]
+        [f"{RESULTS}/tables/{m}/{t}.md" for m in MODELS for t in tables]
+        + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS for f in figures]
+        + [f"{RESULTS}/figures/weights_heatmap_{t}.png" for t in TASKS]
+        + [f"{RESULTS}/figures/{m}/curves/{t}/{r}.png" for m in MODELS for t in TASKS for r in run_names()]
     )

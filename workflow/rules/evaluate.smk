@@ -66,3 +66,59 @@ rule judge:
         " {params.base_url} --model {params.model} --cache {params.cache} --seed {params.seed}"
         " --concurrency {params.concurrency} --no-progress --out {output.judgments} --summary {output.summary}"
         " > {log} 2>&1"
+
+
+rule generate_instructions:
+    input:
+        model=lambda wc: model_dir(wc.model, TASKS[0], wc.run),
+        records=f"{DATA}/instructions/eval.jsonl",
+    output:
+        f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
+    params:
+        args=generation_args(),
+        n=(config.get("alpacaeval") or {}).get("n_prompts", 805),
+        seed=config["seeds"][0],
+    log:
+        f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/instructions/generate_{{run}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        gpu=GPUS,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.generate --model {input.model} --records {input.records} --out {output}"
+        " --seed {params.seed} {params.args} --n {params.n} > {log} 2>&1"
+
+
+rule alpacaeval:
+    input:
+        unpack(lambda wc: judge_inputs()),
+        samples=f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
+    output:
+        f"{RESULTS}/{{model}}/instructions/alpacaeval/{{run}}.json",
+    params:
+        wrapper=judge_wrapper(),
+        work=lambda wc: f"{RESULTS}/{wc.model}/instructions/alpacaeval/{wc.run}.work",
+        annotator=(config.get("alpacaeval") or {}).get("annotators_config", "alpaca_eval_gpt4_turbo_fn"),
+        base_url=f"--base-url {JUDGE['base_url']}" if JUDGE.get("base_url") else "",
+        cache=f"{RESULTS}/alpacaeval_cache.json",
+    log:
+        f"{RESULTS}/logs/{{model}}/instructions/alpacaeval_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{model}}/instructions/alpacaeval_{{run}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        judge_api=1,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "(python -m rpo.alpacaeval export --samples {input.samples} --out {params.work}/model_outputs.json"
+        " --generator {wildcards.run} --reference-out {params.work}/reference_outputs.json"
+        " && {params.wrapper} python -m rpo.alpacaeval evaluate --model-outputs {params.work}/model_outputs.json"
+        " --reference-outputs {params.work}/reference_outputs.json --annotators-config {params.annotator}"
+        " {params.base_url} --output-dir {params.work} --caching-path {params.cache}"
+        " --summary {output}) > {log} 2>&1"

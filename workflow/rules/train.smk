@@ -58,6 +58,8 @@ rule preference:
     params:
         overrides=preference_overrides,
         embeddings=lambda wc, input: f"embeddings={input.embeddings}" if "embeddings" in input.keys() else "",
+    wildcard_constraints:
+        run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/{{run}}.log",
     benchmark:

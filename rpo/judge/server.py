@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible chat-completions server on 127.0.0.1, for tests and local oracle judges.
+"""A small OpenAI-compatible chat-completions server on 127.0.0.1: the local oracle judge and the tests.
 
 The HTTP part is generic: answers come from `reply(messages) -> text`. Requests that carry `tools`
 (function calling, as alpaca_eval's *_fn annotators send) get the text back as the arguments of a
