@@ -35,11 +35,12 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     labels == -100 marks prompt and padding tokens. cross_entropy avoids materialising a full
     log-softmax copy of the [B, T, V] logits, which matters at vocab 32k+.
     """
-    logits, labels = logits[:, :-1, :], labels[:, 1:]
+    # Shift the labels, not the logits: slicing [B, T, V] logits would copy them.
+    labels = F.pad(labels[:, 1:], (0, 1), value=-100)
     if logits.dtype in (torch.float16, torch.bfloat16):  # sum log-probs in fp32, keep fp64 exact
         logits = logits.float()
     token_nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
+        logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
     ).view(labels.shape)
     mask = labels != -100
     return -(token_nll * mask).sum(-1), mask.sum(-1)

@@ -280,6 +280,26 @@ def load_model(path, dtype=None, device=None):
     return model, tokenizer
 
 
+def response_logps(model, input_ids, attention_mask, labels):
+    """Summed response log-probs and response token counts of a right-padded batch.
+
+    Only positions from the earliest response token on go through the LM head (`logits_to_keep`):
+    prompt positions predict nothing we score, and for small models with a large vocabulary the
+    head is most of the compute.
+    """
+    from rpo.losses import sequence_logps
+
+    scored = labels != -100
+    first = int(scored.float().argmax(1)[scored.any(1)].min()) if scored.any() else labels.shape[1] - 1
+    first = max(first, 1)
+    keep = labels.shape[1] - first + 1  # logits at positions first-1 .. T-1
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    except TypeError:  # architectures without logits_to_keep
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]
+    return sequence_logps(logits, labels[:, first - 1:])
+
+
 def model_fingerprint(path) -> str:
     """sha256 over config.json and the weight files (by relative name and content).
 

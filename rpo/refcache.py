@@ -19,8 +19,7 @@ from rpo.data.records import PreferenceRecord, read_records
 from rpo.data.tokenize import collate, tokenize_example
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
-from rpo.losses import sequence_logps
-from rpo.models import load_model, model_fingerprint
+from rpo.models import load_model, model_fingerprint, response_logps
 
 SIDES = ("chosen", "rejected", "kl")
 
@@ -56,8 +55,8 @@ def batched_logps(model, examples: list[dict], pad_token_id: int, batch_size: in
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
         # The same precision as the trainer's forward: fp32 weights, bf16 autocast on capable GPUs.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out.append(sequence_logps(logits, batch["labels"])[0].float().cpu())
+            logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        out.append(logps.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

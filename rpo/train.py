@@ -28,8 +28,8 @@ from rpo.data.tokenize import collate
 from rpo.embed import load_embeddings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
-from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss, sequence_logps
-from rpo.models import load_model, save_model
+from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss
+from rpo.models import load_model, response_logps, save_model
 from rpo.refcache import default_truncation, load_reference_cache, tokenize_records
 
 DEFAULTS = {
@@ -52,6 +52,8 @@ def resolve_config(config: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **config}
+    for key in ("lr", "beta", "tau", "diagonal_weight", "weight_decay", "max_grad_norm"):
+        cfg[key] = _as_number(cfg[key])
     for key in REQUIRED:
         if not cfg[key]:
             raise ConfigError(f"training config key '{key}' is required")
@@ -137,8 +139,8 @@ class Trainer:
     def _logps(self, examples: list[dict]):
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return sequence_logps(logits, batch["labels"]) + (int(batch["attention_mask"].sum()),)
+            logps, counts = response_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return logps, counts, int(batch["attention_mask"].sum())
 
     def reference_logps(self, side: str, indices: list[int]) -> torch.Tensor:
         return self.ref[side][torch.tensor(indices, dtype=torch.long)]
@@ -300,6 +302,16 @@ def load_config(path, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key=value")
         cfg[key] = yaml.safe_load(value)
     return cfg
+
+
+def _as_number(value):
+    """YAML 1.1 reads 5e-7 (no dot) as a string; accept it as the number it is meant to be."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def main(argv=None) -> None:

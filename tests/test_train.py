@@ -115,7 +115,7 @@ def test_resume_after_interruption_is_bit_identical(world, tmp_path):
 def test_killed_process_resumes_to_identical_weights(world, tmp_path):
     common = ["method=dpo", f"model={world['model']}", f"data={world['data']}", f"reference_cache={world['cache']}",
               "batch_size=2", "lr=0.001", "optimizer=adamw", "warmup_steps=1", "max_length=64",
-              "max_prompt_length=32", "seed=5", "threads=1", "save_every=1"]
+              "max_prompt_length=32", "seed=5", "threads=1", "save_every=1", "epochs=6"]
     cmd = [sys.executable, "-m", "rpo.train"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd + common + [f"out={tmp_path / 'ref'}"], check=True, env=env, capture_output=True)
@@ -125,7 +125,7 @@ def test_killed_process_resumes_to_identical_weights(world, tmp_path):
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.3)  # kill mid-way through a later step, possibly mid-checkpoint
+    time.sleep(0.2)  # kill mid-way through a later step, possibly mid-checkpoint
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "run" / "model.safetensors").exists(), "run finished before it could be killed"

@@ -148,6 +148,10 @@ class ChatServer:
                     server._stopping.wait(fault.stall_s)
                 try:
                     payload = server._completion(body, garbage=bool(fault and fault.garbage))
+                except (KeyError, ValueError) as exc:  # a request the reply function cannot answer
+                    # 400, not 500: a client must not retry what can never succeed.
+                    self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+                    return
                 except Exception as exc:  # noqa: BLE001 - a broken reply function becomes an HTTP 500
                     self._send(500, {"error": {"message": f"reply failed: {exc}", "type": "server_error"}})
                     return

@@ -6,6 +6,8 @@
   python -m rpo.report fig-tau --results results --out results/figures/tau        (writes tau.{png,pdf})
   python -m rpo.report curves  --results results --out results/figures/curves
   python -m rpo.report curve   --results results --task dialogue --run dpo_bs8_seed1 --out STEM
+  python -m rpo.report weights-example --records train.jsonl --embeddings minilm.pt \
+      --embedder all-MiniLM-L6-v2 --tau 0.5 --batch-size 8 --out example.json
   python -m rpo.report heatmap --weights example.json --out results/figures/weights
 
 --expected-runs takes "task/run" (or a bare run name, required in every task); AlpacaEval runs are
@@ -58,6 +60,26 @@ def write_curves(results, tasks, out_dir: Path) -> list[Path]:
     return paths
 
 
+def write_weight_example(args) -> Path:
+    """The first micro-batch the paired RPO trainer sees with this seed, and its weights w_ij."""
+    from rpo.data.records import read_records
+    from rpo.embed import load_embeddings
+    from rpo.io import write_json
+    from rpo.train import micro_batch_plan
+
+    records = read_records(args.records)
+    embeddings = load_embeddings(args.embeddings, args.records, args.embedder)
+    plan = micro_batch_plan({"method": "rpo-paired", "batch_size": args.batch_size, "epochs": 1,
+                             "seed": args.seed}, records)
+    if not plan:
+        raise DataError(f"{args.records}: fewer records than one batch of {args.batch_size}")
+    chosen = plan[0][0]
+    example = figures.weight_example([records[i].prompt for i in chosen], embeddings[chosen].numpy(), args.tau,
+                                     args.embedder)
+    write_json(args.out, example)
+    return args.out
+
+
 def _add_common(parser, out_help: str) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--out", type=Path, required=True, help=out_help)
@@ -87,6 +109,14 @@ def parse_args(argv=None):
     _add_common(p, "output stem")
     p.add_argument("--task", required=True)
     p.add_argument("--run", required=True)
+    p = sub.add_parser("weights-example", help="the RPO weights of one training micro-batch, as JSON")
+    p.add_argument("--records", type=Path, required=True)
+    p.add_argument("--embeddings", type=Path, required=True)
+    p.add_argument("--embedder", required=True)
+    p.add_argument("--tau", type=float, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True, help="output JSON")
     p = sub.add_parser("heatmap", help="heat map of one batch's RPO weights")
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output stem")
@@ -123,6 +153,8 @@ def main(argv=None) -> int:
             config = {"task": args.task, "run": args.run, **row.loc[args.run].to_dict()}
             written += figures.plot_training_curves(load_metrics(args.results, args.task, args.run),
                                                     figures.training_curve_title(config), args.out)
+        elif args.command == "weights-example":
+            written.append(write_weight_example(args))
         elif args.command == "heatmap":
             written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out)
     except (DataError, ConfigError) as exc:

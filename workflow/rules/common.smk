@@ -117,5 +117,5 @@ def all_targets():
         [f"{RESULTS}/tables/{m}/{t}.md" for m in MODELS for t in tables]
         + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS for f in figures]
         + [f"{RESULTS}/figures/weights_heatmap_{t}.png" for t in TASKS]
-        + [f"{RESULTS}/figures/{m}/curves/{t}/{r}.png" for m in MODELS for t in TASKS for r in run_names()]
+        + [f"{RESULTS}/figures/{m}/curves" for m in MODELS]
     )

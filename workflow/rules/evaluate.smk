@@ -104,7 +104,7 @@ rule alpacaeval:
         work=lambda wc: f"{RESULTS}/{wc.model}/instructions/alpacaeval/{wc.run}.work",
         annotator=(config.get("alpacaeval") or {}).get("annotators_config", "alpaca_eval_gpt4_turbo_fn"),
         base_url=f"--base-url {JUDGE['base_url']}" if JUDGE.get("base_url") else "",
-        cache=f"{RESULTS}/alpacaeval_cache.json",
+        cache=lambda wc: f"{RESULTS}/{wc.model}/instructions/alpacaeval/{wc.run}.work/annotations_cache.json",
     log:
         f"{RESULTS}/logs/{{model}}/instructions/alpacaeval_{{run}}.log",
     benchmark:

@@ -83,26 +83,24 @@ rule figure:
 
 rule training_curves:
     input:
-        lambda wc: model_dir(wc.model, wc.task, wc.run),
+        lambda wc: [model_dir(wc.model, t, r) for t in TASKS for r in run_names()],
     output:
-        png=report(f"{RESULTS}/figures/{{model}}/curves/{{task}}/{{run}}.png", category="Training curves",
-                   subcategory="{model} {task}"),
-        pdf=f"{RESULTS}/figures/{{model}}/curves/{{task}}/{{run}}.pdf",
+        report(directory(f"{RESULTS}/figures/{{model}}/curves"), patterns=["{task}/{run}.png"],
+               category="Training curves", subcategory="{model}"),
     params:
         results=lambda wc: f"{RESULTS}/{wc.model}",
-        stem=lambda wc: f"{RESULTS}/figures/{wc.model}/curves/{wc.task}/{wc.run}",
+        tasks=" ".join(TASKS),
     log:
-        f"{RESULTS}/logs/{{model}}/curves/{{task}}/{{run}}.log",
+        f"{RESULTS}/logs/{{model}}/curves.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{model}}/curves/{{task}}/{{run}}.tsv"
+        f"{RESULTS}/benchmarks/{{model}}/curves.tsv"
     threads: 1
     resources:
         mem_mb=1000,
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.report curve --results {params.results} --task {wildcards.task} --run {wildcards.run}"
-        " --out {params.stem} > {log} 2>&1"
+        "python -m rpo.report curves --results {params.results} --tasks {params.tasks} --out {output} > {log} 2>&1"
 
 
 rule weights_example:
