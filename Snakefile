@@ -6,7 +6,10 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default; `--configfile X` replaces it whole (a profile is complete, not a patch).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

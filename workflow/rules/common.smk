@@ -1,6 +1,7 @@
 # Config validation, path helpers and target lists. Wiring only: what a run means lives in
 # rpo.pipeline, how it trains in rpo.train.
 import json
+import os
 import shlex
 
 from rpo.config import validate_config
@@ -119,3 +120,38 @@ def all_targets():
         + [f"{RESULTS}/figures/weights_heatmap_{t}.png" for t in TASKS]
         + [f"{RESULTS}/figures/{m}/curves" for m in MODELS]
     )
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+GEN = config["generation"]
+JUDGE = config["judge"]
+
+
+def generation_args():
+    return (f"--n {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
+            f" --top-p {GEN.get('top_p', 0.95)} --temperature {GEN.get('temperature', 1.0)}"
+            f" --batch-size {GEN.get('batch_size', 8)}"
+            f" --max-prompt-length {config['training'].get('max_prompt_length', 256)}")
+
+
+# -- report --------------------------------------------------------------------------------------
+TABLE_COMMAND = {"table1": "table1", "table2": "table2", "table3": "table3", "table4": "table4",
+                 "weighting": "ablation"}
+FIGURE_COMMAND = {"table1": "fig-table1", "table2": "fig-table2", "tau": "fig-tau", "table4": "fig-batch",
+                  "weighting": "fig-ablation"}
+
+
+def report_inputs(wildcards, name):
+    """Judged runs (their win rates and run.json) of one model; AlpacaEval results for table 2."""
+    model = wildcards.model
+    if name == "table2":
+        return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r}.json" for r in alpaca_runs()],
+                "models": [model_dir(model, TASKS[0], r) for r in alpaca_runs()]}
+    return {"winrates": winrate_files(model),
+            "models": [model_dir(model, t, r) for t in TASKS for r in run_names()]}
+
+
+def expected_runs(name):
+    if name == "table2":
+        return " ".join(f"instructions/{r}" for r in alpaca_runs())
+    return " ".join(f"{t}/{r}" for t in TASKS for r in run_names())

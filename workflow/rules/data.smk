@@ -10,7 +10,7 @@ rule data:
         world=f"{DATA}/world.json" if config["data"]["source"] == "world" else [],
     params:
         data_config=quoted_json(config["data"]),
-        out=DATA,
+        out=lambda wc, output: os.path.dirname(output.report),
     log:
         f"{RESULTS}/logs/data.log",
     benchmark:

@@ -2,17 +2,6 @@
 # AlpacaEval on the instruction set. With judge.backend local-oracle the same openai-client code
 # talks to a server on 127.0.0.1 that judges by the generated world's known reward.
 
-GEN = config["generation"]
-JUDGE = config["judge"]
-
-
-def generation_args():
-    return (f"--n {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
-            f" --top-p {GEN.get('top_p', 0.95)} --temperature {GEN.get('temperature', 1.0)}"
-            f" --batch-size {GEN.get('batch_size', 8)}"
-            f" --max-prompt-length {config['training'].get('max_prompt_length', 256)}")
-
-
 rule generate:
     input:
         model=lambda wc: model_dir(wc.model, wc.task, wc.run),

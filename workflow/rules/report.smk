@@ -1,27 +1,5 @@
 # The paper's tables and figures, one target each, built from the run outputs alone.
 
-TABLE_COMMAND = {"table1": "table1", "table2": "table2", "table3": "table3", "table4": "table4",
-                 "weighting": "ablation"}
-FIGURE_COMMAND = {"table1": "fig-table1", "table2": "fig-table2", "tau": "fig-tau", "table4": "fig-batch",
-                  "weighting": "fig-ablation"}
-
-
-def report_inputs(wildcards, name):
-    """Judged runs (their win rates and run.json) of one model; AlpacaEval results for table 2."""
-    model = wildcards.model
-    if name == "table2":
-        return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r}.json" for r in alpaca_runs()],
-                "models": [model_dir(model, TASKS[0], r) for r in alpaca_runs()]}
-    return {"winrates": winrate_files(model),
-            "models": [model_dir(model, t, r) for t in TASKS for r in run_names()]}
-
-
-def expected_runs(name):
-    if name == "table2":
-        return " ".join(f"instructions/{r}" for r in alpaca_runs())
-    return " ".join(f"{t}/{r}" for t in TASKS for r in run_names())
-
-
 rule table:
     input:
         unpack(lambda wc: report_inputs(wc, wc.table)),
