@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpo.data.records import EvalPrompt, PreferenceRecord, write_eval_prompts, write_records
+from rpo.data.records import ASSISTANT, USER, EvalPrompt, PreferenceRecord, write_eval_prompts, write_records
 from rpo.data.world_config import WorldConfig
 from rpo.data.world_lexicon import DIALOGUE_THEMES
 from rpo.data.world_lexicon_posts import POST_THEMES
@@ -208,8 +208,11 @@ def _instruction_prompts(themes, config, taken) -> list[EvalPrompt]:
         prompt, metadata, (obj, problem) = _unused_prompt("instructions", theme, config, rng, taken,
                                                           "instruction_prompts")
         reference = tasks.reference_response(theme, obj, problem, rng)
+        # AlpacaEval pairs outputs by the raw instruction text: keep it, as the AlpacaEval loader does.
+        instruction = prompt[len(USER):-len(ASSISTANT)]
         metadata = {"task": "instructions", "cluster": cluster, "truncation": TRUNCATION["instructions"],
-                    **metadata, "reference_reward": reward("instructions", prompt, reference, metadata)}
+                    "instruction": instruction, **metadata,
+                    "reference_reward": reward("instructions", prompt, reference, metadata)}
         items.append(EvalPrompt(f"instructions-{i:05d}", prompt, reference, metadata))
     return items
 
