@@ -2,16 +2,24 @@
 
     python -m rpo.train --config run.yaml [key=value ...]
 
+    torchrun --nproc_per_node N -m rpo.train --config run.yaml [key=value ...]   (see rpo.distributed)
+
 Read top to bottom: config -> data order -> step (forward, loss, backward) -> checkpoint -> save.
-The contrast scope is the micro-batch (the paper's per-device code): each micro-batch is one
-forward pass over its chosen sequences followed by its rejected ones, and the loss sees their
-summed log-probs as one M x N matrix. Reference log-probs come from the cache (rpo.refcache);
-this process never holds a reference model.
+Each micro-batch is one forward pass over its chosen sequences followed by its rejected ones.
+`contrast_scope` says which sequences one M x N contrast matrix spans:
+  micro  (default, the paper's per-device code) each micro-batch is its own matrix; losses of the
+         micro-batches of a step (all ranks) are averaged.
+  global one matrix over every micro-batch of the step on every rank (rpo.distributed). SFT has
+         no contrast matrix and refuses it.
+Reference log-probs come from the cache (rpo.refcache); this process never holds a reference model.
+Only rank 0 writes metrics, checkpoints and the final model; metrics are global (all ranks).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import random
 import shutil
 import time
@@ -25,6 +33,11 @@ from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_items
 from rpo.data.tokenize import collate
+from rpo.distributed import (
+    all_reduce_sum, as_local_tensor, barrier, full_state_dicts, global_scope_backward, gradient_sync,
+    init_distributed, load_full_state_dicts, local_micro_batches, rank_device, shutdown_distributed,
+    steps_in_plan, unwrap, wrap_model,
+)
 from rpo.embed import load_embeddings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
@@ -40,11 +53,16 @@ DEFAULTS = {
     "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
     "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
     "seed": 1, "save_every": 50, "dtype": "auto", "device": None, "threads": None,
+    "contrast_scope": "micro", "fsdp": False,
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
 RESUME_FREE_KEYS = ("save_every", "threads", "device", "stop_after_steps", "checkpoint_dir")
+# auto/bfloat16: fp32 weights + bf16 autocast on capable GPUs; float64 is for exactness tests.
+DTYPES = ("auto", "bfloat16", "float32", "float64")
+METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
+               "rewards/accuracies")
 
 
 def resolve_config(config: dict) -> dict:
@@ -71,6 +89,15 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
     if cfg["method"] in EMBEDDING_LOSSES and not cfg["embeddings"]:
         raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
+    if cfg["contrast_scope"] not in ("micro", "global"):
+        raise ConfigError(f"training config key 'contrast_scope' must be micro or global, got {cfg['contrast_scope']!r}")
+    if cfg["contrast_scope"] == "global" and cfg["method"] == "sft":
+        raise ConfigError("training config key 'contrast_scope': global has no meaning for sft (no contrast "
+                          "matrix; its token mean is per micro-batch); use micro")
+    if cfg["dtype"] not in DTYPES:
+        raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    if not isinstance(cfg["fsdp"], bool):
+        raise ConfigError(f"training config key 'fsdp' must be true or false, got {cfg['fsdp']!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
     return cfg
 
@@ -106,10 +133,13 @@ class Trainer:
             torch.set_num_threads(cfg["threads"])
         self.records = read_records(cfg["data"])
         self.truncation = cfg["truncation"] or default_truncation(self.records)
+        self.env = init_distributed(cfg["device"])
         torch.manual_seed(cfg["seed"])
         # fp32 master weights; bf16 enters through autocast on GPUs that support it.
-        self.model, self.tokenizer = load_model(cfg["model"], dtype="float32", device=cfg["device"])
-        self.device = next(self.model.parameters()).device
+        model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),
+                                           dtype=torch.float64 if cfg["dtype"] == "float64" else "float32")
+        self.device = next(model.parameters()).device
+        self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"])
         self.autocast = self.device.type == "cuda" and cfg["dtype"] in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
@@ -123,12 +153,12 @@ class Trainer:
             self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"])
         self.plan = micro_batch_plan(cfg, self.records)
         accum = cfg["gradient_accumulation_steps"]
-        self.total_steps = len(self.plan) // accum
+        self.total_steps = steps_in_plan(len(self.plan), accum, self.env.world_size)
         if cfg["max_steps"]:
             self.total_steps = min(self.total_steps, cfg["max_steps"])
         if self.total_steps < 1:
             raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
-                              f"{cfg['batch_size']} x gradient_accumulation_steps {accum}")
+                              f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} ranks")
         opt_cls = torch.optim.RMSprop if cfg["optimizer"] == "rmsprop" else torch.optim.AdamW
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
@@ -136,59 +166,91 @@ class Trainer:
         self.step = 0
 
     # -- one micro-batch -------------------------------------------------------------------------
-    def _logps(self, examples: list[dict]):
+    def examples(self, chosen_idx: list[int], rejected_idx: list[int]) -> list[dict]:
+        seqs = self.sequences
+        return [seqs["chosen"][i] for i in chosen_idx] + [seqs["rejected"][j] for j in rejected_idx]
+
+    def forward_logps(self, examples: list[dict], model=None):
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logps, counts = response_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            logps, counts = response_logps(model or self.model, batch["input_ids"], batch["attention_mask"],
+                                           batch["labels"])
         return logps, counts, int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def kl_logps(self, chosen_idx: list[int]) -> torch.Tensor:
+        """KTO's mismatched (x, y) pairs; z0 is detached, so no graph."""
+        return self.forward_logps([self.sequences["kl"][i] for i in chosen_idx], unwrap(self.model))[0]
 
     def reference_logps(self, side: str, indices: list[int]) -> torch.Tensor:
         return self.ref[side][torch.tensor(indices, dtype=torch.long)]
 
-    def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
-        seqs = self.sequences
-        examples = [seqs["chosen"][i] for i in chosen_idx] + [seqs["rejected"][j] for j in rejected_idx]
-        logps, counts, n_tokens = self._logps(examples)
-        m = len(chosen_idx)
-        pc, pr = logps[:m], logps[m:]
+    def contrast_loss(self, pc, pr, chosen_idx: list[int], rejected_idx: list[int], kl_logps=None, counts=None):
+        """The configured loss over policy log-probs pc/pr of the records chosen_idx/rejected_idx."""
         if self.cfg["method"] == "sft":
-            return self.loss_fn(pc, chosen_lengths=counts[:m]), pc, pr, n_tokens
+            return self.loss_fn(pc, chosen_lengths=counts)
         ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
         kw = {}
         if self.embeddings is not None:
             kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
         if self.cfg["method"] == "kto":
-            with torch.no_grad():  # z0 is detached: the mismatched pairs need no graph
-                kw["policy_kl_logps"] = self._logps([seqs["kl"][i] for i in chosen_idx])[0]
-            kw["reference_kl_logps"] = self.reference_logps("kl", chosen_idx).to(self.device)
-        out = self.loss_fn(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
-                           self.reference_logps("rejected", rejected_idx).to(pr),
-                           beta=self.cfg["beta"], tau=self.cfg["tau"], diagonal_weight=self.cfg["diagonal_weight"], **kw)
-        return out, pc, pr, n_tokens
+            kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(pc.device))
+        return self.loss_fn(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
+                            self.reference_logps("rejected", rejected_idx).to(pr),
+                            beta=self.cfg["beta"], tau=self.cfg["tau"], diagonal_weight=self.cfg["diagonal_weight"], **kw)
+
+    def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
+        logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
+        m = len(chosen_idx)
+        pc, pr = logps[:m], logps[m:]
+        kl = self.kl_logps(chosen_idx) if self.cfg["method"] == "kto" else None
+        return self.contrast_loss(pc, pr, chosen_idx, rejected_idx, kl_logps=kl, counts=counts[:m]), pc, pr, n_tokens
+
+    def check_loss(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"{self.cfg['out']}: loss is {value} at step {self.step + 1}; lower lr "
+                                        f"(now {self.cfg['lr']}) or check the data")
 
     # -- one optimizer step ----------------------------------------------------------------------
-    def train_step(self) -> dict:
-        accum, started = self.cfg["gradient_accumulation_steps"], time.perf_counter()
+    def accumulate_gradients(self) -> dict:
+        """Forward and backward of every micro-batch of this step (this rank's share); global metrics."""
+        accum, paired = self.cfg["gradient_accumulation_steps"], self.cfg["method"] not in UNPAIRED_LOSSES
         stats: dict[str, list] = {}
         n_tokens = 0
-        for chosen_idx, rejected_idx in self.plan[self.step * accum:(self.step + 1) * accum]:
-            out, pc, pr, tokens = self.micro_batch_loss(chosen_idx, rejected_idx)
-            if not torch.isfinite(out.loss):
-                raise TrainingDivergedError(
-                    f"{self.cfg['out']}: loss is {out.loss.item()} at step {self.step + 1}; lower lr "
-                    f"(now {self.cfg['lr']}) or check the data")
-            (out.loss / accum).backward()
-            n_tokens += tokens
-            _accumulate(stats, out, pc, pr, paired=self.cfg["method"] not in UNPAIRED_LOSSES)
+        if self.cfg["contrast_scope"] == "global":
+            out, pc, pr, n_tokens = global_scope_backward(self, self.step)
+            _accumulate(stats, out, pc, pr, paired=paired)
+        else:
+            mine = local_micro_batches(self.plan, self.step, accum, self.env)
+            for k, (chosen_idx, rejected_idx) in enumerate(mine):
+                with gradient_sync(self.model, sync=k == len(mine) - 1):
+                    out, pc, pr, tokens = self.micro_batch_loss(chosen_idx, rejected_idx)
+                    (out.loss / accum).backward()
+                n_tokens += tokens
+                _accumulate(stats, out, pc, pr, paired=paired)
+        # Means over micro-batches of all ranks; a non-finite loss anywhere stops every rank here.
+        totals = all_reduce_sum([x for k in METRIC_KEYS for x in (sum(stats.get(k, [])), len(stats.get(k, [])))]
+                                + [n_tokens], self.env, self.device)
+        row = {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(METRIC_KEYS) if totals[2 * i + 1]}
+        self.check_loss(row["loss"])
+        return {**row, "tokens": int(totals[-1])}
+
+    def apply_gradients(self) -> float:
+        """Clip, optimizer and scheduler step; returns the gradient norm before clipping."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["max_grad_norm"])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        elapsed = time.perf_counter() - started
-        row = {"step": self.step, **{k: float(np.mean(v)) for k, v in stats.items()},
-               "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / elapsed}
-        return row
+        return float(as_local_tensor(grad_norm))
+
+    def train_step(self) -> dict:
+        started = time.perf_counter()
+        row = self.accumulate_gradients()
+        grad_norm = self.apply_gradients()
+        tokens_per_s = row.pop("tokens") / (time.perf_counter() - started)
+        return {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -196,10 +258,13 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         # The metrics file beside it is append-only and trimmed to the checkpoint's step on resume.
-        with atomic_path(Path(self.cfg["checkpoint_dir"]) / "state.pt") as tmp:
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": _rng_state(),
-                        "config_sha256": self._fingerprint()}, tmp)
+        model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
+        if self.env.is_main:
+            with atomic_path(Path(self.cfg["checkpoint_dir"]) / "state.pt") as tmp:
+                torch.save({"model": model_state, "optimizer": optimizer_state,
+                            "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": _rng_state(),
+                            "config_sha256": self._fingerprint(), "world_size": self.env.world_size}, tmp)
+        barrier(self.env)
 
     def maybe_resume(self) -> bool:
         state_path = Path(self.cfg["checkpoint_dir"]) / "state.pt"
@@ -209,12 +274,15 @@ class Trainer:
         if state["config_sha256"] != self._fingerprint():
             raise ConfigError(f"{state_path} belongs to a run with another config; delete "
                               f"{self.cfg['checkpoint_dir']} to start over")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("world_size", 1) != self.env.world_size:  # a step's micro-batches depend on it
+            raise ConfigError(f"{state_path} was written by {state.get('world_size', 1)} process(es), this run has "
+                              f"{self.env.world_size}; resume with the same world size or delete {self.cfg['checkpoint_dir']}")
+        load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         _set_rng_state(state["rng"])
-        _truncate_metrics(Path(self.cfg["checkpoint_dir"]) / "metrics.jsonl", self.step)
+        if self.env.is_main:
+            _truncate_metrics(Path(self.cfg["checkpoint_dir"]) / "metrics.jsonl", self.step)
         return True
 
     # -- the run ---------------------------------------------------------------------------------
@@ -225,9 +293,9 @@ class Trainer:
         metrics_path = Path(cfg["checkpoint_dir"]) / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         steps_here = 0
-        with open(metrics_path, "a", encoding="utf-8") as metrics, \
+        with open(metrics_path if self.env.is_main else os.devnull, "a", encoding="utf-8") as metrics, \
                 tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg['method']} {Path(cfg['out']).name}",
-                     disable=None) as bar:
+                     disable=None if self.env.is_main else True) as bar:
             while self.step < self.total_steps:
                 row = self.train_step()
                 metrics.write(json.dumps(row) + "\n")
@@ -244,13 +312,23 @@ class Trainer:
         return Path(cfg["out"])
 
     def save_final(self, metrics_path: Path, resumed: bool) -> None:
-        with atomic_path(self.cfg["out"]) as tmp:
-            save_model(self.model, self.tokenizer, tmp)
-            shutil.copy(metrics_path, tmp / "metrics.jsonl")
-            run = {k: v for k, v in self.cfg.items() if k not in ("stop_after_steps",)}
-            write_json(tmp / "run.json", {**run, "truncation": self.truncation, "steps": self.step,
-                                          "resumed": resumed, "n_records": len(self.records)})
-        shutil.rmtree(self.cfg["checkpoint_dir"], ignore_errors=True)
+        model_state = full_state_dicts(self.model)[0] if self.cfg["fsdp"] else None
+        if self.env.is_main:
+            cfg, world = self.cfg, self.env.world_size
+            with atomic_path(cfg["out"]) as tmp:
+                if model_state is None:
+                    save_model(unwrap(self.model), self.tokenizer, tmp)
+                else:  # FSDP: the gathered full weights, not this rank's shards
+                    unwrap(self.model).save_pretrained(tmp, state_dict=model_state)
+                    self.tokenizer.save_pretrained(tmp)
+                shutil.copy(metrics_path, tmp / "metrics.jsonl")
+                run = {k: v for k, v in cfg.items() if k not in ("stop_after_steps",)}
+                write_json(tmp / "run.json", {
+                    **run, "truncation": self.truncation, "steps": self.step, "resumed": resumed,
+                    "n_records": len(self.records), "world_size": world,
+                    "global_batch_size": cfg["batch_size"] * cfg["gradient_accumulation_steps"] * world})
+            shutil.rmtree(cfg["checkpoint_dir"], ignore_errors=True)
+        barrier(self.env)
 
 
 def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
@@ -319,7 +397,11 @@ def main(argv=None) -> None:
     parser.add_argument("--config", help="YAML mapping of training keys")
     parser.add_argument("overrides", nargs="*", help="key=value pairs that override the config file")
     args = parser.parse_args(argv)
-    Trainer(resolve_config(load_config(args.config, args.overrides))).fit()
+    trainer = Trainer(resolve_config(load_config(args.config, args.overrides)))
+    try:
+        trainer.fit()
+    finally:
+        shutdown_distributed(trainer.env)
 
 
 if __name__ == "__main__":

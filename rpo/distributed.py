@@ -1,0 +1,258 @@
+"""Multi-process training: the process group, each rank's share of the data, DDP/FSDP wrapping, and
+the global contrast scope.
+
+Launch with torchrun or `accelerate launch`; both set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT, which `init_distributed` reads. A plain `python -m rpo.train` is world size 1 and
+everything here is a no-op.
+
+    torchrun --nproc_per_node 8 -m rpo.train --config run.yaml contrast_scope=global
+
+Data: optimizer step k consumes micro-batches [k*A*W, (k+1)*A*W) of the trainer's plan (A =
+gradient_accumulation_steps, W = world size); rank r takes the r-th run of A of them. The plan is a
+function of the seed, so every rank knows every micro-batch of the step and a resumed run finds its
+place by step number.
+
+Global contrast scope (`contrast_scope: global`): one M x N contrast matrix over every micro-batch of
+the step on every rank, at the memory of one micro-batch:
+  (a) forward each local micro-batch without gradients -> summed log-probs;
+  (b) all_gather the log-probs (record indices are known to all ranks from the plan);
+  (c) evaluate the loss on leaf copies of the gathered log-probs; their .grad is d loss / d logp;
+  (d) forward each local micro-batch again with gradients and backpropagate sum(logp * coefficient).
+By the chain rule (d) yields the gradient of the global loss; it costs one extra forward pass.
+
+FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block. It is tested
+here on CPU/gloo only (gradients equal DDP's); on GPUs it is untested.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from rpo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def rank_device(device: str | None, local_rank: int) -> str:
+    """The device of this rank: cuda:LOCAL_RANK where CUDA is asked for (or, with device None, available)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group the launcher describes (nccl for CUDA ranks, gloo for CPU ranks)."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistEnv()
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    on_cuda = rank_device(device, local_rank).startswith("cuda")
+    if on_cuda:
+        torch.cuda.set_device(local_rank)  # before NCCL starts, so each rank talks from its own GPU
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
+    elif dist.get_world_size() != world or dist.get_rank() != rank:
+        raise ConfigError(f"a process group of world size {dist.get_world_size()} (rank {dist.get_rank()}) "
+                          f"exists, but WORLD_SIZE={world} RANK={rank}")
+    return DistEnv(rank, world, local_rank)
+
+
+def shutdown_distributed(env: DistEnv) -> None:
+    if env.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.active:
+        dist.barrier()
+
+
+# -- data ------------------------------------------------------------------------------------------
+def steps_in_plan(n_micro_batches: int, accum: int, world_size: int) -> int:
+    return n_micro_batches // (accum * world_size)
+
+
+def step_micro_batches(plan: list, step: int, accum: int, world_size: int) -> list:
+    """Every micro-batch of optimizer step `step` (0-based), all ranks, in rank order."""
+    return plan[step * accum * world_size:(step + 1) * accum * world_size]
+
+
+def local_micro_batches(plan: list, step: int, accum: int, env: DistEnv) -> list:
+    return step_micro_batches(plan, step, accum, env.world_size)[env.rank * accum:(env.rank + 1) * accum]
+
+
+# -- model wrapping --------------------------------------------------------------------------------
+def wrap_model(model: torch.nn.Module, env: DistEnv, fsdp: bool = False) -> torch.nn.Module:
+    """DDP (or FSDP2) around `model` when there is more than one rank; `model` itself otherwise."""
+    if not env.active:
+        return model
+    if fsdp:
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise ConfigError("training config key 'fsdp': needs torch.distributed.fsdp.fully_shard "
+                              f"(torch >= 2.6), this is torch {torch.__version__}") from None
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)  # the root unit holds embeddings, final norm and (tied) head
+        return model
+    device = next(model.parameters()).device
+    # Buffers here are constants (rotary frequencies, causal masks): no per-forward broadcast.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP. FSDP2 shards in place, so it is its own unwrapped model."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _is_fsdp(model) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
+
+
+@contextmanager
+def gradient_sync(model: torch.nn.Module, sync: bool):
+    """Backward passes inside reduce gradients across ranks only when `sync` (the last micro-batch)."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        with model.no_sync():
+            yield
+    elif _is_fsdp(model):
+        model.set_requires_gradient_sync(sync)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def as_local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor (FSDP's grad norm) as a plain tensor; anything else unchanged."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def full_state_dicts(model, optimizer=None) -> tuple[dict, dict | None]:
+    """Unsharded model (and optimizer) state. Collective under FSDP, where ranks other than 0 get {}."""
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint import state_dict as dcp
+
+        options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        if optimizer is None:
+            return dcp.get_model_state_dict(model, options=options), None
+        return dcp.get_state_dict(model, optimizer, options=options)
+    return unwrap(model).state_dict(), optimizer.state_dict() if optimizer is not None else None
+
+
+def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    unwrap(model).load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+
+
+# -- collectives -----------------------------------------------------------------------------------
+def all_reduce_sum(values: list[float], env: DistEnv, device) -> list[float]:
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    if env.active:
+        dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def gather_varlen(local: torch.Tensor, sizes: list[int], env: DistEnv) -> torch.Tensor:
+    """Concatenate every rank's 1-D tensor in rank order; sizes[r] is rank r's length (known to all)."""
+    if not env.active:
+        return local
+    if local.numel() != sizes[env.rank]:
+        raise ValueError(f"rank {env.rank} holds {local.numel()} values, the plan says {sizes[env.rank]}")
+    padded = local.new_zeros(max(max(sizes), 1))  # all_gather needs one shape on every rank
+    padded[:local.numel()] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+# -- the global contrast scope ---------------------------------------------------------------------
+def global_scope_backward(trainer, step: int):
+    """Accumulate into the model's .grad the gradient of ONE loss over every micro-batch of `step`.
+
+    `trainer` provides examples(), forward_logps(), kl_logps(), contrast_loss(), check_loss() and
+    env, plan, cfg, model.
+    Returns (loss output, gathered chosen log-probs, gathered rejected log-probs, local tokens).
+    """
+    env, cfg = trainer.env, trainer.cfg
+    accum = cfg["gradient_accumulation_steps"]
+    everyone = step_micro_batches(trainer.plan, step, accum, env.world_size)
+    mine = everyone[env.rank * accum:(env.rank + 1) * accum]
+    ranks = [everyone[r * accum:(r + 1) * accum] for r in range(env.world_size)]
+    chosen_sizes = [sum(len(c) for c, _ in batches) for batches in ranks]
+    rejected_sizes = [sum(len(r) for _, r in batches) for batches in ranks]
+
+    # (a) log-probs of every local sequence, no graph kept
+    local_c, local_r, local_kl = [], [], []
+    with torch.no_grad():
+        plain = unwrap(trainer.model)
+        for chosen_idx, rejected_idx in mine:
+            logps, _, _ = trainer.forward_logps(trainer.examples(chosen_idx, rejected_idx), plain)
+            local_c.append(logps[:len(chosen_idx)])
+            local_r.append(logps[len(chosen_idx):])
+            if cfg["method"] == "kto":  # z0 is detached: KL log-probs are needed as values only
+                local_kl.append(trainer.kl_logps(chosen_idx))
+    # (b) the whole global batch on every rank
+    pc = gather_varlen(torch.cat(local_c), chosen_sizes, env)
+    pr = gather_varlen(torch.cat(local_r), rejected_sizes, env)
+    kl = gather_varlen(torch.cat(local_kl), chosen_sizes, env) if local_kl else None
+    chosen_idx = [i for c, _ in everyone for i in c]
+    rejected_idx = [j for _, r in everyone for j in r]
+    # (c) d loss / d logp on leaves; every rank computes the same loss, so all raise together
+    pc_leaf, pr_leaf = pc.detach().requires_grad_(True), pr.detach().requires_grad_(True)
+    out = trainer.contrast_loss(pc_leaf, pr_leaf, chosen_idx, rejected_idx, kl_logps=kl)
+    trainer.check_loss(out.loss.item())
+    coef_c, coef_r = torch.autograd.grad(out.loss, (pc_leaf, pr_leaf), allow_unused=True, materialize_grads=True)
+    # DDP and FSDP average gradients over ranks; the global loss wants their sum.
+    coef_c, coef_r = coef_c * env.world_size, coef_r * env.world_size
+    # (d) one micro-batch at a time: backward of sum(logp * coefficient)
+    at_c, at_r = sum(chosen_sizes[:env.rank]), sum(rejected_sizes[:env.rank])
+    n_tokens = 0
+    for k, (c_idx, r_idx) in enumerate(mine):
+        coef = torch.cat([coef_c[at_c:at_c + len(c_idx)], coef_r[at_r:at_r + len(r_idx)]])
+        at_c, at_r = at_c + len(c_idx), at_r + len(r_idx)
+        with gradient_sync(trainer.model, sync=k == len(mine) - 1):
+            logps, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), trainer.model)
+            (logps * coef.to(logps.dtype)).sum().backward()
+        n_tokens += tokens
+    return out, pc, pr, n_tokens
