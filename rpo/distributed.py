@@ -169,9 +169,22 @@ def full_state_dicts(model, optimizer=None) -> tuple[dict, dict | None]:
 
         options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
         if optimizer is None:
-            return dcp.get_model_state_dict(model, options=options), None
-        return dcp.get_state_dict(model, optimizer, options=options)
+            model_state, optimizer_state = dcp.get_model_state_dict(model, options=options), None
+        else:
+            model_state, optimizer_state = dcp.get_state_dict(model, optimizer, options=options)
+        return _retie(model, model_state), optimizer_state
     return unwrap(model).state_dict(), optimizer.state_dict() if optimizer is not None else None
+
+
+def _retie(model, state: dict) -> dict:
+    """Tied parameters (embedding and head) come back as separate copies; share them again so that
+    save_pretrained writes one tensor, as it does for an unsharded model."""
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first and name in state:
+            state[name] = state[first[id(param)]]
+        first.setdefault(id(param), name)
+    return state
 
 
 def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:

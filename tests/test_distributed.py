@@ -1,0 +1,202 @@
+"""Distributed training on this CPU (gloo, float64): 2 ranks x 2 micro-batches x 4 pairs in the global
+contrast scope give the gradient of one process with the same 16 pairs in one micro-batch; micro scope
+on 2 ranks trains and resumes bit-exactly; FSDP2 matches too.
+
+All two-rank work runs in ONE spawn of two processes (module fixture `two_ranks`); the tests then
+compare what the ranks saved with single-process runs here.
+"""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from rpo.data.records import PreferenceRecord, write_records
+from rpo.distributed import as_local_tensor, gather_varlen, local_micro_batches, DistEnv, unwrap
+from rpo.embed import embed_prompts
+from rpo.errors import ConfigError
+from rpo.models import build_model
+from rpo.refcache import compute_reference_cache
+from rpo.train import Trainer, resolve_config
+
+THEMES = ["soup", "kites", "clocks", "moss", "boats", "lamps", "owls", "salt"]
+GLOBAL_METHODS = ("rpo-paired", "rpo-unpaired", "dpo", "kto")
+TOLERANCE = 1e-10
+
+
+def make_records(n=32):
+    return [PreferenceRecord(
+        id=f"d{i}", prompt=f"\n<|user|>\ntell me about {THEMES[i % 8]}, case {i}\n<|assistant|>\n",
+        chosen=f"{THEMES[i % 8]} are worth a look; start with case {i % 5}.", rejected=f"no idea about {THEMES[i % 8]}.",
+        metadata={"truncation": "keep_end"}) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    records = make_records()
+    data = root / "train.jsonl"
+    write_records(data, records)
+    spec = {"kind": "small", "arch": "gpt2", "n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 300,
+            "max_position": 96}
+    model = build_model(spec, root / "base", corpus=[r.prompt + r.chosen + r.rejected for r in records], seed=0)
+    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=16)
+    emb = root / "emb.pt"
+    embed_prompts(data, "tfidf-svd", emb)
+    return {"root": str(root), "data": str(data), "model": str(model), "cache": str(cache), "emb": str(emb)}
+
+
+def config(paths, name, method, **kw):
+    cfg = {"model": paths["model"], "data": paths["data"], "out": str(Path(paths["root"]) / name), "method": method,
+           "reference_cache": paths["cache"], "embeddings": paths["emb"], "embedder": "tfidf-svd",
+           "batch_size": 4, "gradient_accumulation_steps": 2, "dtype": "float64", "lr": 1e-3, "optimizer": "adamw",
+           "warmup_steps": 1, "max_length": 64, "max_prompt_length": 32, "seed": 3, "threads": 1}
+    return resolve_config({**cfg, **kw})
+
+
+def grads(trainer) -> dict:
+    # full_tensor() of FSDP's sharded grads is collective: every rank walks the same names
+    return {n: as_local_tensor(p.grad).detach().clone() for n, p in unwrap(trainer.model).named_parameters()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def weights(folder) -> dict:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def _two_rank_worker(rank, paths, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    results = Path(results)
+
+    def save(name, obj):
+        if rank == 0:
+            torch.save(obj, results / f"{name}.pt")
+
+    for method, scope, fsdp in [*((m, "global", False) for m in GLOBAL_METHODS), ("dpo", "micro", False),
+                                ("rpo-paired", "micro", False), ("rpo-paired", "global", True)]:
+        trainer = Trainer(config(paths, f"g-{method}-{scope}", method, contrast_scope=scope, fsdp=fsdp))
+        row = trainer.accumulate_gradients()
+        save(f"{method}-{scope}{'-fsdp' * fsdp}", {"grads": grads(trainer), "row": row})
+    env = DistEnv(rank, 2)  # unequal lengths on the two ranks come back in rank order
+    save("gather", gather_varlen(torch.arange(rank * 10, rank * 10 + 1 + 2 * rank, dtype=torch.float64), [1, 3], env))
+    # micro scope trains and resumes; FSDP checkpoints and saves through the same path
+    for tag, kw in (("ddp", {}), ("fsdp", {"fsdp": True, "contrast_scope": "global"})):
+        base = dict(max_steps=3, epochs=2, save_every=10, **kw)
+        Trainer(config(paths, f"full-{tag}", "rpo-paired", **base)).fit()
+        assert Trainer(config(paths, f"split-{tag}", "rpo-paired", stop_after_steps=1, **base)).fit() is None
+        Trainer(config(paths, f"split-{tag}", "rpo-paired", **base)).fit()
+    # a two-rank checkpoint left behind for the world-size check
+    Trainer(config(paths, "left", "dpo", stop_after_steps=1, epochs=2)).fit()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(paths):
+    results = Path(paths["root"]) / "results"
+    results.mkdir()
+    mp.spawn(_two_rank_worker, args=(paths, _free_port(), str(results)), nprocs=2, join=True)
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_batch_of_16(paths):
+    """The single-process reference: micro scope, the 16 pairs (items) of step 1 in one micro-batch."""
+    torch.set_num_threads(1)
+    out = {}
+    for method in GLOBAL_METHODS:
+        trainer = Trainer(config(paths, f"ref-{method}", method, batch_size=16, gradient_accumulation_steps=1))
+        row = trainer.accumulate_gradients()
+        out[method] = {"grads": grads(trainer), "row": row}
+    return out
+
+
+@pytest.mark.parametrize("method", GLOBAL_METHODS)
+def test_two_ranks_global_scope_equals_one_batch_of_16(two_ranks, one_batch_of_16, method):
+    got, want = torch.load(two_ranks / f"{method}-global.pt"), one_batch_of_16[method]
+    assert max_diff(got["grads"], want["grads"]) < TOLERANCE
+    assert got["row"]["loss"] == pytest.approx(want["row"]["loss"], abs=1e-12)
+    assert got["row"]["rewards/margins"] == pytest.approx(want["row"]["rewards/margins"], abs=1e-12)
+    assert got["row"]["tokens"] == want["row"]["tokens"]  # every sequence counted once, on some rank
+
+
+def test_scope_changes_the_rpo_gradient_but_not_dpo(two_ranks, one_batch_of_16):
+    """Micro scope: 4 matrices of 4 x 4. Same as one 16 x 16 matrix for DPO (a mean of pair terms), not for RPO."""
+    assert max_diff(torch.load(two_ranks / "dpo-micro.pt")["grads"], one_batch_of_16["dpo"]["grads"]) < TOLERANCE
+    micro = torch.load(two_ranks / "rpo-paired-micro.pt")
+    assert max_diff(micro["grads"], one_batch_of_16["rpo-paired"]["grads"]) > 1e-6
+
+
+def test_fsdp_global_scope_equals_one_batch_of_16(two_ranks, one_batch_of_16):
+    got = torch.load(two_ranks / "rpo-paired-global-fsdp.pt")
+    assert max_diff(got["grads"], one_batch_of_16["rpo-paired"]["grads"]) < TOLERANCE
+
+
+def test_gather_keeps_rank_order_with_unequal_lengths(two_ranks):
+    assert torch.load(two_ranks / "gather.pt").tolist() == [0.0, 10.0, 11.0, 12.0]
+
+
+@pytest.mark.parametrize("tag", ["ddp", "fsdp"])
+def test_two_ranks_train_and_resume_bit_exactly(two_ranks, paths, tag):
+    root = Path(paths["root"])
+    full, split = weights(root / f"full-{tag}"), weights(root / f"split-{tag}")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    assert not torch.equal(full["transformer.h.0.mlp.c_fc.weight"], weights(paths["model"])["transformer.h.0.mlp.c_fc.weight"])
+    rows = [json.loads(line) for line in (root / f"split-{tag}" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    run = json.loads((root / f"split-{tag}" / "run.json").read_text())
+    assert (run["world_size"], run["global_batch_size"], run["resumed"]) == (2, 16, True)
+    assert run["contrast_scope"] == ("global" if tag == "fsdp" else "micro")
+
+
+def test_ddp_and_fsdp_train_to_the_same_weights(two_ranks, paths):
+    """Both ran rpo-paired for 3 steps; FSDP in global scope, DDP in micro: compare against the right twin."""
+    root = Path(paths["root"])
+    single = Trainer(config(paths, "single-global", "rpo-paired", batch_size=8, gradient_accumulation_steps=2,
+                            max_steps=3, epochs=2, save_every=10, contrast_scope="global")).fit()
+    a, b = weights(root / "full-fsdp"), weights(single)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9
+
+
+def test_resume_with_another_world_size_is_refused(two_ranks, paths):
+    with pytest.raises(ConfigError, match="written by 2 process"):
+        Trainer(config(paths, "left", "dpo", stop_after_steps=1, epochs=2)).fit()
+
+
+@pytest.mark.parametrize("method", ["rpo-paired", "rpo-unpaired"])
+def test_one_process_global_scope_equals_one_batch_of_16(paths, one_batch_of_16, method):
+    """Accumulation 4 x 4 in global scope = micro scope with batch 16: the gradient and one optimizer step."""
+    acc = Trainer(config(paths, f"acc-{method}", method, contrast_scope="global", gradient_accumulation_steps=4))
+    big = Trainer(config(paths, f"big-{method}", method, batch_size=16, gradient_accumulation_steps=1))
+    assert [i for c, _ in local_micro_batches(acc.plan, 0, 4, acc.env) for i in c] == big.plan[0][0]
+    acc.accumulate_gradients()
+    assert max_diff(grads(acc), one_batch_of_16[method]["grads"]) < TOLERANCE
+    big.accumulate_gradients()
+    acc.apply_gradients(), big.apply_gradients()
+    a, b = unwrap(acc.model).state_dict(), unwrap(big.model).state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
+
+
+def test_global_scope_config_errors(paths):
+    with pytest.raises(ConfigError, match="'contrast_scope': global has no meaning for sft"):
+        config(paths, "x", "sft", contrast_scope="global")
+    with pytest.raises(ConfigError, match="'contrast_scope' must be micro or global"):
+        config(paths, "x", "dpo", contrast_scope="rank")
+    with pytest.raises(ConfigError, match="'dtype' must be one of"):
+        config(paths, "x", "dpo", dtype="float8")
