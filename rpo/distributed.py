@@ -14,17 +14,20 @@ place by step number.
 
 Global contrast scope (`contrast_scope: global`): one M x N contrast matrix over every micro-batch of
 the step on every rank, at the memory of one micro-batch:
-  (a) forward each local micro-batch without gradients -> summed log-probs;
+  (a) forward each local micro-batch without gradients (the last one with) -> summed log-probs;
   (b) all_gather the log-probs (record indices are known to all ranks from the plan);
   (c) evaluate the loss on leaf copies of the gathered log-probs; their .grad is d loss / d logp;
-  (d) forward each local micro-batch again with gradients and backpropagate sum(logp * coefficient).
-By the chain rule (d) yields the gradient of the global loss; it costs one extra forward pass.
+  (d) backpropagate sum(logp * coefficient) through the kept graph, then forward each other local
+      micro-batch again with gradients and do the same.
+By the chain rule (d) yields the gradient of the global loss; it costs A - 1 extra forward passes
+(of A micro-batches per rank) and holds one micro-batch's graph at a time.
 
 FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block. It is tested
 here on CPU/gloo only (gradients equal DDP's); on GPUs it is untested.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,27 +227,37 @@ def global_scope_backward(trainer, step: int):
     """Accumulate into the model's .grad the gradient of ONE loss over every micro-batch of `step`.
 
     `trainer` provides examples(), forward_logps(), kl_logps(), contrast_loss(), check_loss() and
-    env, plan, cfg, model.
-    Returns (loss output, gathered chosen log-probs, gathered rejected log-probs, local tokens).
+    env, plan, cfg, model. Returns (loss output, gathered chosen log-probs, gathered rejected
+    log-probs, local tokens).
+    The last local micro-batch keeps its graph from (a) and is backpropagated first in (d), before
+    any other graph exists: one forward fewer, and still one micro-batch's graph at a time.
     """
-    env, cfg = trainer.env, trainer.cfg
+    env, cfg, model = trainer.env, trainer.cfg, trainer.model
     accum = cfg["gradient_accumulation_steps"]
     everyone = step_micro_batches(trainer.plan, step, accum, env.world_size)
     mine = everyone[env.rank * accum:(env.rank + 1) * accum]
     ranks = [everyone[r * accum:(r + 1) * accum] for r in range(env.world_size)]
     chosen_sizes = [sum(len(c) for c, _ in batches) for batches in ranks]
     rejected_sizes = [sum(len(r) for _, r in batches) for batches in ranks]
+    last = len(mine) - 1
+    # Gradients are reduced across ranks in the last backward of (d); that is the kept graph only when alone.
+    kept_syncs = last == 0
 
-    # (a) log-probs of every local sequence, no graph kept
-    local_c, local_r, local_kl = [], [], []
-    with torch.no_grad():
-        plain = unwrap(trainer.model)
-        for chosen_idx, rejected_idx in mine:
-            logps, _, _ = trainer.forward_logps(trainer.examples(chosen_idx, rejected_idx), plain)
-            local_c.append(logps[:len(chosen_idx)])
-            local_r.append(logps[len(chosen_idx):])
-            if cfg["method"] == "kto":  # z0 is detached: KL log-probs are needed as values only
-                local_kl.append(trainer.kl_logps(chosen_idx))
+    # (a) log-probs of every local sequence; only the last micro-batch keeps a graph
+    local_c, local_r, local_kl, n_tokens = [], [], [], 0
+    for k, (c_idx, r_idx) in enumerate(mine):
+        if k == last:
+            with gradient_sync(model, sync=kept_syncs):  # DDP decides at forward time whether to sync
+                kept, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), model)
+            logps = kept.detach()
+            n_tokens += tokens
+        else:
+            with torch.no_grad():
+                logps = trainer.forward_logps(trainer.examples(c_idx, r_idx), unwrap(model))[0]
+        local_c.append(logps[:len(c_idx)])
+        local_r.append(logps[len(c_idx):])
+        if cfg["method"] == "kto":  # z0 is detached: KL log-probs are needed as values only
+            local_kl.append(trainer.kl_logps(c_idx))
     # (b) the whole global batch on every rank
     pc = gather_varlen(torch.cat(local_c), chosen_sizes, env)
     pr = gather_varlen(torch.cat(local_r), rejected_sizes, env)
@@ -258,14 +271,19 @@ def global_scope_backward(trainer, step: int):
     coef_c, coef_r = torch.autograd.grad(out.loss, (pc_leaf, pr_leaf), allow_unused=True, materialize_grads=True)
     # DDP and FSDP average gradients over ranks; the global loss wants their sum.
     coef_c, coef_r = coef_c * env.world_size, coef_r * env.world_size
-    # (d) one micro-batch at a time: backward of sum(logp * coefficient)
-    at_c, at_r = sum(chosen_sizes[:env.rank]), sum(rejected_sizes[:env.rank])
-    n_tokens = 0
-    for k, (c_idx, r_idx) in enumerate(mine):
-        coef = torch.cat([coef_c[at_c:at_c + len(c_idx)], coef_r[at_r:at_r + len(r_idx)]])
-        at_c, at_r = at_c + len(c_idx), at_r + len(r_idx)
-        with gradient_sync(trainer.model, sync=k == len(mine) - 1):
-            logps, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), trainer.model)
-            (logps * coef.to(logps.dtype)).sum().backward()
+    starts_c = list(itertools.accumulate((len(c) for c, _ in mine), initial=sum(chosen_sizes[:env.rank])))
+    starts_r = list(itertools.accumulate((len(r) for _, r in mine), initial=sum(rejected_sizes[:env.rank])))
+
+    def coefficients(k):
+        return torch.cat([coef_c[starts_c[k]:starts_c[k + 1]], coef_r[starts_r[k]:starts_r[k + 1]]])
+
+    # (d) backward of sum(logp * coefficient): the kept graph, then one re-forward at a time
+    with gradient_sync(model, sync=kept_syncs):
+        (kept * coefficients(last).to(kept.dtype)).sum().backward()
+    del kept
+    for k, (c_idx, r_idx) in enumerate(mine[:last]):
+        with gradient_sync(model, sync=k == last - 1):
+            logps, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), model)
+            (logps * coefficients(k).to(logps.dtype)).sum().backward()
         n_tokens += tokens
     return out, pc, pr, n_tokens

@@ -179,12 +179,13 @@ def test_resume_with_another_world_size_is_refused(two_ranks, paths):
         Trainer(config(paths, "left", "dpo", stop_after_steps=1, epochs=2)).fit()
 
 
-@pytest.mark.parametrize("method", ["rpo-paired", "rpo-unpaired"])
-def test_one_process_global_scope_equals_one_batch_of_16(paths, one_batch_of_16, method):
-    """Accumulation 4 x 4 in global scope = micro scope with batch 16: the gradient and one optimizer step."""
-    acc = Trainer(config(paths, f"acc-{method}", method, contrast_scope="global", gradient_accumulation_steps=4))
-    big = Trainer(config(paths, f"big-{method}", method, batch_size=16, gradient_accumulation_steps=1))
-    assert [i for c, _ in local_micro_batches(acc.plan, 0, 4, acc.env) for i in c] == big.plan[0][0]
+@pytest.mark.parametrize("method,accum", [("rpo-paired", 4), ("rpo-unpaired", 4), ("rpo-paired", 1)])
+def test_one_process_global_scope_equals_one_batch_of_16(paths, one_batch_of_16, method, accum):
+    """Accumulation A x 16/A in global scope = micro scope with batch 16: the gradient and one optimizer step."""
+    acc = Trainer(config(paths, f"acc-{method}-{accum}", method, contrast_scope="global", batch_size=16 // accum,
+                         gradient_accumulation_steps=accum))
+    big = Trainer(config(paths, f"big-{method}-{accum}", method, batch_size=16, gradient_accumulation_steps=1))
+    assert [i for c, _ in local_micro_batches(acc.plan, 0, accum, acc.env) for i in c] == big.plan[0][0]
     acc.accumulate_gradients()
     assert max_diff(grads(acc), one_batch_of_16[method]["grads"]) < TOLERANCE
     big.accumulate_gradients()
