@@ -41,13 +41,13 @@ def build_table(name: str, args) -> tables.Table:
         return tables.table2(collect_alpacaeval(args.results, args.expected_runs))
     runs = collect_runs(args.results, args.tasks, args.expected_runs)
     if name == "table1":
-        return tables.table1(runs, args.main_batch_size)
+        return tables.table1(runs, args.main_batch_size, args.default_tau, args.default_embedder)
     if name == "table3":
         return tables.table3(runs, args.main_batch_size)
     if name == "table4":
-        return tables.table4(runs)
+        return tables.table4(runs, args.default_tau, args.default_embedder)
     if name == "ablation":
-        return tables.weighting_ablation(runs, args.main_batch_size)
+        return tables.weighting_ablation(runs, args.main_batch_size, args.default_tau, args.default_embedder)
     raise ConfigError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
 
 
@@ -85,6 +85,10 @@ def _add_common(parser, out_help: str) -> None:
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="judged tasks (default: both)")
     parser.add_argument("--expected-runs", nargs="*", default=None, help="runs that must be present: task/run or run")
+    parser.add_argument("--default-tau", type=float, default=tables.DEFAULT_TAU,
+                        help="tau of the main RPO runs (default: the paper's 0.5)")
+    parser.add_argument("--default-embedder", default=tables.DEFAULT_EMBEDDER,
+                        help="embedder of the main RPO runs (default: the paper's all-MiniLM-L6-v2)")
     parser.add_argument("--main-batch-size", type=int, default=None,
                         help="batch size of the main runs (default: the most common one per task)")
 

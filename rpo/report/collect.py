@@ -63,7 +63,10 @@ def _model_label(name: str) -> str:
     """A hub id ("org/name") stays as it is; a local folder path is shortened to its last part."""
     name = name.rstrip("/")
     is_path = name.startswith((".", "/")) or name.count("/") > 1
-    return Path(name).name if is_path else name
+    if not is_path:
+        return name
+    # The pipeline builds base models at results/{model}/base: the model's name is the folder above.
+    return Path(name).parent.name if Path(name).name == "base" else Path(name).name
 
 
 def base_model(config: dict, path: Path) -> str:

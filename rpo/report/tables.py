@@ -18,6 +18,7 @@ from rpo.io import atomic_write_text
 from rpo.report import paper_numbers as paper
 from rpo.report.collect import METHODS
 
+# The paper's defaults; a pipeline passes its own (config rpo.default_tau / rpo.default_embedder).
 DEFAULT_TAU = 0.5
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDING_METHODS = ("rpo-paired", "rpo-unpaired")
@@ -86,11 +87,15 @@ def _embedder_key(name) -> str | None:
     return None if name is None or pd.isna(name) else str(name).rstrip("/").split("/")[-1]
 
 
-def _defaults_only(runs: pd.DataFrame, embedder: str = DEFAULT_EMBEDDER) -> pd.DataFrame:
-    """Runs at the paper's default tau and embedder (methods without embeddings are kept as they are)."""
+def _at_tau(runs: pd.DataFrame, tau: float) -> pd.Series:
+    return runs["tau"].apply(lambda t: t is not None and not pd.isna(t) and math.isclose(float(t), tau))
+
+
+def _defaults_only(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str = DEFAULT_EMBEDDER) -> pd.DataFrame:
+    """Runs at the default tau and embedder (methods without embeddings are kept as they are)."""
     uses_embeddings = runs["method"].isin(EMBEDDING_METHODS)
-    default_tau = runs["tau"].apply(lambda t: t is not None and not pd.isna(t) and math.isclose(float(t), DEFAULT_TAU))
-    default_embedder = runs["embedder"].apply(_embedder_key) == embedder
+    default_tau = _at_tau(runs, tau)
+    default_embedder = runs["embedder"].apply(_embedder_key) == _embedder_key(embedder)
     return runs[~uses_embeddings | (default_tau & default_embedder)]
 
 
@@ -173,36 +178,39 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
     return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE, _paper_model_note(runs)])
 
 
-def table1(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
+def table1(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
+           embedder: str = DEFAULT_EMBEDDER) -> Table:
     """Win rate by method x task (x model) at the default tau, embedder and main batch size."""
     mains = main_batch_sizes(runs, main_batch_size)
-    selected = _at_main_batch(_defaults_only(runs[runs["method"].isin(MAIN_METHODS)]), mains)
+    selected = _at_main_batch(_defaults_only(runs[runs["method"].isin(MAIN_METHODS)], tau, embedder), mains)
     variants = [(METHOD_LABELS[m], m, lambda b, m=m: b["method"] == m) for m in MAIN_METHODS]
     return _by_variant(selected, variants, "table1", "Table 1: GPT-judge win rate against the chosen response, by method",
-                       [f"RPO runs at tau={DEFAULT_TAU}, embedder {DEFAULT_EMBEDDER}; each method at its main batch size."])
+                       [f"RPO runs at tau={tau:g}, embedder {embedder}; each method at its main batch size."])
 
 
-def weighting_ablation(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
+def weighting_ablation(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
+                       embedder: str = DEFAULT_EMBEDDER) -> Table:
     """Uniform / diagonal / embedding-weighted / random-embedding control vs DPO (and RPO-Unpaired)."""
     ablation_methods = ("dpo", "rpo-uniform", "rpo-diagonal", "rpo-paired", "rpo-unpaired")
     candidates = runs[runs["method"].isin(ablation_methods)]
-    default_tau = candidates["tau"].apply(lambda t: t is not None and not pd.isna(t) and math.isclose(float(t), DEFAULT_TAU))
-    keep = ~candidates["method"].isin(EMBEDDING_METHODS) | default_tau
+    keep = ~candidates["method"].isin(EMBEDDING_METHODS) | _at_tau(candidates, tau)
     selected = _at_main_batch(candidates[keep], main_batch_sizes(runs, main_batch_size))
-    embedder = selected["embedder"].apply(_embedder_key)
+    embedders = selected["embedder"].apply(_embedder_key)
+    default = _embedder_key(embedder)
     variants = [
         ("DPO", "dpo", lambda b: b["method"] == "dpo"),
         ("Uniform weights (w=1)", "rpo-uniform", lambda b: b["method"] == "rpo-uniform"),
         ("Diagonal-heavy (alpha=0.8)", "rpo-diagonal", lambda b: b["method"] == "rpo-diagonal"),
         ("Embedding-weighted (RPO-Paired)", "rpo-paired",
-         lambda b: (b["method"] == "rpo-paired") & (embedder.reindex(b.index) == DEFAULT_EMBEDDER)),
+         lambda b: (b["method"] == "rpo-paired") & (embedders.reindex(b.index) == default)),
         ("Random-embedding control", "rpo-paired-random",
-         lambda b: (b["method"] == "rpo-paired") & (embedder.reindex(b.index) == "random")),
+         lambda b: (b["method"] == "rpo-paired") & (embedders.reindex(b.index) == "random")),
         ("RPO-Unpaired", "rpo-unpaired",
-         lambda b: (b["method"] == "rpo-unpaired") & (embedder.reindex(b.index) == DEFAULT_EMBEDDER)),
+         lambda b: (b["method"] == "rpo-unpaired") & (embedders.reindex(b.index) == default)),
     ]
     return _by_variant(selected, variants, "ablation", "Weighting ablation: how the contrast matrix is weighted",
-                       [f"Embedding-weighted runs at tau={DEFAULT_TAU}; the control uses random prompt embeddings."])
+                       [f"Embedding-weighted runs at tau={tau:g} ({embedder}); the control uses random prompt "
+                        "embeddings."])
 
 
 def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, row_key: str, notes: list[str], paper_col) -> Table:
@@ -246,9 +254,9 @@ def table3(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
                  paper_col)
 
 
-def table4(runs: pd.DataFrame) -> Table:
+def table4(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str = DEFAULT_EMBEDDER) -> Table:
     """Win rate by batch size for DPO and RPO, per task (RPO at the default tau and embedder)."""
-    selected = _defaults_only(runs[runs["method"].isin(("dpo", *EMBEDDING_METHODS))]).copy()
+    selected = _defaults_only(runs[runs["method"].isin(("dpo", *EMBEDDING_METHODS))], tau, embedder).copy()
     if selected.empty or selected["batch_size"].isna().all():
         raise DataError("table4: no dpo / rpo-paired / rpo-unpaired runs with a batch_size")
     selected["method"] = selected["method"].map(METHOD_LABELS)

@@ -14,6 +14,8 @@ rule table:
         tasks=" ".join(TASKS),
         expected=lambda wc: expected_runs(wc.table),
         batch=config["preference"]["batch_size"],
+        tau=RPO["default_tau"],
+        embedder=RPO["default_embedder"],
     wildcard_constraints:
         table="|".join(TABLE_COMMAND),
     log:
@@ -27,7 +29,8 @@ rule table:
         "../../envs/rpo.yaml"
     shell:
         "python -m rpo.report {params.command} --results {params.results} --out {params.stem}"
-        " --tasks {params.tasks} --main-batch-size {params.batch} --expected-runs {params.expected} > {log} 2>&1"
+        " --tasks {params.tasks} --main-batch-size {params.batch} --default-tau {params.tau}"
+        " --default-embedder {params.embedder:q} --expected-runs {params.expected} > {log} 2>&1"
 
 
 rule figure:
@@ -43,6 +46,8 @@ rule figure:
         tasks=" ".join(TASKS),
         expected=lambda wc: expected_runs("table2" if wc.figure == "table2" else "table1"),
         batch=config["preference"]["batch_size"],
+        tau=RPO["default_tau"],
+        embedder=RPO["default_embedder"],
     wildcard_constraints:
         figure="|".join(FIGURE_COMMAND),
     log:
@@ -56,7 +61,8 @@ rule figure:
         "../../envs/rpo.yaml"
     shell:
         "python -m rpo.report {params.command} --results {params.results} --out {params.stem}"
-        " --tasks {params.tasks} --main-batch-size {params.batch} --expected-runs {params.expected} > {log} 2>&1"
+        " --tasks {params.tasks} --main-batch-size {params.batch} --default-tau {params.tau}"
+        " --default-embedder {params.embedder:q} --expected-runs {params.expected} > {log} 2>&1"
 
 
 rule training_curves:
