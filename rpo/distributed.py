@@ -27,6 +27,7 @@ here on CPU/gloo only (gradients equal DDP's); on GPUs it is untested.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from contextlib import contextmanager
@@ -130,9 +131,11 @@ def wrap_model(model: torch.nn.Module, env: DistEnv, fsdp: bool = False) -> torc
         fully_shard(model)  # the root unit holds embeddings, final norm and (tied) head
         return model
     device = next(model.parameters()).device
-    # Buffers here are constants (rotary frequencies, causal masks): no per-forward broadcast.
+    # Buffers here are constants (rotary frequencies, causal masks): no per-forward broadcast, which
+    # would also make every no-grad forward a collective.
+    new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **{"forward_sync_buffers" if new_name else "broadcast_buffers": False})
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -207,6 +210,15 @@ def all_reduce_sum(values: list[float], env: DistEnv, device) -> list[float]:
     if env.active:
         dist.all_reduce(totals)
     return totals.tolist()
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    """[rank 0's obj, rank 1's obj, ...] on every rank (picklable objects: RNG states)."""
+    if not env.active:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gather_varlen(local: torch.Tensor, sizes: list[int], env: DistEnv) -> torch.Tensor:

@@ -1,16 +1,12 @@
 """One training loop for SFT and every preference loss, driven by a config file.
 
-    python -m rpo.train --config run.yaml [key=value ...]
-
-    torchrun --nproc_per_node N -m rpo.train --config run.yaml [key=value ...]   (see rpo.distributed)
+    python -m rpo.train --config run.yaml [key=value ...]          (torchrun/accelerate launch: rpo.distributed)
 
 Read top to bottom: config -> data order -> step (forward, loss, backward) -> checkpoint -> save.
 Each micro-batch is one forward pass over its chosen sequences followed by its rejected ones.
-`contrast_scope` says which sequences one M x N contrast matrix spans:
-  micro  (default, the paper's per-device code) each micro-batch is its own matrix; losses of the
-         micro-batches of a step (all ranks) are averaged.
-  global one matrix over every micro-batch of the step on every rank (rpo.distributed). SFT has
-         no contrast matrix and refuses it.
+`contrast_scope` says which sequences one M x N contrast matrix spans: `micro` (default, the paper's
+per-device code) each micro-batch, the losses of a step's micro-batches (all ranks) averaged;
+`global` every micro-batch of the step on every rank (rpo.distributed; SFT refuses it).
 Reference log-probs come from the cache (rpo.refcache); this process never holds a reference model.
 Only rank 0 writes metrics, checkpoints and the final model; metrics are global (all ranks).
 """
@@ -33,16 +29,14 @@ from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_items
 from rpo.data.tokenize import collate
-from rpo.distributed import (
-    all_reduce_sum, as_local_tensor, barrier, full_state_dicts, global_scope_backward, gradient_sync,
-    init_distributed, load_full_state_dicts, local_micro_batches, rank_device, shutdown_distributed,
-    steps_in_plan, unwrap, wrap_model,
-)
+from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_objects,
+                             global_scope_backward, gradient_sync, init_distributed, load_full_state_dicts,
+                             local_micro_batches, rank_device, shutdown_distributed, steps_in_plan, unwrap, wrap_model)
 from rpo.embed import load_embeddings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
 from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss
-from rpo.models import load_model, response_logps, save_model
+from rpo.models import load_model, response_logps
 from rpo.refcache import default_truncation, load_reference_cache, tokenize_records
 
 DEFAULTS = {
@@ -89,9 +83,10 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
     if cfg["method"] in EMBEDDING_LOSSES and not cfg["embeddings"]:
         raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
-    if cfg["contrast_scope"] not in ("micro", "global"):
-        raise ConfigError(f"training config key 'contrast_scope' must be micro or global, got {cfg['contrast_scope']!r}")
-    if cfg["contrast_scope"] == "global" and cfg["method"] == "sft":
+    scope = cfg["contrast_scope"]
+    if scope not in ("micro", "global"):
+        raise ConfigError(f"training config key 'contrast_scope' must be micro or global, got {scope!r}")
+    if scope == "global" and cfg["method"] == "sft":
         raise ConfigError("training config key 'contrast_scope': global has no meaning for sft (no contrast "
                           "matrix; its token mean is per micro-batch); use micro")
     if cfg["dtype"] not in DTYPES:
@@ -158,7 +153,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg["max_steps"])
         if self.total_steps < 1:
             raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
-                              f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} ranks")
+                              f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} "
+                              "rank(s)")
         opt_cls = torch.optim.RMSprop if cfg["optimizer"] == "rmsprop" else torch.optim.AdamW
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
@@ -194,10 +190,11 @@ class Trainer:
         if self.embeddings is not None:
             kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
         if self.cfg["method"] == "kto":
-            kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(pc.device))
+            kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(kl_logps))
+        cfg = self.cfg
         return self.loss_fn(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
                             self.reference_logps("rejected", rejected_idx).to(pr),
-                            beta=self.cfg["beta"], tau=self.cfg["tau"], diagonal_weight=self.cfg["diagonal_weight"], **kw)
+                            beta=cfg["beta"], tau=cfg["tau"], diagonal_weight=cfg["diagonal_weight"], **kw)
 
     def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
         logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
@@ -229,8 +226,8 @@ class Trainer:
                 n_tokens += tokens
                 _accumulate(stats, out, pc, pr, paired=paired)
         # Means over micro-batches of all ranks; a non-finite loss anywhere stops every rank here.
-        totals = all_reduce_sum([x for k in METRIC_KEYS for x in (sum(stats.get(k, [])), len(stats.get(k, [])))]
-                                + [n_tokens], self.env, self.device)
+        sums = [x for k in METRIC_KEYS for x in (sum(stats.get(k, [])), len(stats.get(k, [])))]
+        totals = all_reduce_sum(sums + [n_tokens], self.env, self.device)
         row = {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(METRIC_KEYS) if totals[2 * i + 1]}
         self.check_loss(row["loss"])
         return {**row, "tokens": int(totals[-1])}
@@ -259,10 +256,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         # The metrics file beside it is append-only and trimmed to the checkpoint's step on resume.
         model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
+        rng = gather_objects(_rng_state(), self.env)  # one state per rank
         if self.env.is_main:
             with atomic_path(Path(self.cfg["checkpoint_dir"]) / "state.pt") as tmp:
                 torch.save({"model": model_state, "optimizer": optimizer_state,
-                            "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": _rng_state(),
+                            "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng,
                             "config_sha256": self._fingerprint(), "world_size": self.env.world_size}, tmp)
         barrier(self.env)
 
@@ -270,17 +268,18 @@ class Trainer:
         state_path = Path(self.cfg["checkpoint_dir"]) / "state.pt"
         if not state_path.exists():
             return False
-        state = torch.load(state_path, weights_only=False)
+        # mmap: ranks share the file's pages instead of each holding a copy of the full state
+        state = torch.load(state_path, weights_only=False, mmap=True, map_location="cpu")
         if state["config_sha256"] != self._fingerprint():
             raise ConfigError(f"{state_path} belongs to a run with another config; delete "
                               f"{self.cfg['checkpoint_dir']} to start over")
         if state.get("world_size", 1) != self.env.world_size:  # a step's micro-batches depend on it
             raise ConfigError(f"{state_path} was written by {state.get('world_size', 1)} process(es), this run has "
-                              f"{self.env.world_size}; resume with the same world size or delete {self.cfg['checkpoint_dir']}")
+                              f"{self.env.world_size}; resume with as many or delete {self.cfg['checkpoint_dir']}")
         load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][self.env.rank])
         if self.env.is_main:
             _truncate_metrics(Path(self.cfg["checkpoint_dir"]) / "metrics.jsonl", self.step)
         return True
@@ -312,15 +311,13 @@ class Trainer:
         return Path(cfg["out"])
 
     def save_final(self, metrics_path: Path, resumed: bool) -> None:
+        # FSDP: the gathered full weights, not this rank's shards (None: the model's own state)
         model_state = full_state_dicts(self.model)[0] if self.cfg["fsdp"] else None
         if self.env.is_main:
             cfg, world = self.cfg, self.env.world_size
             with atomic_path(cfg["out"]) as tmp:
-                if model_state is None:
-                    save_model(unwrap(self.model), self.tokenizer, tmp)
-                else:  # FSDP: the gathered full weights, not this rank's shards
-                    unwrap(self.model).save_pretrained(tmp, state_dict=model_state)
-                    self.tokenizer.save_pretrained(tmp)
+                unwrap(self.model).save_pretrained(tmp, state_dict=model_state)
+                self.tokenizer.save_pretrained(tmp)
                 shutil.copy(metrics_path, tmp / "metrics.jsonl")
                 run = {k: v for k, v in cfg.items() if k not in ("stop_after_steps",)}
                 write_json(tmp / "run.json", {

@@ -17,12 +17,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from rpo.data.records import PreferenceRecord, write_records
-from rpo.distributed import as_local_tensor, gather_varlen, local_micro_batches, DistEnv, unwrap
+from rpo.distributed import DistEnv, as_local_tensor, gather_varlen, local_micro_batches, unwrap
 from rpo.embed import embed_prompts
 from rpo.errors import ConfigError
 from rpo.models import build_model
 from rpo.refcache import compute_reference_cache
-from rpo.train import Trainer, resolve_config
+from rpo.train import Trainer, main, resolve_config
 
 THEMES = ["soup", "kites", "clocks", "moss", "boats", "lamps", "owls", "salt"]
 GLOBAL_METHODS = ("rpo-paired", "rpo-unpaired", "dpo", "kto")
@@ -32,7 +32,8 @@ TOLERANCE = 1e-10
 def make_records(n=32):
     return [PreferenceRecord(
         id=f"d{i}", prompt=f"\n<|user|>\ntell me about {THEMES[i % 8]}, case {i}\n<|assistant|>\n",
-        chosen=f"{THEMES[i % 8]} are worth a look; start with case {i % 5}.", rejected=f"no idea about {THEMES[i % 8]}.",
+        chosen=f"{THEMES[i % 8]} are worth a look; start with case {i % 5}.",
+        rejected=f"no idea about {THEMES[i % 8]}.",
         metadata={"truncation": "keep_end"}) for i in range(n)]
 
 
@@ -96,9 +97,11 @@ def _two_rank_worker(rank, paths, port, results):
         Trainer(config(paths, f"full-{tag}", "rpo-paired", **base)).fit()
         assert Trainer(config(paths, f"split-{tag}", "rpo-paired", stop_after_steps=1, **base)).fit() is None
         Trainer(config(paths, f"split-{tag}", "rpo-paired", **base)).fit()
-    # a two-rank checkpoint left behind for the world-size check
-    Trainer(config(paths, "left", "dpo", stop_after_steps=1, epochs=2)).fit()
-    dist.destroy_process_group()
+    # the command line as torchrun runs it (process group from the environment, torn down at the end),
+    # leaving a two-rank checkpoint behind for the world-size check
+    left = config(paths, "left", "dpo", stop_after_steps=1, epochs=2)
+    main([f"{k}={json.dumps(v)}" for k, v in left.items() if v is not None])
+    assert not dist.is_initialized()
 
 
 def _free_port() -> int:
@@ -111,7 +114,12 @@ def _free_port() -> int:
 def two_ranks(paths):
     results = Path(paths["root"]) / "results"
     results.mkdir()
-    mp.spawn(_two_rank_worker, args=(paths, _free_port(), str(results)), nprocs=2, join=True)
+    # forkserver: the server imports torch, transformers and this module once, with no compute done,
+    # and forks both ranks from it; spawn would import everything twice more (~10 s of CPU each).
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "transformers.models.gpt2.modeling_gpt2"])
+    mp.start_processes(_two_rank_worker, args=(paths, _free_port(), str(results)), nprocs=2, join=True,
+                       start_method="forkserver")
     return results
 
 
@@ -157,7 +165,8 @@ def test_two_ranks_train_and_resume_bit_exactly(two_ranks, paths, tag):
     root = Path(paths["root"])
     full, split = weights(root / f"full-{tag}"), weights(root / f"split-{tag}")
     assert all(torch.equal(full[k], split[k]) for k in full)
-    assert not torch.equal(full["transformer.h.0.mlp.c_fc.weight"], weights(paths["model"])["transformer.h.0.mlp.c_fc.weight"])
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(full[key], weights(paths["model"])[key])  # it trained
     rows = [json.loads(line) for line in (root / f"split-{tag}" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     run = json.loads((root / f"split-{tag}" / "run.json").read_text())
@@ -175,6 +184,7 @@ def test_ddp_and_fsdp_train_to_the_same_weights(two_ranks, paths):
 
 
 def test_resume_with_another_world_size_is_refused(two_ranks, paths):
+    assert (Path(paths["root"]) / "left.ckpt" / "state.pt").exists()
     with pytest.raises(ConfigError, match="written by 2 process"):
         Trainer(config(paths, "left", "dpo", stop_after_steps=1, epochs=2)).fit()
 
