@@ -1,0 +1,190 @@
+"""Preference-step throughput on this CPU: our trainer against TRL's DPOTrainer, ratios measured in one run.
+
+    .venv/bin/pip install trl==1.16.0      # benchmark-only dependency: not in envs/requirements.txt
+    .venv/bin/python benchmarks/bench_trl.py [--steps 12] [--warmup 2] [--batch-size 8] [--threads 2]
+
+Three trainers, one DPO step each = one micro-batch of 8 pairs, one optimizer step:
+  ours              rpo.train.Trainer, reference log-probs read from the cache (rpo.refcache)
+  TRL default       trl.DPOTrainer, a reference model forward every step
+  TRL precomputed   trl.DPOTrainer with precompute_ref_log_probs=True
+  ours/TRL-default goal >= 1.3, ours/TRL-precomputed goal >= 1.0 (throughput ratios).
+
+Same for all: the model (llama 4 layers x 256, rpo.models.build_model), data (bench_step's synthetic
+records), batch, max_length 256 (no sequence reaches it: checked, so nothing is cut on either side),
+fp32, AdamW at lr 5e-7, weight decay 0, gradient clipping at 10, linear schedule. TRL's defaults are
+kept except gradient_checkpointing and bf16 (TRL turns both on; our trainer uses neither on CPU, and
+recomputing activations would charge TRL for a memory saving we do not make).
+
+Timing: TRL runs its own loop, trainer.train(), for warmup + steps optimizer steps. A TrainerCallback
+takes the time between consecutive on_step_end events (the whole step: batch collation, forward,
+reference forward, backward, clipping, optimizer, scheduler, TRL's logging); set-up (tokenisation,
+TRL's reference precompute) and the warm-up steps are left out. Inside the same callback one step of
+our trainer runs, timed on its own and kept out of TRL's interval, so the two alternate step by step
+and drift in machine load hits both alike. Throughput of a step = its non-pad tokens (prompt and
+response, chosen and rejected: the attention mask's sum, as each trainer collated it) / its time; the
+figure is the median over timed steps. Token counts per pair are checked equal between the two
+tokenisations before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from bench_step import synthetic_records  # run as a script: benchmarks/ is on sys.path
+from rpo.data.records import write_records
+from rpo.models import build_model, load_model
+from rpo.refcache import compute_reference_cache
+from rpo.train import Trainer, resolve_config
+
+try:
+    import trl
+    from trl import DPOConfig, DPOTrainer
+except ImportError as error:  # benchmark-only dependency
+    raise SystemExit(f"bench_trl.py needs TRL: .venv/bin/pip install trl==1.16.0 ({error})")
+
+MAX_LENGTH, MAX_PROMPT_LENGTH, LR, MAX_GRAD_NORM, BETA = 256, 128, 5e-7, 10.0, 0.1
+
+
+class InterleavedStepTimer(TrainerCallback):
+    """Times TRL's optimizer steps; runs and times one step of our trainer between two of them."""
+
+    def __init__(self, ours: Trainer, token_log: list[int], warmup: int):
+        self.ours, self.token_log, self.warmup = ours, token_log, warmup
+        self.trl_steps: list[tuple[int, float]] = []   # (tokens, seconds) per timed TRL step
+        self.our_steps: list[tuple[int, float]] = []
+        self.resumed = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        tokens = self.token_log.pop(0)
+        if state.global_step > self.warmup:
+            self.trl_steps.append((tokens, now - self.resumed))
+        if state.global_step >= self.warmup:  # our warm-up runs alongside TRL's
+            self.our_steps.append(self._our_step(timed=state.global_step > self.warmup))
+        self.resumed = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.resumed is None:
+            self.resumed = time.perf_counter()
+
+    def _our_step(self, timed: bool) -> tuple[int, float] | None:
+        chosen, rejected = self.ours.plan[self.ours.step]  # one micro-batch per step, one process
+        tokens = sum(len(self.ours.sequences[side][i]["input_ids"])
+                     for side, idx in (("chosen", chosen), ("rejected", rejected)) for i in idx)
+        start = time.perf_counter()
+        self.ours.train_step()
+        return (tokens, time.perf_counter() - start) if timed else None
+
+
+def counting_collator(collator, token_log: list[int]):
+    """TRL's collator, logging each batch's non-pad token count (the attention mask's sum)."""
+    def collate(examples):
+        batch = collator(examples)
+        token_log.append(int(batch["attention_mask"].sum()))
+        return batch
+    return collate
+
+
+def median_throughput(steps) -> float:
+    return statistics.median(tokens / seconds for tokens, seconds in steps if seconds)
+
+
+def run_trl(name, model_path, dataset, ours: Trainer, args, root: Path, precompute: bool) -> dict:
+    model, tokenizer = load_model(model_path, dtype="float32", device="cpu")
+    config = DPOConfig(
+        output_dir=str(root / name), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, learning_rate=LR, optim="adamw_torch", weight_decay=0.0,
+        max_grad_norm=MAX_GRAD_NORM, lr_scheduler_type="linear", warmup_steps=ours.cfg["warmup_steps"],
+        beta=BETA, max_length=MAX_LENGTH, precompute_ref_log_probs=precompute,
+        gradient_checkpointing=False, bf16=False, use_cpu=True, dataloader_num_workers=0,
+        report_to="none", save_strategy="no", disable_tqdm=True, seed=1)
+    started = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    setup_s = time.perf_counter() - started
+    token_log: list[int] = []
+    trainer.data_collator = counting_collator(trainer.data_collator, token_log)
+    timer = InterleavedStepTimer(ours, token_log, args.warmup)
+    trainer.add_callback(timer)
+    trainer.train()
+    return {"trl": timer.trl_steps, "ours": [s for s in timer.our_steps if s], "setup_s": setup_s,
+            "ref_model": trainer.ref_model is not None, "pair_tokens": _trl_pair_tokens(trainer.train_dataset)}
+
+
+def _trl_pair_tokens(dataset) -> list[int]:
+    return [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in dataset]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(tempfile.mkdtemp(prefix="rpo-bench-trl-"))
+    # Our trainer steps once per TRL step in each of the two TRL runs: enough records for both.
+    records = synthetic_records(args.batch_size * (2 * (args.warmup + args.steps) + 2))
+    data = root / "train.jsonl"
+    write_records(data, records)
+    spec = {"kind": "small", "arch": "llama", "n_layers": args.layers, "d_model": args.d_model, "n_heads": 4,
+            "vocab_size": 8000, "max_position": MAX_LENGTH}
+    model = build_model(spec, root / "model", corpus=[r.prompt + r.chosen + r.rejected for r in records])
+    started = time.perf_counter()
+    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=MAX_LENGTH,
+                                    max_prompt_length=MAX_PROMPT_LENGTH)
+    cache_s = time.perf_counter() - started
+    ours = Trainer(resolve_config({
+        "model": str(model), "data": str(data), "out": str(root / "ours"), "method": "dpo",
+        "reference_cache": str(cache), "batch_size": args.batch_size, "max_length": MAX_LENGTH,
+        "max_prompt_length": MAX_PROMPT_LENGTH, "optimizer": "adamw", "lr": LR, "weight_decay": 0.0,
+        "max_grad_norm": MAX_GRAD_NORM, "beta": BETA, "scheduler": "linear", "threads": args.threads,
+        "dtype": "float32", "device": "cpu"}))
+    ours.model.train()
+    our_pair_tokens = [len(c["input_ids"]) + len(r["input_ids"])
+                       for c, r in zip(ours.sequences["chosen"], ours.sequences["rejected"])]
+    longest = max(len(s["input_ids"]) for side in ("chosen", "rejected") for s in ours.sequences[side])
+    if longest >= MAX_LENGTH:
+        raise SystemExit(f"a sequence reaches max_length {MAX_LENGTH}: the trainers would cut it differently")
+    dataset = Dataset.from_list([{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in records])
+
+    default = run_trl("trl-default", model, dataset, ours, args, root, precompute=False)
+    precomputed = run_trl("trl-precomputed", model, dataset, ours, args, root, precompute=True)
+    if default["pair_tokens"] != our_pair_tokens:
+        diff = sum(default["pair_tokens"]) - sum(our_pair_tokens)
+        raise SystemExit(f"TRL and our trainer tokenise the pairs differently ({diff:+d} tokens over the set)")
+    assert default["ref_model"] and not precomputed["ref_model"]
+
+    tps = {"ours (vs default)": median_throughput(default["ours"]), "TRL default": median_throughput(default["trl"]),
+           "ours (vs precomputed)": median_throughput(precomputed["ours"]),
+           "TRL precomputed": median_throughput(precomputed["trl"])}
+    step_ms = {k: 1e3 * statistics.median(s for _, s in v) for k, v in
+               (("ours (vs default)", default["ours"]), ("TRL default", default["trl"]),
+                ("ours (vs precomputed)", precomputed["ours"]), ("TRL precomputed", precomputed["trl"]))}
+    print(f"trl {trl.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{args.threads} threads")
+    print(f"model: llama {args.layers} layers x {args.d_model}, {args.batch_size} pairs/step, "
+          f"{statistics.mean(our_pair_tokens) * args.batch_size:.0f} non-pad tokens/step (same in both "
+          f"tokenisations), {args.steps} timed steps after {args.warmup} warm-up")
+    for name, value in tps.items():
+        print(f"  {name:<22} {value:8.0f} tokens/s   median step {step_ms[name]:7.1f} ms")
+    print(f"set-up: our reference cache {cache_s:.2f} s (once per SFT model); TRL trainer construction "
+          f"{default['setup_s']:.2f} s default, {precomputed['setup_s']:.2f} s with precompute")
+    a = tps["ours (vs default)"] / tps["TRL default"]
+    b = tps["ours (vs precomputed)"] / tps["TRL precomputed"]
+    print(f"ratio ours/TRL-default     = {a:.2f}   (goal >= 1.3)  {'met' if a >= 1.3 else 'NOT met'}")
+    print(f"ratio ours/TRL-precomputed = {b:.2f}   (goal >= 1.0)  {'met' if b >= 1.0 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
