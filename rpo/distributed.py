@@ -22,8 +22,9 @@ the step on every rank, at the memory of one micro-batch:
 By the chain rule (d) yields the gradient of the global loss; it costs A - 1 extra forward passes
 (of A micro-batches per rank) and holds one micro-batch's graph at a time.
 
-FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block. It is tested
-here on CPU/gloo only (gradients equal DDP's); on GPUs it is untested.
+FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block; checkpoints and
+the final model hold gathered full weights. Tested on CPU/gloo only (gradients, resume, final save);
+on GPUs (nccl) it is untested.
 """
 from __future__ import annotations
 

@@ -126,7 +126,6 @@ def two_ranks(paths):
 @pytest.fixture(scope="module")
 def one_batch_of_16(paths):
     """The single-process reference: micro scope, the 16 pairs (items) of step 1 in one micro-batch."""
-    torch.set_num_threads(1)
     out = {}
     for method in GLOBAL_METHODS:
         trainer = Trainer(config(paths, f"ref-{method}", method, batch_size=16, gradient_accumulation_steps=1))
