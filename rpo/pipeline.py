@@ -6,6 +6,7 @@ into the settings that produced it:
     sft_seed1
     dpo_bs8_seed1                              dpo, ipo, kto, rpo-diagonal, rpo-uniform
     rpo-paired_tau0.5_minilm_bs8_seed1         rpo-paired, rpo-unpaired (embedder by short name)
+    rpo-paired_tau0.5_minilm_bs32_global_seed1 one contrast matrix over the global batch of 32
 
 The Snakefile only wires these names to rules; the logic lives here so it is tested.
 """
@@ -30,7 +31,7 @@ EMBEDDER_SHORT = {
 }
 RUN_RE = re.compile(
     r"^(?P<method>[a-z-]+?)(?:_tau(?P<tau>[0-9.]+)_(?P<embedder>[A-Za-z0-9.-]+))?(?:_bs(?P<batch_size>\d+))?"
-    r"_seed(?P<seed>\d+)$"
+    r"(?P<scope>_global)?_seed(?P<seed>\d+)$"
 )
 
 
@@ -45,16 +46,28 @@ class Run:
     batch_size: int | None = None
     tau: float | None = None
     embedder: str | None = None  # the full embedder name
+    scope: str = "micro"  # "global": batch_size is the global batch one contrast matrix spans
 
     @property
     def name(self) -> str:
         if self.method == "sft":
             return f"sft_seed{self.seed}"
         middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
-        return f"{self.method}{middle}_bs{self.batch_size}_seed{self.seed}"
+        scope = "_global" if self.scope == "global" else ""
+        return f"{self.method}{middle}_bs{self.batch_size}{scope}_seed{self.seed}"
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def trainer_batch(self, micro_batch_size: int) -> dict:
+        """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train."""
+        if self.scope != "global":
+            return {"batch_size": self.batch_size, "contrast_scope": "micro"}
+        if self.batch_size % micro_batch_size:
+            raise ConfigError(f"run {self.name}: global batch {self.batch_size} is not a multiple of the "
+                              f"micro-batch {micro_batch_size} (preference.batch_size)")
+        return {"batch_size": micro_batch_size, "gradient_accumulation_steps": self.batch_size // micro_batch_size,
+                "contrast_scope": "global"}
 
 
 def parse_run(name: str, embedders: list[str]) -> Run:
@@ -63,19 +76,20 @@ def parse_run(name: str, embedders: list[str]) -> Run:
     if not match or match["method"] not in LOSSES:
         raise ConfigError(f"run name {name!r} does not name a known method; e.g. dpo_bs8_seed1")
     method, seed = match["method"], int(match["seed"])
+    scope = "global" if match["scope"] else "micro"
     if method == "sft":
         return Run("sft", seed)
     if match["batch_size"] is None:
         raise ConfigError(f"run name {name!r} lacks a batch size (_bsN)")
     if method not in EMBEDDING_LOSSES:
-        return Run(method, seed, int(match["batch_size"]))
+        return Run(method, seed, int(match["batch_size"]), scope=scope)
     if match["tau"] is None:
         raise ConfigError(f"run name {name!r}: {method} needs _tau<value>_<embedder>")
     by_short = {embedder_short(e): e for e in embedders}
     if match["embedder"] not in by_short:
         raise ConfigError(f"run name {name!r}: embedder {match['embedder']!r} is not one of the configured "
                           f"embedders ({', '.join(by_short)})")
-    return Run(method, seed, int(match["batch_size"]), float(match["tau"]), by_short[match["embedder"]])
+    return Run(method, seed, int(match["batch_size"]), float(match["tau"]), by_short[match["embedder"]], scope)
 
 
 def experiment_runs(config: dict) -> list[Run]:
@@ -94,8 +108,11 @@ def experiment_runs(config: dict) -> list[Run]:
                 runs.append(Run(method, seed, bs))
         ablation = config.get("batch_size_ablation") or {}
         for method in ablation.get("methods", []):
+            defaults = default_rpo(config) if method in EMBEDDING_LOSSES else ()
             for size in ablation.get("batch_sizes", []):
-                runs.append(Run(method, seed, size, *(default_rpo(config) if method in EMBEDDING_LOSSES else ())))
+                runs.append(Run(method, seed, size, *defaults))
+            for size in ablation.get("global_batch_sizes", []):
+                runs.append(Run(method, seed, size, *defaults, scope="global"))
     return list(dict.fromkeys(runs))  # keep order, drop duplicates
 
 

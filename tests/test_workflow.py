@@ -42,7 +42,7 @@ SMOKE = {
 }
 
 
-def snakemake(workdir, *args, timeout=900):
+def snakemake(workdir, *args, timeout=1800):
     return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], cwd=workdir, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 

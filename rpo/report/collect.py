@@ -19,7 +19,7 @@ from rpo.io import read_jsonl
 TASKS = ("dialogue", "summarization")
 ALPACAEVAL_TASK = "instructions"
 METHODS = ("sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform")
-CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model")
+CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope")
 WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
 ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n")  # ci_low/ci_high, lc_win_rate optional
 _Z95 = 1.959963984540054
@@ -98,7 +98,11 @@ def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
         raise DataError(f"{path}: key 'task' is {config['task']!r} but the file lies under task {task!r}")
     if config["method"] not in METHODS:
         raise DataError(f"{path}: key 'method' is {config['method']!r}, expected one of {', '.join(METHODS)}")
-    return {**{key: config.get(key) for key in CONFIG_COLUMNS}, "model": base_model(config, path)}
+    row = {**{key: config.get(key) for key in CONFIG_COLUMNS}, "model": base_model(config, path)}
+    row["contrast_scope"] = row["contrast_scope"] or "micro"
+    if row["contrast_scope"] == "global":  # one contrast matrix spans the global batch: that is its size
+        row["batch_size"] = config.get("global_batch_size", row["batch_size"])
+    return row
 
 
 def _split_expected(expected_runs: Sequence[str] | None, tasks: Sequence[str]) -> set[tuple[str, str]]:

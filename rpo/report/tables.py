@@ -99,6 +99,13 @@ def _defaults_only(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str =
     return runs[~uses_embeddings | (default_tau & default_embedder)]
 
 
+def _micro_scope(runs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's per-micro-batch contrast: global-scope runs belong to the batch-size table only."""
+    if "contrast_scope" not in runs:
+        return runs
+    return runs[runs["contrast_scope"].fillna("micro") != "global"]
+
+
 def main_batch_sizes(runs: pd.DataFrame, override: int | None = None) -> dict:
     """The main batch size of each (task, model): `override`, else the most common one over all its runs
     (the batch-size sweep adds a few runs per size, every other experiment uses the main size)."""
@@ -181,6 +188,7 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
 def table1(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
            embedder: str = DEFAULT_EMBEDDER) -> Table:
     """Win rate by method x task (x model) at the default tau, embedder and main batch size."""
+    runs = _micro_scope(runs)
     mains = main_batch_sizes(runs, main_batch_size)
     selected = _at_main_batch(_defaults_only(runs[runs["method"].isin(MAIN_METHODS)], tau, embedder), mains)
     variants = [(METHOD_LABELS[m], m, lambda b, m=m: b["method"] == m) for m in MAIN_METHODS]
@@ -191,6 +199,7 @@ def table1(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = 
 def weighting_ablation(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
                        embedder: str = DEFAULT_EMBEDDER) -> Table:
     """Uniform / diagonal / embedding-weighted / random-embedding control vs DPO (and RPO-Unpaired)."""
+    runs = _micro_scope(runs)
     ablation_methods = ("dpo", "rpo-uniform", "rpo-diagonal", "rpo-paired", "rpo-unpaired")
     candidates = runs[runs["method"].isin(ablation_methods)]
     keep = ~candidates["method"].isin(EMBEDDING_METHODS) | _at_tau(candidates, tau)
@@ -234,6 +243,7 @@ def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, 
 
 def table3(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
     """RPO-Paired: tau x embedder, per task."""
+    runs = _micro_scope(runs)
     selected = _at_main_batch(runs[runs["method"] == "rpo-paired"], main_batch_sizes(runs, main_batch_size)).copy()
     if selected.empty:
         raise DataError("table3: no rpo-paired runs")
@@ -259,7 +269,9 @@ def table4(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str = DEFAULT
     selected = _defaults_only(runs[runs["method"].isin(("dpo", *EMBEDDING_METHODS))], tau, embedder).copy()
     if selected.empty or selected["batch_size"].isna().all():
         raise DataError("table4: no dpo / rpo-paired / rpo-unpaired runs with a batch_size")
-    selected["method"] = selected["method"].map(METHOD_LABELS)
+    is_global = selected["contrast_scope"].fillna("micro") == "global" if "contrast_scope" in selected else False
+    selected["method"] = selected["method"].map(METHOD_LABELS) + is_global.map({True: " (global scope)",
+                                                                                False: ""})
     return _grid(selected, "table4", "Table 4: win rate by batch size (the contrast matrix is one micro-batch)",
                  "batch_size", lambda b: f"bs={int(b)}", "method",
                  ["The paper's batch-size numbers are not known here (it reports that larger per-GPU batches help "

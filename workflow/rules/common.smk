@@ -53,9 +53,14 @@ def train_overrides(stage, extra):
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in sorted(keys.items()) if v is not None)
 
 
+def train_launcher():
+    """One process per GPU the rule asks for (torchrun: DDP, or FSDP with training.fsdp)."""
+    return f"torchrun --standalone --nproc_per_node {GPUS}" if GPUS > 1 else "python"
+
+
 def preference_overrides(wildcards):
     run = run_settings(wildcards)
-    extra = {"method": run.method, "batch_size": run.batch_size, "seed": run.seed}
+    extra = {"method": run.method, "seed": run.seed, **run.trainer_batch(config["preference"]["batch_size"])}
     if run.method in EMBEDDING_LOSSES:
         extra.update(tau=run.tau, embedder=run.embedder)
     return train_overrides("preference", extra)

@@ -10,6 +10,7 @@ rule sft:
         directory(f"{RESULTS}/{{model}}/{{task}}/models/sft_seed{{seed}}"),
     params:
         overrides=lambda wc: train_overrides("sft", {"method": "sft", "seed": int(wc.seed)}),
+        launcher=train_launcher(),
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/sft_seed{{seed}}.log",
     benchmark:
@@ -21,7 +22,8 @@ rule sft:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.train model={input.base} data={input.data} out={output} {params.overrides} > {log} 2>&1"
+        "{params.launcher} -m rpo.train model={input.base} data={input.data} out={output} {params.overrides}"
+        " > {log} 2>&1"
 
 
 rule refcache:
@@ -57,6 +59,7 @@ rule preference:
         directory(f"{RESULTS}/{{model}}/{{task}}/models/{{run}}"),
     params:
         overrides=preference_overrides,
+        launcher=train_launcher(),
         embeddings=lambda wc, input: f"embeddings={input.embeddings}" if "embeddings" in input.keys() else "",
     wildcard_constraints:
         run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
@@ -71,5 +74,6 @@ rule preference:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.train model={input.sft} data={input.data} out={output} reference_cache={input.refcache}"
+        "{params.launcher} -m rpo.train model={input.sft} data={input.data} out={output}"
+        " reference_cache={input.refcache}"
         " {params.embeddings} {params.overrides} > {log} 2>&1"
