@@ -54,7 +54,7 @@ def train_overrides(stage, extra):
 
 
 def train_launcher():
-    """One process per GPU the rule asks for (torchrun: DDP, or FSDP with training.fsdp)."""
+    """One training process per GPU in the config (torchrun), DDP or FSDP as training.fsdp says."""
     return f"torchrun --standalone --nproc_per_node {GPUS}" if GPUS > 1 else "python"
 
 
