@@ -77,10 +77,12 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "workflow/paper.yaml"), timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # 3 models x 2 datasets x (5 plain methods + 2 x (3 taus x 3 embedders + random) + 4 batch sizes)
-    assert "preference                 186" in out.replace("\t", " ") or " 186" in _job_line(out, "preference")
+    # 3 models x 2 datasets x (5 plain methods + 2 x (3 taus x 3 embedders + random)
+    #                          + 2 methods x 3 more batch sizes + 2 methods x 1 global-scope size)
+    assert _job_line(out, "preference").split()[-1] == str(3 * 2 * (5 + 2 * 10 + 6 + 2))
     for needle in ("mistral-7b", "llama2-13b", "rpo-paired_tau0.75_t5large_bs8_seed1",
-                   "rpo-unpaired_tau0.25_distilroberta_bs8_seed1", "dpo_bs16_seed1"):
+                   "rpo-unpaired_tau0.25_distilroberta_bs8_seed1", "dpo_bs16_seed1",
+                   "rpo-paired_tau0.5_minilm_bs64_global_seed1"):
         assert needle in out
 
 
