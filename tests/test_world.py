@@ -11,7 +11,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from rpo.data.records import ASSISTANT, USER, read_eval_prompts, read_records
 from rpo.data.world import World, generate_world, load_world, main, reward
 from rpo.data.world_config import WorldConfig
-from rpo.data.world_lexicon import DIALOGUE_THEMES
+from rpo.data.world_lexicon import DIALOGUE_THEMES, GOOD_FRAMES
 from rpo.data.world_lexicon_posts import POST_THEMES
 from rpo.data.world_reward import content_words, words
 from rpo.data.world_tasks import join_clauses
@@ -163,10 +163,11 @@ def _dialogue_case(world):
     meta = record.metadata
     theme = by_name(DIALOGUE_THEMES)[meta["theme"]]
     clauses = dict(theme.problems)[meta["problem"]]
-    good = f"for your {meta['object']}, {join_clauses(clauses)}."
-    partial = f"for your {meta['object']}, {clauses[0]}."
+    good = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=join_clauses(clauses))
+    partial = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=clauses[0])
     other = next(t for t in DIALOGUE_THEMES if t.name != theme.name)
-    off_topic = f"for your {other.objects[0]}, {join_clauses(other.problems[0][1])}."
+    off_topic = GOOD_FRAMES[1].format(obj=other.objects[0], problem=other.problems[0][0],
+                                      advice=join_clauses(other.problems[0][1]))
     return record, theme, good, partial, off_topic
 
 
@@ -220,7 +221,8 @@ def test_instruction_references_are_mid_quality(world):
     for item in world.instructions:
         meta = item.metadata
         theme = by_name(DIALOGUE_THEMES)[meta["theme"]]
-        best = f"for your {meta['object']}, {join_clauses(dict(theme.problems)[meta['problem']])}."
+        advice = join_clauses(dict(theme.problems)[meta["problem"]])
+        best = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=advice)
         assert world.reward_by_prompt(item.prompt, best) > meta["reference_reward"] > 0.3
         assert meta["reference_reward"] > world.reward_by_prompt(item.prompt, theme.evasive[0])
 

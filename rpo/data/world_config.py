@@ -21,7 +21,7 @@ class WorldConfig:
     dialogue_train_pairs: int = 2000  # one pair per prompt, so also the number of train prompts
     dialogue_test_pairs: int = 256
     dialogue_max_turns: int = 3  # user turns in a history: 1..max
-    dialogue_word_budget: int = 24  # the reward charges every response word beyond this
+    dialogue_word_budget: int = 28  # the reward charges every response word beyond this
     summarization_clusters: int = 24
     summarization_train_pairs: int = 2000
     summarization_test_pairs: int = 256

@@ -69,8 +69,11 @@ INSTRUCTIONS = (
     "give instructions: my {obj} {problem}.",
 )
 OPENERS = ("", "sure. ", "happy to help. ", "good question. ")
-GOOD_FRAMES = ("for your {obj}, {advice}.", "{advice}. that should help your {obj}.")
-PARTIAL_FRAMES = ("for your {obj}, {advice}.", "maybe {advice}.", "{advice} might help.")
+# Answers restate the request before the advice, so a small model reads the advice off a nearby
+# copy of the prompt's words instead of a long-range lookup.
+GOOD_FRAMES = ("if your {obj} {problem}, {advice}.", "when your {obj} {problem}, {advice}.")
+PARTIAL_FRAMES = ("if your {obj} {problem}, {advice}.", "when your {obj} {problem}, maybe {advice}.",
+                  "if your {obj} {problem}, {advice} might help.")
 HARMFUL_FRAMES = ("you could also {phrase}.", "honestly, just {phrase}.")
 RAMBLE_FRAMES = ("by the way, {phrase}", "fun fact: {phrase}")
 
@@ -122,8 +125,7 @@ DIALOGUE_THEMES: tuple[DialogueTheme, ...] = (
         "bakers keep secrets, no comment.|grab something at the supermarket.",
         "my uncle opened a pretzel stand in ohio.|medieval millers built windmills."),
     _theme("dog", "training my dog", "puppy|beagle|terrier|retriever", (
-        ("pulls on the leash", "halt whenever the leash tightens|reward slack walking with treats"
-                               "|try a chest harness"),
+        ("pulls on the leash", "halt when the leash tightens|reward slack walking|try a chest harness"),
         ("barks at visitors", "teach a calm place command|praise quiet moments|practice doorbell drills"),
         ("chews the furniture", "offer sturdy chew toys|crate it when unsupervised|spray citrus deterrent"),
     ), "hit it with a rolled newspaper|feed it chocolate bars",

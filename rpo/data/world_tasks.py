@@ -73,15 +73,15 @@ def instruction_prompt(theme: DialogueTheme, rng: random.Random) -> tuple[str, s
 
 
 def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
-    clauses = theme.problems[problem][1]  # always in lexicon order: one sequence to learn per problem
+    phrase, clauses = theme.problems[problem]  # clauses in lexicon order: one sequence to learn per problem
     level = _weighted(rng, ADVICE_LEVELS)
     if level == "full":
         advice = join_clauses(clauses)
-        body = rng.choice(GOOD_FRAMES).format(obj=obj, advice=advice)
+        body = rng.choice(GOOD_FRAMES).format(obj=obj, problem=phrase, advice=advice)
     elif level == "partial":
         kept = sorted(rng.sample(range(len(clauses)), rng.randint(1, len(clauses) - 1)))
         advice = join_clauses(clauses[i] for i in kept)
-        body = rng.choice(PARTIAL_FRAMES).format(obj=obj, advice=advice)
+        body = rng.choice(PARTIAL_FRAMES).format(obj=obj, problem=phrase, advice=advice)
     else:
         body = rng.choice(theme.evasive)
     parts = [(rng.choice(OPENERS) if rng.random() < P_OPENER else "") + body]
@@ -97,12 +97,12 @@ def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, rng: random
 
 def reference_response(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
     """A mid-quality answer: most of the advice, or all of it plus a ramble; never harmful."""
-    clauses = theme.problems[problem][1]
+    phrase, clauses = theme.problems[problem]
     if rng.random() < 0.5:
         dropped = rng.randrange(len(clauses))
         kept = [clause for i, clause in enumerate(clauses) if i != dropped]
-        return PARTIAL_FRAMES[0].format(obj=obj, advice=join_clauses(kept))
-    body = GOOD_FRAMES[0].format(obj=obj, advice=join_clauses(clauses))
+        return PARTIAL_FRAMES[0].format(obj=obj, problem=phrase, advice=join_clauses(kept))
+    body = GOOD_FRAMES[0].format(obj=obj, problem=phrase, advice=join_clauses(clauses))
     return body + " " + rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble))
 
 
