@@ -13,12 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from rpo.pipeline import experiment_runs
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "workflow/profiles/slurm"
 PAPER = ROOT / "workflow/paper.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(PROFILE),
              "--configfile", str(PAPER)]
 GPU_RULES = {"sft": 8, "preference": 8, "refcache": 1, "generate": 1, "generate_instructions": 1}
+TORCHRUN_RULES = ("sft", "preference")  # one process per GPU in the config: `gpus` of paper.yaml
 
 FAKE_SBATCH = """#!/bin/sh
 printf '%s\\n' "$*" >> "$FAKE_SBATCH_LOG"
@@ -39,11 +42,15 @@ def test_profile_dry_run_plans_the_papers_matrix(tmp_path):
     out = result.stdout + result.stderr
     assert "Using profile" in out and str(PROFILE) in out
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
-    # 3 models x 2 datasets x 31 runs (5 plain methods, 2 x 10 embedder runs, 6 batch-size runs)
-    assert counts["preference"] == 186
-    assert counts["sft"] == 6 and counts["refcache"] == 6 and counts["judge"] == counts["generate"] == 192
+    paper = yaml.safe_load(PAPER.read_text())
+    runs = experiment_runs(paper)
+    per_model_task = len(paper["models"]) * len(paper["data"]["tasks"])
+    # 3 models x 2 datasets x 33 preference runs (the matrix test_workflow.py spells out) + 1 SFT each
+    assert counts["preference"] == per_model_task * sum(r.method != "sft" for r in runs) == 198
+    assert counts["sft"] == counts["refcache"] == per_model_task
+    assert counts["judge"] == counts["generate"] == per_model_task * len(runs)
     # set-resources reach the jobs: a preference job asks for 8 GPUs, a judge job for none
-    assert re.search(r"resources: .*mem_mb=200000.*gpu=8", out)
+    assert re.search(r"resources: .*mem_mb=480000.*gpu=8", out)
     judge_resources = re.findall(r"rule judge:(?:\n .*)*?\n    resources: (.*)", out)
     assert judge_resources and not any("gpu" in line for line in judge_resources)
 
@@ -54,6 +61,9 @@ def test_profile_asks_for_gpus_on_every_gpu_rule_only():
     rules = profile["set-resources"]
     assert {rule: rules[rule]["gpu"] for rule in GPU_RULES} == GPU_RULES
     assert not [rule for rule, res in rules.items() if rule not in GPU_RULES and "gpu" in res]
+    # torchrun starts one rank per GPU of the config; fewer GPUs than ranks would fail at start-up
+    gpus = yaml.safe_load(PAPER.read_text())["gpus"]
+    assert all(rules[rule]["gpu"] == gpus for rule in TORCHRUN_RULES)
 
 
 def _fake_slurm(tmp_path):
@@ -107,7 +117,8 @@ def test_sbatch_calls_carry_each_rules_gpus_partition_memory_and_time(tmp_path):
         gpus = [a for a in args if a.startswith("--gpus=")]
         assert gpus == ([f"--gpus={GPU_RULES[rule]}"] if rule in GPU_RULES else []), (rule, args)
         assert args[args.index("-p") + 1] == ("gpuq" if rule in GPU_RULES else "cpuq"), (rule, args)
-        assert "--requeue" in args and "--cpus-per-task=" + ("8" if rule in GPU_RULES else "1") in args, args
-    assert calls["preference"][calls["preference"].index("--mem") + 1] == "200000"
+        cpus = "--cpus-per-gpu=8" if rule in TORCHRUN_RULES else f"--cpus-per-task={8 if rule in GPU_RULES else 1}"
+        assert "--requeue" in args and cpus in args, (rule, args)
+    assert calls["preference"][calls["preference"].index("--mem") + 1] == "480000"
     assert calls["preference"][calls["preference"].index("-t") + 1] == "720"
     assert calls["judge"][calls["judge"].index("--mem") + 1] == "2000"
