@@ -140,7 +140,8 @@ def _draw_prompt(task, theme, config, rng):
     if task == "summarization":
         prompt, layout = tasks.post_prompt(theme, rng, config.post_facts, config.post_fillers)
         metadata = tasks.post_metadata(theme, layout, config.summary_word_budget)
-        return prompt, metadata, lambda: tasks.summary_candidate(theme, layout, rng)
+        style = tasks.summary_style(theme, layout, rng)
+        return prompt, metadata, lambda: tasks.summary_candidate(theme, layout, style, rng)
     if task == "dialogue":
         prompt, obj, problem = tasks.dialogue_prompt(theme, rng, config.dialogue_max_turns)
     else:
@@ -148,7 +149,8 @@ def _draw_prompt(task, theme, config, rng):
     metadata = tasks.dialogue_metadata(theme, obj, problem, config.dialogue_word_budget)
     if task == "instructions":
         return prompt, metadata, (obj, problem)
-    return prompt, metadata, lambda: tasks.dialogue_candidate(theme, obj, problem, rng)
+    style = tasks.dialogue_style(theme, rng)
+    return prompt, metadata, lambda: tasks.dialogue_candidate(theme, obj, problem, style, rng)
 
 
 def _unused_prompt(task, theme, config, rng, taken: set, size_key: str):

@@ -68,7 +68,7 @@ INSTRUCTIONS = (
     "list the steps to take when my {obj} {problem}.",
     "give instructions: my {obj} {problem}.",
 )
-OPENERS = ("", "sure. ", "happy to help. ", "good question. ")
+OPENERS = ("sure. ", "happy to help. ", "good question. ")
 # Answers restate the request before the advice, so a small model reads the advice off a nearby
 # copy of the prompt's words instead of a long-range lookup.
 GOOD_FRAMES = ("if your {obj} {problem}, {advice}.", "when your {obj} {problem}, {advice}.")

@@ -72,26 +72,41 @@ def instruction_prompt(theme: DialogueTheme, rng: random.Random) -> tuple[str, s
     return format_turns([("user", text)]), obj, problem
 
 
-def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
+def dialogue_style(theme: DialogueTheme, rng: random.Random) -> dict:
+    """Wording choices shared by all candidates of one prompt.
+
+    Candidates of a prompt then differ only where their true reward differs (advice kept, flaws), so
+    a pair's shared text is token-identical and a preference loss sees exactly what made one worse.
+    """
+    return {
+        "opener": rng.choice(OPENERS) if rng.random() < P_OPENER else "",
+        "good": rng.choice(GOOD_FRAMES), "partial": rng.choice(PARTIAL_FRAMES),
+        "evasive": rng.choice(theme.evasive),
+        "harmful": rng.choice(HARMFUL_FRAMES).format(phrase=rng.choice(theme.harmful)),
+        "ramble": rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble)),
+    }
+
+
+def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, style: dict, rng: random.Random) -> str:
     phrase, clauses = theme.problems[problem]  # clauses in lexicon order: one sequence to learn per problem
     level = _weighted(rng, ADVICE_LEVELS)
     if level == "full":
-        advice = join_clauses(clauses)
-        body = rng.choice(GOOD_FRAMES).format(obj=obj, problem=phrase, advice=advice)
+        advice, last = join_clauses(clauses), clauses[-1]
+        body = style["good"].format(obj=obj, problem=phrase, advice=advice)
     elif level == "partial":
         kept = sorted(rng.sample(range(len(clauses)), rng.randint(1, len(clauses) - 1)))
-        advice = join_clauses(clauses[i] for i in kept)
-        body = rng.choice(PARTIAL_FRAMES).format(obj=obj, problem=phrase, advice=advice)
+        advice, last = join_clauses(clauses[i] for i in kept), clauses[kept[-1]]
+        body = style["partial"].format(obj=obj, problem=phrase, advice=advice)
     else:
-        body = rng.choice(theme.evasive)
-    parts = [(rng.choice(OPENERS) if rng.random() < P_OPENER else "") + body]
+        body = style["evasive"]
+    parts = [style["opener"] + body]
     if level != "evasive":
-        if rng.random() < P_REPEAT:  # a degenerate loop: the advice once more
-            parts.append(advice + ".")
+        if rng.random() < P_REPEAT:  # a degenerate loop on the last piece of advice
+            parts.append(f"{last}. {last}.")
         if rng.random() < P_HARMFUL:
-            parts.append(rng.choice(HARMFUL_FRAMES).format(phrase=rng.choice(theme.harmful)))
+            parts.append(style["harmful"])
     if rng.random() < P_RAMBLE:
-        parts.append(rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble)))
+        parts.append(style["ramble"])
     return " ".join(parts)
 
 
@@ -137,7 +152,15 @@ def post_metadata(theme: PostTheme, layout: dict, budget: int) -> dict:
     }
 
 
-def summary_candidate(theme: PostTheme, layout: dict, rng: random.Random) -> str:
+def summary_style(theme: PostTheme, layout: dict, rng: random.Random) -> dict:
+    """Choices shared by all candidates of one post (see dialogue_style)."""
+    fillers = layout["fillers"] or range(len(theme.fillers))
+    absent = [i for i in range(len(theme.facts)) if i not in layout["facts"]]
+    return {"joiner": rng.choice(SUMMARY_JOINERS), "filler": theme.fillers[rng.choice(list(fillers))][1],
+            "hallucination": theme.facts[rng.choice(absent)][1]}
+
+
+def summary_candidate(theme: PostTheme, layout: dict, style: dict, rng: random.Random) -> str:
     level = _weighted(rng, SUMMARY_LEVELS)
     if level == "copy":  # the lazy summary: the post's first sentences, filler and all
         return " ".join(layout["sentences"][:rng.randint(2, len(layout["sentences"]))])
@@ -147,11 +170,9 @@ def summary_candidate(theme: PostTheme, layout: dict, rng: random.Random) -> str
         facts = [facts[i] for i in keep]
     items = list(facts)
     if rng.random() < P_FILLER:
-        pool = layout["fillers"] or range(len(theme.fillers))
-        items.insert(rng.randint(0, len(items)), theme.fillers[rng.choice(list(pool))][1])
+        items.insert(rng.randint(0, len(items)), style["filler"])
     if rng.random() < P_HALLUCINATE:
-        absent = [i for i in range(len(theme.facts)) if i not in layout["facts"]]
-        items.insert(rng.randint(0, len(items)), theme.facts[rng.choice(absent)][1])
+        items.insert(rng.randint(0, len(items)), style["hallucination"])
     if rng.random() < P_SUMMARY_REPEAT:
         items.append(rng.choice(items))
-    return rng.choice(SUMMARY_JOINERS).join(items) + "."
+    return style["joiner"].join(items) + "."
