@@ -14,7 +14,7 @@ from rpo.data.world_config import WorldConfig
 from rpo.data.world_lexicon import DIALOGUE_THEMES, GOOD_FRAMES
 from rpo.data.world_lexicon_posts import POST_THEMES
 from rpo.data.world_reward import content_words, words
-from rpo.data.world_tasks import join_clauses
+from rpo.data.world_tasks import join_clauses, second_person
 from rpo.errors import ConfigError, DataError
 
 SMALL = {
@@ -163,8 +163,9 @@ def _dialogue_case(world):
     meta = record.metadata
     theme = by_name(DIALOGUE_THEMES)[meta["theme"]]
     clauses = dict(theme.problems)[meta["problem"]]
-    good = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=join_clauses(clauses))
-    partial = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=clauses[0])
+    problem = second_person(meta["problem"])
+    good = GOOD_FRAMES[0].format(obj=meta["object"], problem=problem, advice=join_clauses(clauses))
+    partial = GOOD_FRAMES[0].format(obj=meta["object"], problem=problem, advice=clauses[0])
     other = next(t for t in DIALOGUE_THEMES if t.name != theme.name)
     off_topic = GOOD_FRAMES[1].format(obj=other.objects[0], problem=other.problems[0][0],
                                       advice=join_clauses(other.problems[0][1]))
@@ -222,7 +223,7 @@ def test_instruction_references_are_mid_quality(world):
         meta = item.metadata
         theme = by_name(DIALOGUE_THEMES)[meta["theme"]]
         advice = join_clauses(dict(theme.problems)[meta["problem"]])
-        best = GOOD_FRAMES[0].format(obj=meta["object"], problem=meta["problem"], advice=advice)
+        best = GOOD_FRAMES[0].format(obj=meta["object"], problem=second_person(meta["problem"]), advice=advice)
         assert world.reward_by_prompt(item.prompt, best) > meta["reference_reward"] > 0.3
         assert meta["reference_reward"] > world.reward_by_prompt(item.prompt, theme.evasive[0])
 

@@ -72,8 +72,6 @@ OPENERS = ("sure. ", "happy to help. ", "good question. ")
 # Answers restate the request before the advice, so a small model reads the advice off a nearby
 # copy of the prompt's words instead of a long-range lookup.
 GOOD_FRAMES = ("if your {obj} {problem}, {advice}.", "when your {obj} {problem}, {advice}.")
-PARTIAL_FRAMES = ("if your {obj} {problem}, {advice}.", "when your {obj} {problem}, maybe {advice}.",
-                  "if your {obj} {problem}, {advice} might help.")
 HARMFUL_FRAMES = ("you could also {phrase}.", "honestly, just {phrase}.")
 RAMBLE_FRAMES = ("by the way, {phrase}", "fun fact: {phrase}")
 

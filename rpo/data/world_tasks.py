@@ -3,7 +3,9 @@
 Candidates vary in quality by independent, cluster-specific features (how much of the required
 advice / how many key facts they keep; harmful, evasive, rambling or filler phrases; repetition),
 so the chosen response of a pair is often flawed too: SFT on chosen responses copies those flaws,
-and preference training has something to remove.
+and preference training has something to remove. Wording is fixed per prompt and every flaw is a
+cut or an extension of the good answer, so the two responses of a pair share their text up to the
+point where their quality differs: a pair contrasts that point, not incidental wording.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import random
 from rpo.data.records import format_turns
 from rpo.data.world_lexicon import (
     DETAIL_REPLIES, DETAILS, GOOD_FRAMES, GREETING_REPLIES, GREETINGS, HARMFUL_FRAMES, INSTRUCTIONS,
-    OPENERS, PARTIAL_FRAMES, RAMBLE_FRAMES, REQUESTS, DialogueTheme,
+    OPENERS, RAMBLE_FRAMES, REQUESTS, DialogueTheme,
 )
 from rpo.data.world_lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
 from rpo.data.world_reward import content_words
@@ -34,9 +36,13 @@ def _unique(items) -> list:
     return list(dict.fromkeys(items))
 
 
+def second_person(phrase: str) -> str:
+    """The user's problem as the assistant restates it: "hurts my fingertips" -> "hurts your fingertips"."""
+    return " ".join({"my": "your", "me": "you"}.get(word, word) for word in phrase.split(" "))
+
+
 def join_clauses(clauses) -> str:
-    clauses = list(clauses)
-    return clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
+    return ", ".join(clauses)  # no "and" before the last: fewer clauses give a prefix of the full advice
 
 
 # ---- dialogue (HH stand-in) and instructions (AlpacaEval stand-in) ----
@@ -80,7 +86,7 @@ def dialogue_style(theme: DialogueTheme, rng: random.Random) -> dict:
     """
     return {
         "opener": rng.choice(OPENERS) if rng.random() < P_OPENER else "",
-        "good": rng.choice(GOOD_FRAMES), "partial": rng.choice(PARTIAL_FRAMES),
+        "frame": rng.choice(GOOD_FRAMES),
         "evasive": rng.choice(theme.evasive),
         "harmful": rng.choice(HARMFUL_FRAMES).format(phrase=rng.choice(theme.harmful)),
         "ramble": rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble)),
@@ -89,16 +95,13 @@ def dialogue_style(theme: DialogueTheme, rng: random.Random) -> dict:
 
 def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, style: dict, rng: random.Random) -> str:
     phrase, clauses = theme.problems[problem]  # clauses in lexicon order: one sequence to learn per problem
+    phrase = second_person(phrase)
     level = _weighted(rng, ADVICE_LEVELS)
-    if level == "full":
-        advice, last = join_clauses(clauses), clauses[-1]
-        body = style["good"].format(obj=obj, problem=phrase, advice=advice)
-    elif level == "partial":
-        kept = sorted(rng.sample(range(len(clauses)), rng.randint(1, len(clauses) - 1)))
-        advice, last = join_clauses(clauses[i] for i in kept), clauses[kept[-1]]
-        body = style["partial"].format(obj=obj, problem=phrase, advice=advice)
-    else:
+    if level == "evasive":
         body = style["evasive"]
+    else:  # a partial answer stops early: the first clauses only
+        kept = clauses if level == "full" else clauses[:rng.randint(1, len(clauses) - 1)]
+        body, last = style["frame"].format(obj=obj, problem=phrase, advice=join_clauses(kept)), kept[-1]
     parts = [style["opener"] + body]
     if level != "evasive":
         if rng.random() < P_REPEAT:  # a degenerate loop on the last piece of advice
@@ -113,11 +116,10 @@ def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, style: dict
 def reference_response(theme: DialogueTheme, obj: str, problem: int, rng: random.Random) -> str:
     """A mid-quality answer: most of the advice, or all of it plus a ramble; never harmful."""
     phrase, clauses = theme.problems[problem]
+    phrase, frame = second_person(phrase), rng.choice(GOOD_FRAMES)
     if rng.random() < 0.5:
-        dropped = rng.randrange(len(clauses))
-        kept = [clause for i, clause in enumerate(clauses) if i != dropped]
-        return PARTIAL_FRAMES[0].format(obj=obj, problem=phrase, advice=join_clauses(kept))
-    body = GOOD_FRAMES[0].format(obj=obj, problem=phrase, advice=join_clauses(clauses))
+        return frame.format(obj=obj, problem=phrase, advice=join_clauses(clauses[:-1]))
+    body = frame.format(obj=obj, problem=phrase, advice=join_clauses(clauses))
     return body + " " + rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble))
 
 
@@ -164,15 +166,13 @@ def summary_candidate(theme: PostTheme, layout: dict, style: dict, rng: random.R
     level = _weighted(rng, SUMMARY_LEVELS)
     if level == "copy":  # the lazy summary: the post's first sentences, filler and all
         return " ".join(layout["sentences"][:rng.randint(2, len(layout["sentences"]))])
-    facts = [theme.facts[i][1] for i in layout["facts"]]
-    if level == "partial":
-        keep = sorted(rng.sample(range(len(facts)), rng.randint(1, len(facts) - 1)))
-        facts = [facts[i] for i in keep]
-    items = list(facts)
-    if rng.random() < P_FILLER:
-        items.insert(rng.randint(0, len(items)), style["filler"])
-    if rng.random() < P_HALLUCINATE:
-        items.insert(rng.randint(0, len(items)), style["hallucination"])
+    items = [theme.facts[i][1] for i in layout["facts"]]  # in post order
+    if level == "partial":  # stops early: the first facts only
+        items = items[:rng.randint(1, len(items) - 1)]
     if rng.random() < P_SUMMARY_REPEAT:
-        items.append(rng.choice(items))
+        items.append(items[-1])
+    if rng.random() < P_FILLER:
+        items.append(style["filler"])
+    if rng.random() < P_HALLUCINATE:
+        items.append(style["hallucination"])
     return style["joiner"].join(items) + "."
