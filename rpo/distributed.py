@@ -1,5 +1,5 @@
 """Multi-process training: the process group, each rank's share of the data, DDP/FSDP wrapping, and
-the global contrast scope.
+the global contrast scope; and the shard-and-gather helpers of rpo.refcache and rpo.generate.
 
 Launch with torchrun or `accelerate launch`; both set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT, which `init_distributed` reads. A plain `python -m rpo.train` is world size 1 and
@@ -233,6 +233,31 @@ def gather_varlen(local: torch.Tensor, sizes: list[int], env: DistEnv) -> torch.
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+# -- sharded inference (reference log-probs, generation) ------------------------------------------
+def balanced_shards(costs: list[float], world_size: int) -> list[list[int]]:
+    """Indices 0..len(costs)-1 split into `world_size` ascending lists of near-equal total cost: the
+    costliest item goes to the least loaded rank, ties to the lower index and rank. A function of
+    its arguments only, so every rank computes the same split without talking to the others."""
+    loads, shards = [0.0] * world_size, [[] for _ in range(world_size)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        shards[rank].append(index)
+        loads[rank] += costs[index]
+    return [sorted(shard) for shard in shards]
+
+
+def gather_in_order(local: dict[int, object], n: int, env: DistEnv) -> list:
+    """Every rank's {index: result} merged into [result 0, ..., result n-1], on every rank."""
+    merged: dict[int, object] = {}
+    for part in gather_objects(local, env):
+        merged.update(part)
+    if sorted(merged) != list(range(n)):
+        missing = sorted(set(range(n)) - set(merged))[:5]
+        raise RuntimeError(f"sharded results cover {len(merged)} of {n} items (missing e.g. {missing}): "
+                           "the ranks disagree on the shards")
+    return [merged[i] for i in range(n)]
 
 
 # -- the global contrast scope ---------------------------------------------------------------------

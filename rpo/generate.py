@@ -8,6 +8,11 @@ side the record's metadata["truncation"] names), left-padded, and decoded with t
 reseeds the RNG with seed + batch index, so a batch's samples do not depend on what earlier batches
 drew. Output rows: id, prompt, response, chosen (the dataset's chosen response or reference), metadata,
 model, sampling.
+
+Under `torchrun --nproc_per_node N` the batches (formed over all prompts, as one process forms them)
+go round-robin to the ranks, each on its own GPU; rank 0 writes the rows in prompt order. A batch's
+prompts, padding and seed do not depend on N, so the file is the same as one process's (byte for
+byte on the same kind of device).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rpo.data.tokenize import TRUNCATION_SIDES
+from rpo.distributed import DistEnv, barrier, gather_in_order, init_distributed, rank_device, shutdown_distributed
 from rpo.errors import ConfigError
 from rpo.io import read_jsonl, write_jsonl
 
@@ -87,13 +93,19 @@ def generate(
     dtype=None,
     device=None,
     progress: bool = True,
+    env: DistEnv | None = None,
 ) -> list[dict]:
-    """Sample one response per prompt row (from select_prompts) and write the samples JSONL."""
+    """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
+
+    Collective when `env` (default: the launcher's, see rpo.distributed.init_distributed) has several
+    ranks: all call it with the same prompts, rank 0 writes, all return every row.
+    """
     from rpo.models import load_model
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"batch_size and max_new_tokens: must be positive, got {batch_size}, {max_new_tokens}")
-    model, tokenizer = load_model(model_path, dtype=dtype, device=device)  # in eval mode
+    env = init_distributed(device) if env is None else env
+    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank))  # eval mode
     sampling = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length,
                 "seed": seed, "batch_size": batch_size}
     options = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": True,
@@ -102,10 +114,11 @@ def generate(
         sampling.update(top_p=top_p, temperature=temperature)
         # top_k=0 turns off any top-k default a model's generation_config carries: pure nucleus sampling.
         options.update(top_p=top_p, temperature=temperature, top_k=0)
-    rows = []
     starts = range(0, len(prompts), batch_size)
-    for batch_index, start in enumerate(tqdm(starts, desc="generating", disable=not progress)):
-        batch = prompts[start:start + batch_size]
+    mine = range(env.rank, len(starts), env.world_size)  # whole batches, round-robin: same seeds for any N
+    local = {}
+    for batch_index in tqdm(mine, desc="generating", disable=not (progress and env.is_main)):
+        batch = prompts[starts[batch_index]:starts[batch_index] + batch_size]
         ids = [_prompt_ids(tokenizer, p["prompt"], max_prompt_length,
                            (p.get("metadata") or {}).get("truncation", "keep_end")) for p in batch]
         input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
@@ -115,17 +128,19 @@ def generate(
                                     attention_mask=attention_mask.to(model.device), **options)
         # Left padding puts every prompt's end at the same column: new tokens start there.
         texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-        for prompt, text in zip(batch, texts):
-            rows.append({
-                "id": prompt["id"],
-                "prompt": prompt["prompt"],
-                "response": text.strip(),
-                "chosen": prompt.get("chosen"),
-                "metadata": prompt.get("metadata") or {},
-                "model": str(model_path),
-                "sampling": sampling,
-            })
-    write_jsonl(out_path, rows)
+        local[batch_index] = [{
+            "id": prompt["id"],
+            "prompt": prompt["prompt"],
+            "response": text.strip(),
+            "chosen": prompt.get("chosen"),
+            "metadata": prompt.get("metadata") or {},
+            "model": str(model_path),
+            "sampling": sampling,
+        } for prompt, text in zip(batch, texts)]
+    rows = [row for batch_rows in gather_in_order(local, len(starts), env) for row in batch_rows]
+    if env.is_main:
+        write_jsonl(out_path, rows)
+    barrier(env)  # no rank reports the file before it exists
     return rows
 
 
@@ -138,12 +153,14 @@ def read_prompt_records(path) -> list:
     return read_eval_prompts(path) if is_eval else read_records(path)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rpo.generate", description="Sample responses to test prompts.")
     parser.add_argument("--model", required=True, type=Path, help="save_pretrained folder")
     parser.add_argument("--records", required=True, type=Path, help="PreferenceRecord or EvalPrompt JSONL")
     parser.add_argument("--out", required=True, type=Path, help="samples JSONL")
-    parser.add_argument("--n", type=int, default=256, help="number of test prompts (seeded shuffle)")
+    # --n alone is ambiguous to torchrun's own parser (--nnodes, --nproc-per-node, ...): say --n-prompts there.
+    parser.add_argument("--n-prompts", "--n", dest="n", type=int, default=256,
+                        help="number of test prompts (seeded shuffle)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prompt-seed", type=int, default=None, help="seed of the prompt shuffle (default --seed)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -154,14 +171,24 @@ def main(argv=None) -> int:
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of nucleus sampling")
     parser.add_argument("--dtype", default=None, help="auto (default), bfloat16, float16, float32")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     prompt_seed = args.seed if args.prompt_seed is None else args.prompt_seed
+    # Every rank selects the same prompts (a seeded shuffle of the same file) before any sharding.
     prompts = select_prompts(read_prompt_records(args.records), args.n, prompt_seed)
-    rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-                    temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
-                    do_sample=not args.greedy, max_prompt_length=args.max_prompt_length, dtype=args.dtype,
-                    device=args.device)
-    print(f"wrote {len(rows)} samples to {args.out}")
+    env = init_distributed(args.device)
+    try:
+        rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                        temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
+                        do_sample=not args.greedy, max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+                        device=args.device, env=env)
+    finally:
+        shutdown_distributed(env)
+    if env.is_main:
+        print(f"wrote {len(rows)} samples to {args.out}")
     return 0
 
 

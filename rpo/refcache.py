@@ -6,6 +6,10 @@ sequence for the whole run instead of one per step. The file records what it was
 
     python -m rpo.refcache --model results/dialogue/models/sft_seed1 \
         --records results/dialogue/data/train.jsonl --out results/dialogue/refcache/sft_seed1.pt
+
+Under `torchrun --nproc_per_node N` each rank computes a share of the batches (whole batches, balanced
+by padded length) on its own GPU and rank 0 writes the file. The batches are the ones a single
+process forms, so the file is the same as one process's (bit for bit on the same kind of device).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from tqdm import tqdm
 
 from rpo.data.records import PreferenceRecord, read_records
 from rpo.data.tokenize import collate, tokenize_example
+from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
+                             shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
 from rpo.models import load_model, model_fingerprint, response_logps
@@ -47,17 +53,46 @@ def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncati
 
 
 @torch.no_grad()
-def batched_logps(model, examples: list[dict], pad_token_id: int, batch_size: int, desc: str = "") -> torch.Tensor:
+def batch_logps(model, examples: list[dict], pad_token_id: int) -> torch.Tensor:
+    """Summed response log-probs of one batch, as float32 on the CPU."""
     device = next(model.parameters()).device
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    out = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not desc, leave=False):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
-        # The same precision as the trainer's forward: fp32 weights, bf16 autocast on capable GPUs.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        out.append(logps.float().cpu())
+    batch = {k: v.to(device) for k, v in collate(examples, pad_token_id).items()}
+    # The same precision as the trainer's forward: fp32 weights, bf16 autocast on capable GPUs.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return logps.float().cpu()
+
+
+def batched_logps(model, examples: list[dict], pad_token_id: int, batch_size: int, desc: str = "") -> torch.Tensor:
+    out = [batch_logps(model, examples[start:start + batch_size], pad_token_id)
+           for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not desc, leave=False)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[str, int]]:
+    """(side, first index) of every batch, in the order one process computes them."""
+    return [(side, start) for side in SIDES for start in range(0, len(sequences[side]), batch_size)]
+
+
+def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, batch_size: int,
+                  env: DistEnv) -> dict[str, torch.Tensor]:
+    """Every side's log-probs, each rank computing a share of the batches; the whole result on every rank.
+
+    Whole batches are shared out (not examples), so each batch has the composition and padding it has
+    in one process and yields the same numbers. Cost of a batch: its padded token count.
+    """
+    plan = batch_plan(sequences, batch_size)
+    costs = [len(batch) * max(len(e["input_ids"]) for e in batch)
+             for batch in (sequences[side][start:start + batch_size] for side, start in plan)]
+    mine = balanced_shards(costs, env.world_size)[env.rank]
+    local = {}
+    for k in tqdm(mine, desc="reference log-probs", disable=not env.is_main, leave=False):
+        side, start = plan[k]
+        local[k] = batch_logps(model, sequences[side][start:start + batch_size], pad_token_id)
+    results = gather_in_order(local, len(plan), env)
+    return {side: torch.cat([r for (s, _), r in zip(plan, results) if s == side] or [torch.zeros(0)])
+            for side in SIDES}
 
 
 def cache_meta(records_path, model_path, max_length, max_prompt_length, truncation) -> dict:
@@ -74,18 +109,22 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
 
 
 def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
-                            truncation=None, batch_size=16, device=None) -> Path:
+                            truncation=None, batch_size=16, device=None, env: DistEnv | None = None) -> Path:
+    """Compute and write the cache. Collective when `env` (default: the launcher's, see
+    rpo.distributed.init_distributed) has several ranks: all call it, rank 0 writes, all return the path."""
+    env = init_distributed(device) if env is None else env
     records = read_records(records_path)
     truncation = truncation or default_truncation(records)
-    model, tokenizer = load_model(model_path, dtype="float32", device=device)
+    model, tokenizer = load_model(model_path, dtype="float32", device=rank_device(device, env.local_rank))
     model.eval()
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
-    cache = {side: batched_logps(model, sequences[side], tokenizer.pad_token_id, batch_size, f"ref logps ({side})")
-             for side in SIDES}
-    cache["meta"] = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
-    cache["meta"]["n"] = len(records)
-    with atomic_path(out_path) as tmp:
-        torch.save(cache, tmp)
+    cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env)
+    if env.is_main:
+        cache["meta"] = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
+        cache["meta"]["n"] = len(records)
+        with atomic_path(out_path) as tmp:
+            torch.save(cache, tmp)
+    barrier(env)  # no rank reports the file before it exists
     return Path(out_path)
 
 
@@ -107,8 +146,8 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
     return cache
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rpo.refcache", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="reference model folder (the SFT model)")
     parser.add_argument("--records", required=True, help="training records (JSONL)")
     parser.add_argument("--out", required=True)
@@ -117,12 +156,20 @@ def main(argv=None) -> None:
     parser.add_argument("--truncation", choices=["keep_end", "keep_start"], default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
-                            max_prompt_length=args.max_prompt_length, truncation=args.truncation,
-                            batch_size=args.batch_size)
+    env = init_distributed()
+    try:
+        compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
+                                max_prompt_length=args.max_prompt_length, truncation=args.truncation,
+                                batch_size=args.batch_size, env=env)
+    finally:
+        shutdown_distributed(env)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ def train_overrides(stage, extra):
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in sorted(keys.items()) if v is not None)
 
 
-def train_launcher():
-    """One training process per GPU in the config (torchrun), DDP or FSDP as training.fsdp says."""
-    return f"torchrun --standalone --nproc_per_node {GPUS}" if GPUS > 1 else "python"
+def launcher(gpus=GPUS):
+    """One process per GPU (torchrun) when there are several, else plain python. Training ranks run DDP
+    or FSDP as training.fsdp says; refcache and generation ranks each take a share of the batches."""
+    return f"torchrun --standalone --nproc_per_node {gpus}" if int(gpus) > 1 else "python"
 
 
 def preference_overrides(wildcards):
@@ -133,7 +134,7 @@ JUDGE = config["judge"]
 
 
 def generation_args():
-    return (f"--n {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
+    return (f"--n-prompts {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
             f" --top-p {GEN.get('top_p', 0.95)} --temperature {GEN.get('temperature', 1.0)}"
             f" --batch-size {GEN.get('batch_size', 8)}"
             f" --max-prompt-length {config['training'].get('max_prompt_length', 256)}")

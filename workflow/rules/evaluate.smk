@@ -11,6 +11,7 @@ rule generate:
     params:
         args=generation_args(),
         seed=config["seeds"][0],
+        launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
     benchmark:
@@ -22,7 +23,7 @@ rule generate:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.generate --model {input.model} --records {input.records} --out {output}"
+        "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
         " --seed {params.seed} {params.args} > {log} 2>&1"
 
 
@@ -67,6 +68,7 @@ rule generate_instructions:
         args=generation_args(),
         n=(config.get("alpacaeval") or {}).get("n_prompts", 805),
         seed=config["seeds"][0],
+        launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
     benchmark:
@@ -78,8 +80,8 @@ rule generate_instructions:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} {params.args} --n {params.n} > {log} 2>&1"
+        "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
+        " --seed {params.seed} {params.args} --n-prompts {params.n} > {log} 2>&1"
 
 
 rule alpacaeval:

@@ -10,7 +10,7 @@ rule sft:
         directory(f"{RESULTS}/{{model}}/{{task}}/models/sft_seed{{seed}}"),
     params:
         overrides=lambda wc: train_overrides("sft", {"method": "sft", "seed": int(wc.seed)}),
-        launcher=train_launcher(),
+        launcher=launcher(),
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/sft_seed{{seed}}.log",
     benchmark:
@@ -36,6 +36,8 @@ rule refcache:
         max_length=config["training"].get("max_length", 512),
         max_prompt_length=config["training"].get("max_prompt_length", 256),
         batch_size=config["training"].get("reference_batch_size", 16),
+        # one rank per GPU this job gets (a profile may give it fewer than the config's gpus)
+        launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/refcache_sft_seed{{seed}}.log",
     benchmark:
@@ -47,7 +49,7 @@ rule refcache:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
+        "{params.launcher} -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
         " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}"
         " --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
 
@@ -59,7 +61,7 @@ rule preference:
         directory(f"{RESULTS}/{{model}}/{{task}}/models/{{run}}"),
     params:
         overrides=preference_overrides,
-        launcher=train_launcher(),
+        launcher=launcher(),
         embeddings=lambda wc, input: f"embeddings={input.embeddings}" if "embeddings" in input.keys() else "",
     wildcard_constraints:
         run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
