@@ -149,7 +149,7 @@ def _draw_prompt(task, theme, config, rng):
     metadata = tasks.dialogue_metadata(theme, obj, problem, config.dialogue_word_budget)
     if task == "instructions":
         return prompt, metadata, (obj, problem)
-    style = tasks.dialogue_style(theme, rng)
+    style = tasks.dialogue_style(theme, problem, rng)
     return prompt, metadata, lambda: tasks.dialogue_candidate(theme, obj, problem, style, rng)
 
 

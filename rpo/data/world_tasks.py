@@ -19,11 +19,14 @@ from rpo.data.world_lexicon import (
 from rpo.data.world_lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
 from rpo.data.world_reward import content_words
 
-# Dialogue candidates: how much advice they give, then independent flaws.
-ADVICE_LEVELS = (("full", 0.45), ("partial", 0.35), ("evasive", 0.20))
+# Dialogue candidates: how much advice they give, then independent flaws. "confused" answers give the
+# advice of a sibling problem of the same cluster, the mistake a weak model makes most (it confuses
+# related prompts), so preference data holds that contrast, as model-written rejected responses do.
+ADVICE_LEVELS = (("full", 0.40), ("partial", 0.25), ("confused", 0.20), ("evasive", 0.15))
 P_OPENER, P_REPEAT, P_HARMFUL, P_RAMBLE = 0.5, 0.12, 0.2, 0.3
-# Summary candidates: how many key facts they keep, then independent flaws.
-SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.45), ("copy", 0.25))
+# Summary candidates: how many key facts they keep, then independent flaws. "confused" summaries
+# swap the post's facts for the cluster's facts the post does not state (the weak-model mistake).
+SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.30), ("confused", 0.20), ("copy", 0.20))
 P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.35, 0.2, 0.1
 
 
@@ -78,7 +81,7 @@ def instruction_prompt(theme: DialogueTheme, rng: random.Random) -> tuple[str, s
     return format_turns([("user", text)]), obj, problem
 
 
-def dialogue_style(theme: DialogueTheme, rng: random.Random) -> dict:
+def dialogue_style(theme: DialogueTheme, problem: int, rng: random.Random) -> dict:
     """Wording choices shared by all candidates of one prompt.
 
     Candidates of a prompt then differ only where their true reward differs (advice kept, flaws), so
@@ -90,6 +93,7 @@ def dialogue_style(theme: DialogueTheme, rng: random.Random) -> dict:
         "evasive": rng.choice(theme.evasive),
         "harmful": rng.choice(HARMFUL_FRAMES).format(phrase=rng.choice(theme.harmful)),
         "ramble": rng.choice(RAMBLE_FRAMES).format(phrase=rng.choice(theme.ramble)),
+        "sibling": rng.choice([i for i in range(len(theme.problems)) if i != problem]),
     }
 
 
@@ -100,7 +104,9 @@ def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, style: dict
     if level == "evasive":
         body = style["evasive"]
     else:  # a partial answer stops early: the first clauses only
-        kept = clauses if level == "full" else clauses[:rng.randint(1, len(clauses) - 1)]
+        if level == "confused":
+            clauses = theme.problems[style["sibling"]][1]
+        kept = clauses[:rng.randint(1, len(clauses) - 1)] if level == "partial" else clauses
         body, last = style["frame"].format(obj=obj, problem=phrase, advice=join_clauses(kept)), kept[-1]
     parts = [style["opener"] + body]
     if level != "evasive":
@@ -159,7 +165,8 @@ def summary_style(theme: PostTheme, layout: dict, rng: random.Random) -> dict:
     fillers = layout["fillers"] or range(len(theme.fillers))
     absent = [i for i in range(len(theme.facts)) if i not in layout["facts"]]
     return {"joiner": rng.choice(SUMMARY_JOINERS), "filler": theme.fillers[rng.choice(list(fillers))][1],
-            "hallucination": theme.facts[rng.choice(absent)][1]}
+            "hallucination": theme.facts[rng.choice(absent)][1],
+            "confused": [theme.facts[i][1] for i in rng.sample(absent, min(len(absent), len(layout["facts"])))]}
 
 
 def summary_candidate(theme: PostTheme, layout: dict, style: dict, rng: random.Random) -> str:
@@ -167,6 +174,8 @@ def summary_candidate(theme: PostTheme, layout: dict, style: dict, rng: random.R
     if level == "copy":  # the lazy summary: the post's first sentences, filler and all
         return " ".join(layout["sentences"][:rng.randint(2, len(layout["sentences"]))])
     items = [theme.facts[i][1] for i in layout["facts"]]  # in post order
+    if level == "confused":  # facts of the cluster that this post does not state
+        items = list(style["confused"])
     if level == "partial":  # stops early: the first facts only
         items = items[:rng.randint(1, len(items) - 1)]
     if rng.random() < P_SUMMARY_REPEAT:
