@@ -49,6 +49,10 @@ def _check_cross_keys(config: dict) -> None:
         raise ConfigError(f"config key 'rpo.default_embedder': {rpo['default_embedder']!r} is not in rpo.embedders")
     if rpo["default_tau"] not in rpo["taus"]:
         raise ConfigError(f"config key 'rpo.default_tau': {rpo['default_tau']} is not in rpo.taus")
+    for i, task in enumerate(config.get("ablation_tasks") or []):
+        if task not in config["data"]["tasks"]:
+            raise ConfigError(f"config key 'ablation_tasks[{i}]': {task!r} is not in data.tasks "
+                              f"({', '.join(config['data']['tasks'])})")
     if config["data"]["source"] == "world":
         from rpo.data.world_config import WorldConfig
 

@@ -92,8 +92,25 @@ def parse_run(name: str, embedders: list[str]) -> Run:
     return Run(method, seed, int(match["batch_size"]), float(match["tau"]), by_short[match["embedder"]], scope)
 
 
-def experiment_runs(config: dict) -> list[Run]:
-    """Every run the config asks for, per task: SFT, the baselines, the RPO grid and the ablations."""
+# Table 1 compares every method at its defaults on every task; the weighting variants, the tau x
+# embedder grid, the random-embedding control and the batch-size ablation are ablations, which the
+# paper ran on HH only: `ablation_tasks` says where they run (default: every task).
+WEIGHTING_ABLATIONS = ("rpo-diagonal", "rpo-uniform")
+
+
+def ablation_tasks(config: dict) -> list[str]:
+    tasks = config["data"]["tasks"]
+    chosen = config.get("ablation_tasks")
+    return list(tasks) if chosen is None else [t for t in tasks if t in chosen]
+
+
+def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
+    """Every run the config asks for on `task` (None: the union over tasks): SFT, the baselines, the
+    RPO grid and the ablations, the last three only on the config's ablation tasks."""
+    tasks = (config.get("data") or {}).get("tasks")
+    if task is None and tasks:
+        return list(dict.fromkeys(run for t in tasks for run in experiment_runs(config, t)))
+    ablate = task is None or task in ablation_tasks(config)
     rpo = config["rpo"]
     bs = config["preference"]["batch_size"]
     runs: list[Run] = []
@@ -101,12 +118,14 @@ def experiment_runs(config: dict) -> list[Run]:
         runs.append(Run("sft", seed))
         for method in config["methods"]:
             if method in EMBEDDING_LOSSES:
-                runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
-                if rpo.get("control_embedder"):
-                    runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
-            elif method != "sft":
+                runs.append(Run(method, seed, bs, *default_rpo(config)))
+                if ablate:
+                    runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
+                    if rpo.get("control_embedder"):
+                        runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
+            elif method != "sft" and (ablate or method not in WEIGHTING_ABLATIONS):
                 runs.append(Run(method, seed, bs))
-        ablation = config.get("batch_size_ablation") or {}
+        ablation = (config.get("batch_size_ablation") or {}) if ablate else {}
         for method in ablation.get("methods", []):
             defaults = default_rpo(config) if method in EMBEDDING_LOSSES else ()
             for size in ablation.get("batch_sizes", []):
@@ -118,12 +137,6 @@ def experiment_runs(config: dict) -> list[Run]:
 
 def default_rpo(config: dict) -> tuple[float, str]:
     return config["rpo"]["default_tau"], config["rpo"]["default_embedder"]
-
-
-def expected_table_runs(config: dict) -> dict[str, list[str]]:
-    """Run names each report table needs, so a missing run is named instead of dropped."""
-    runs = experiment_runs(config)
-    return {"all": [r.name for r in runs]}
 
 
 def run_summary(run: Run) -> dict:

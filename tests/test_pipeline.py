@@ -47,3 +47,16 @@ def test_experiment_matrix():
     assert {"dpo_bs2_seed1", "dpo_bs16_seed1", "rpo-paired_tau0.5_minilm_bs2_seed1"} <= set(names)
     # 1 sft + 5 plain methods + 2 x (4 grid + 1 control) + ablation (2 sizes new for each of 2 methods)
     assert len(names) == 1 + 5 + 10 + 4
+
+
+def test_ablations_run_only_on_the_ablation_tasks():
+    config = {**CONFIG, "data": {"tasks": ["dialogue", "summarization"]}, "ablation_tasks": ["dialogue"]}
+    dialogue = [r.name for r in experiment_runs(config, "dialogue")]
+    summarization = [r.name for r in experiment_runs(config, "summarization")]
+    assert dialogue == [r.name for r in experiment_runs(CONFIG)]  # the full matrix
+    # Table 1 only: SFT and every method at its defaults, without the weighting variants
+    assert summarization == ["sft_seed1", "dpo_bs8_seed1", "ipo_bs8_seed1", "kto_bs8_seed1",
+                             "rpo-paired_tau0.5_minilm_bs8_seed1", "rpo-unpaired_tau0.5_minilm_bs8_seed1"]
+    assert [r.name for r in experiment_runs(config)] == dialogue  # the union
+    everywhere = {**config, "ablation_tasks": None}
+    assert [r.name for r in experiment_runs(everywhere, "summarization")] == dialogue

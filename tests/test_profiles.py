@@ -43,12 +43,12 @@ def test_profile_dry_run_plans_the_papers_matrix(tmp_path):
     assert "Using profile" in out and str(PROFILE) in out
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
     paper = yaml.safe_load(PAPER.read_text())
-    runs = experiment_runs(paper)
-    per_model_task = len(paper["models"]) * len(paper["data"]["tasks"])
-    # 3 models x 2 datasets x 33 preference runs (the matrix test_workflow.py spells out) + 1 SFT each
-    assert counts["preference"] == per_model_task * sum(r.method != "sft" for r in runs) == 198
-    assert counts["sft"] == counts["refcache"] == per_model_task
-    assert counts["judge"] == counts["generate"] == per_model_task * len(runs)
+    n_models, tasks = len(paper["models"]), paper["data"]["tasks"]
+    runs = [run for task in tasks for run in experiment_runs(paper, task)]
+    # 3 models x (33 preference runs on HH, where the paper ran its ablations, + 5 on TL;DR) + 1 SFT each
+    assert counts["preference"] == n_models * sum(r.method != "sft" for r in runs) == 3 * (33 + 5)
+    assert counts["sft"] == counts["refcache"] == n_models * len(tasks)
+    assert counts["judge"] == counts["generate"] == n_models * len(runs)
     # set-resources reach the jobs: a preference job asks for 8 GPUs, a judge job for none
     assert re.search(r"resources: .*mem_mb=480000.*gpu=8", out)
     judge_resources = re.findall(r"rule judge:(?:\n .*)*?\n    resources: (.*)", out)

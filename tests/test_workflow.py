@@ -35,6 +35,7 @@ SMOKE = {
     "methods": ["dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"],
     "rpo": {"taus": [0.5], "embedders": ["tfidf-svd"], "default_tau": 0.5, "default_embedder": "tfidf-svd",
             "control_embedder": "random"},
+    "ablation_tasks": ["dialogue"],
     "batch_size_ablation": {"methods": ["dpo"], "batch_sizes": [4]},
     "generation": {"n_prompts": 12, "max_new_tokens": 8, "batch_size": 12},
     "judge": {"backend": "local-oracle", "concurrency": 4},
@@ -77,9 +78,10 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "workflow/paper.yaml"), timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # 3 models x 2 datasets x (5 plain methods + 2 x (3 taus x 3 embedders + random)
-    #                          + 2 methods x 3 more batch sizes + 2 methods x 1 global-scope size)
-    assert _job_line(out, "preference").split()[-1] == str(3 * 2 * (5 + 2 * 10 + 6 + 2))
+    # 3 models x (HH: 5 plain methods + 2 x (3 taus x 3 embedders + random)
+    #                 + 2 methods x 3 more batch sizes + 2 methods x 1 global-scope size;
+    #             TL;DR: the 5 methods of Table 1 at their defaults)
+    assert _job_line(out, "preference").split()[-1] == str(3 * ((5 + 2 * 10 + 6 + 2) + 5))
     for needle in ("mistral-7b", "llama2-13b", "rpo-paired_tau0.75_t5large_bs8_seed1",
                    "rpo-unpaired_tau0.25_distilroberta_bs8_seed1", "dpo_bs16_seed1",
                    "rpo-paired_tau0.5_minilm_bs64_global_seed1"):
@@ -107,7 +109,9 @@ def test_whole_dag_end_to_end_on_tiny_sizes(tmp_path):
     assert "n/a" in (results / "tables/tiny/table1.md").read_text()
     for figure in ("table1", "table2", "tau", "table4", "weighting"):
         assert (results / f"figures/tiny/{figure}.png").stat().st_size > 10_000
-    assert len(list((results / "figures/tiny/curves").rglob("*.png"))) == 2 * 11  # 11 runs per task
+    # dialogue runs the ablations (11 runs), summarization Table 1's methods (6 runs)
+    assert len(list((results / "figures/tiny/curves/dialogue").rglob("*.png"))) == 11
+    assert len(list((results / "figures/tiny/curves/summarization").rglob("*.png"))) == 6
     weights = json.loads((results / "figures/weights_dialogue.json").read_text())
     assert all(abs(sum(row) - 1) < 1e-6 for row in weights["weights"])
     alpaca = json.loads((results / "tiny/instructions/alpacaeval/dpo_bs8_seed1.json").read_text())
@@ -117,10 +121,16 @@ def test_whole_dag_end_to_end_on_tiny_sizes(tmp_path):
     rerun = snakemake(tmp_path, "-n", "--configfile", str(config), timeout=120)
     assert rerun.returncode == 0 and "Nothing to be done" in rerun.stdout + rerun.stderr
 
+    report = snakemake(tmp_path, "--report", "results/report.html", "--configfile", str(config), timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (results / "report.html").read_text(errors="replace")
+    for name in ("table1.md", "table4.md", "weighting.png", "tau.png", "weights_heatmap_dialogue.png"):
+        assert name in html, name
+
     # A new tau adds only its own runs (and re-reads the tables): nothing already trained reruns.
     changed = copy.deepcopy(SMOKE)
     changed["rpo"]["taus"] = [0.5, 2.0]
     plan = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "tau.yaml", changed)), timeout=120)
     trained = [line.split("models/")[1] for line in plan.stdout.splitlines()
                if line.strip().startswith("output:") and "/models/" in line]
-    assert sorted(trained) == sorted([f"{m}_tau2_tfidf_bs8_seed1" for m in ("rpo-paired", "rpo-unpaired")] * 2)
+    assert sorted(trained) == sorted([f"{m}_tau2_tfidf_bs8_seed1" for m in ("rpo-paired", "rpo-unpaired")])

@@ -18,7 +18,8 @@ MODELS = list(config["models"])
 RPO = config["rpo"]
 EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO.get("control_embedder") else [])))
 EMBEDDER_BY_SHORT = {embedder_short(e): e for e in EMBEDDERS}
-RUNS = experiment_runs(config)
+RUNS = experiment_runs(config)  # the union over tasks
+RUNS_BY_TASK = {t: [r.name for r in experiment_runs(config, t)] for t in TASKS}
 THREADS = config.get("threads", 1)
 MEM_MB = config.get("mem_mb", 4000)
 GPUS = config.get("gpus", 0)
@@ -88,13 +89,13 @@ def judge_inputs():
     return {"world": f"{DATA}/world.json"} if LOCAL_ORACLE else {}
 
 
-def run_names():
-    return [r.name for r in RUNS]
+def run_names(task):
+    return RUNS_BY_TASK[task]
 
 
 def winrate_files(model=None):
     return [f"{RESULTS}/{m}/{t}/judgments/{r}.winrate.json" for m in ([model] if model else MODELS)
-            for t in TASKS for r in run_names()]
+            for t in TASKS for r in run_names(t)]
 
 
 def alpaca_runs():
@@ -154,10 +155,10 @@ def report_inputs(wildcards, name):
         return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r}.json" for r in alpaca_runs()],
                 "models": [model_dir(model, TASKS[0], r) for r in alpaca_runs()]}
     return {"winrates": winrate_files(model),
-            "models": [model_dir(model, t, r) for t in TASKS for r in run_names()]}
+            "models": [model_dir(model, t, r) for t in TASKS for r in run_names(t)]}
 
 
 def expected_runs(name):
     if name == "table2":
         return " ".join(f"instructions/{r}" for r in alpaca_runs())
-    return " ".join(f"{t}/{r}" for t in TASKS for r in run_names())
+    return " ".join(f"{t}/{r}" for t in TASKS for r in run_names(t))

@@ -67,7 +67,7 @@ rule figure:
 
 rule training_curves:
     input:
-        lambda wc: [model_dir(wc.model, t, r) for t in TASKS for r in run_names()],
+        lambda wc: [model_dir(wc.model, t, r) for t in TASKS for r in run_names(t)],
     output:
         report(directory(f"{RESULTS}/figures/{{model}}/curves"), patterns=["{task}/{run}.png"],
                category="Training curves", subcategory="{model}"),
