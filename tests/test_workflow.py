@@ -13,8 +13,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+# PATH as a user's shell has it (no activated venv): the workflow must find its own interpreter.
+ENV = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                             if Path(p) != Path(sys.executable).parent),
+       "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 SMOKE = {
     "results_dir": "results",

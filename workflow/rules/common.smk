@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import sys
 
 from rpo.config import validate_config
 from rpo.losses import EMBEDDING_LOSSES
@@ -10,6 +11,10 @@ from rpo.pipeline import embedder_short, experiment_runs, parse_run
 
 
 validate_config(config)
+
+# Shell commands call `python -m rpo...`: use the interpreter running Snakemake (`.venv/bin/snakemake`
+# works without an activated venv); with --sdm conda the job's env still comes first on PATH.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 RESULTS = config["results_dir"]
 DATA = f"{RESULTS}/data"
