@@ -14,7 +14,7 @@ validate_config(config)
 
 # Shell commands call `python -m rpo...`: use the interpreter running Snakemake (`.venv/bin/snakemake`
 # works without an activated venv); with --sdm conda the job's env still comes first on PATH.
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 RESULTS = config["results_dir"]
 DATA = f"{RESULTS}/data"
