@@ -35,7 +35,6 @@ import argparse
 import gc
 import math
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -45,8 +44,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench_step import WORDS  # run as a script: benchmarks/ is on sys.path
-from rpo.data.records import ASSISTANT, USER, PreferenceRecord, write_records
+from bench_step import synthetic_records  # run as a script: benchmarks/ is on sys.path
+from rpo.data.records import write_records
 from rpo.distributed import local_micro_batches
 from rpo.embed import embed_prompts
 from rpo.models import save_model, train_bpe_tokenizer
@@ -73,7 +72,7 @@ FULL = {"layers": 22, "d_model": 2048, "heads": 32, "kv_heads": 4, "intermediate
 TINY = {"layers": 2, "d_model": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": 512,
         "prompt_len": 16, "response_len": 16}
 PAIRED_METHODS = ("rpo-paired", "dpo", "ipo", "rpo-diagonal", "rpo-uniform")  # same forward/backward work
-TOKENIZER_VOCAB = 1024  # every word of WORDS becomes one token well below this
+TOKENIZER_VOCAB = 1024  # every word of bench_step.WORDS becomes one token well below this
 
 
 # ----------------------------------------------------------------------------- model FLOPs
@@ -119,17 +118,6 @@ def peak_flops(device_name: str, override_tflops: float | None) -> tuple[float |
 
 
 # ----------------------------------------------------------------------------- set-up
-def fixed_length_records(n: int, prompt_words: int, response_words: int, seed: int = 0) -> list[PreferenceRecord]:
-    """Records whose texts are at least this many words (each word is at least one token)."""
-    rng = random.Random(seed)
-
-    def text(k):
-        return " ".join(rng.choice(WORDS) for _ in range(k))
-
-    return [PreferenceRecord(f"mfu{i}", f"{USER}{text(prompt_words)}?{ASSISTANT}", text(response_words) + ".",
-                             text(response_words) + "!", {"truncation": "keep_end"}) for i in range(n)]
-
-
 def llama_config(sizes: dict, eos_id: int, pad_id: int):
     from transformers import LlamaConfig
 
@@ -164,7 +152,8 @@ def check_lengths(trainer: Trainer, prompt_len: int, response_len: int) -> None:
 
 
 def build_trainer(root: Path, sizes: dict, args) -> Trainer:
-    records = fixed_length_records(args.pairs * (args.warmup + args.steps), sizes["prompt_len"], sizes["response_len"])
+    records = synthetic_records(args.pairs * (args.warmup + args.steps), prompt_words=sizes["prompt_len"],
+                                chosen_words=sizes["response_len"], rejected_words=sizes["response_len"])
     data, model, cache, emb = root / "train.jsonl", root / "model", root / "ref.pt", root / "emb.pt"
     write_records(data, records)
     write_model(model, sizes, [r.prompt + r.chosen + r.rejected for r in records], args.device)

@@ -19,24 +19,26 @@ from pathlib import Path
 
 import torch
 
-from rpo.data.records import PreferenceRecord, write_records
+from rpo.data.records import ASSISTANT, USER, PreferenceRecord, write_records
 from rpo.embed import embed_prompts
 from rpo.models import build_model, load_model
-from rpo.refcache import batched_logps, compute_reference_cache
+from rpo.refcache import batch_logps, compute_reference_cache
 from rpo.train import Trainer, resolve_config
 
 WORDS = ("bread oven flour water salt yeast dough bake crust knead rise warm cold slow fast garden soil seed "
          "plant water sun shade grow leaf root bike chain wheel brake gear tire pump ride road hill").split()
 
 
-def synthetic_records(n: int, seed: int = 0) -> list[PreferenceRecord]:
+def synthetic_records(n: int, seed: int = 0, prompt_words: int = 40, chosen_words: int = 40,
+                      rejected_words: int = 38) -> list[PreferenceRecord]:
+    """Seeded preference records of random WORDS, of the given word counts (each word at least one token)."""
     rng = random.Random(seed)
 
     def text(k):
         return " ".join(rng.choice(WORDS) for _ in range(k))
 
-    return [PreferenceRecord(f"b{i}", f"\n<|user|>\n{text(40)}?\n<|assistant|>\n", text(40) + ".", text(38) + ".",
-                             {"truncation": "keep_end"}) for i in range(n)]
+    return [PreferenceRecord(f"b{i}", f"{USER}{text(prompt_words)}?{ASSISTANT}", text(chosen_words) + ".",
+                             text(rejected_words) + ".", {"truncation": "keep_end"}) for i in range(n)]
 
 
 class ModelReferenceTrainer(Trainer):
@@ -49,7 +51,7 @@ class ModelReferenceTrainer(Trainer):
 
     def reference_logps(self, side, indices):
         examples = [self.sequences[side][i] for i in indices]
-        return batched_logps(self.reference_model, examples, self.tokenizer.pad_token_id, batch_size=len(examples))
+        return batch_logps(self.reference_model, examples, self.tokenizer.pad_token_id)
 
 
 def time_interleaved(trainers: dict[str, Trainer], steps: int, warmup: int = 2) -> dict[str, float]:

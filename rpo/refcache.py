@@ -64,12 +64,6 @@ def batch_logps(model, examples: list[dict], pad_token_id: int) -> torch.Tensor:
     return logps.float().cpu()
 
 
-def batched_logps(model, examples: list[dict], pad_token_id: int, batch_size: int, desc: str = "") -> torch.Tensor:
-    out = [batch_logps(model, examples[start:start + batch_size], pad_token_id)
-           for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not desc, leave=False)]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[str, int]]:
     """(side, first index) of every batch, in the order one process computes them."""
     return [(side, start) for side in SIDES for start in range(0, len(sequences[side]), batch_size)]
