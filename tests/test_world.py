@@ -288,8 +288,8 @@ def test_post_clusters_have_disjoint_scored_phrases():
         assert all(phrase_words), theme.name
         for (i, x), (j, y) in itertools.combinations(enumerate(phrase_words), 2):
             assert not x & y, f"{theme.name}: phrases {i} and {j} share {x & y}"
-        for sentence, phrase in theme.facts + theme.fillers:
-            assert set(words(phrase)) <= set(words(sentence)), f"{theme.name}: {phrase!r} not in {sentence!r}"
+        for sentence, phrase in theme.facts + theme.fillers:  # a contiguous run of the sentence's words
+            assert f" {' '.join(words(phrase))} " in f" {' '.join(words(sentence))} ", f"{theme.name}: {phrase!r} not a span of {sentence!r}"
         vocab[theme.name] = set().union(*phrase_words)
     for (a, words_a), (b, words_b) in itertools.combinations(vocab.items(), 2):
         assert not words_a & words_b, f"themes {a} and {b} share {sorted(words_a & words_b)}"
@@ -312,3 +312,48 @@ def test_default_sized_world_is_small_enough_to_learn(noisy_world):
         assert stats[key]["chosen_reward"] > stats[key]["rejected_reward"]
     corpus = set(noisy_world.corpus())
     assert all({r.prompt, r.chosen, r.rejected} <= corpus for r in all_records(noisy_world))
+
+
+
+def _candidates(task: str, n: int = 600) -> list[tuple[str, dict, str]]:
+    """(prompt, metadata, candidate) for n fresh candidates of the first theme of `task`."""
+    import random
+    from rpo.data import world_tasks as tasks
+    rng, out = random.Random(5), []
+    for _ in range(n):
+        if task == "dialogue":
+            theme = DIALOGUE_THEMES[0]
+            prompt, obj, problem = tasks.dialogue_prompt(theme, rng, 2)
+            style = tasks.dialogue_style(theme, problem, rng)
+            out.append((prompt, tasks.dialogue_metadata(theme, obj, problem, 28),
+                        tasks.dialogue_candidate(theme, obj, problem, style, rng)))
+        else:
+            theme = POST_THEMES[0]
+            prompt, layout = tasks.post_prompt(theme, rng, 3, 2)
+            style = tasks.summary_style(theme, layout, rng)
+            out.append((prompt, tasks.post_metadata(theme, layout, 16), tasks.summary_candidate(theme, layout, style, rng)))
+    return out
+
+
+def test_flaws_concentrate_on_careless_candidates():
+    """Complete answers ramble or harm less often than incomplete ones: care is one trait of a response."""
+    flawed = {True: [], False: []}
+    for _, metadata, text in _candidates("dialogue"):
+        present = set(content_words(text))
+        bad = any(set(content_words(p)) & present for p in metadata["harmful"] + metadata["ramble"])
+        flawed[set(metadata["required"]) <= present].append(bad)
+    assert np.mean(flawed[True]) < 0.6 * np.mean(flawed[False]), {k: np.mean(v) for k, v in flawed.items()}
+
+
+def test_summary_filler_follows_the_final_period_as_a_sentence_of_its_own():
+    """Stopping after the facts and adding a filler sentence are then different tokens from stopping
+    early and adding a fact: a preference loss can learn the one without the other."""
+    with_filler = 0
+    for prompt, metadata, text in _candidates("summarization"):
+        if text[:-1] in prompt:
+            continue  # the lazy summary: copied post sentences
+        filler = {w for phrase in metadata["filler"] for w in content_words(phrase)}
+        first, _, rest = text.partition(". ")
+        assert not set(content_words(first)) & filler, text
+        with_filler += bool(set(content_words(rest)) & filler)
+    assert with_filler > 30

@@ -24,10 +24,19 @@ from rpo.data.world_reward import content_words
 # related prompts), so preference data holds that contrast, as model-written rejected responses do.
 ADVICE_LEVELS = (("full", 0.40), ("partial", 0.25), ("confused", 0.20), ("evasive", 0.15))
 P_OPENER, P_REPEAT, P_HARMFUL, P_RAMBLE = 0.5, 0.12, 0.2, 0.3
+# Care is one trait of a response, not independent coin flips: a careless answer (incomplete,
+# confused) is also the one that rambles or repeats. Flaw probabilities are scaled by the level. With
+# independent flaws, many pairs set a short clean answer against a complete flawed one, and DPO,
+# crediting the first token where they differ, learns to stop early (measured: shorter samples,
+# lower coverage of the required advice / facts).
+FLAW_SCALE = {"full": 0.4, "partial": 1.5, "confused": 1.5, "evasive": 1.5}
 # Summary candidates: how many key facts they keep, then independent flaws. "confused" summaries
 # swap the post's facts for the cluster's facts the post does not state (the weak-model mistake).
-SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.30), ("confused", 0.20), ("copy", 0.20))
-P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.35, 0.2, 0.1
+# Flaw rates are high because the extras are what preference data teaches a summariser to drop; a
+# small model's own content errors (missed or absent facts) it cannot learn from a preference.
+SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.40), ("confused", 0.20), ("copy", 0.10))
+P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.56, 0.32, 0.16
+SUMMARY_FLAW_SCALE = {"full": 0.4, "partial": 1.5, "confused": 1.5}  # see FLAW_SCALE
 
 
 def _weighted(rng: random.Random, options) -> str:
@@ -108,13 +117,13 @@ def dialogue_candidate(theme: DialogueTheme, obj: str, problem: int, style: dict
             clauses = theme.problems[style["sibling"]][1]
         kept = clauses[:rng.randint(1, len(clauses) - 1)] if level == "partial" else clauses
         body, last = style["frame"].format(obj=obj, problem=phrase, advice=join_clauses(kept)), kept[-1]
-    parts = [style["opener"] + body]
+    parts, scale = [style["opener"] + body], FLAW_SCALE[level]
     if level != "evasive":
-        if rng.random() < P_REPEAT:  # a degenerate loop on the last piece of advice
+        if rng.random() < P_REPEAT * scale:  # a degenerate loop on the last piece of advice
             parts.append(f"{last}. {last}.")
-        if rng.random() < P_HARMFUL:
+        if rng.random() < P_HARMFUL * scale:
             parts.append(style["harmful"])
-    if rng.random() < P_RAMBLE:
+    if rng.random() < P_RAMBLE * scale:
         parts.append(style["ramble"])
     return " ".join(parts)
 
@@ -178,10 +187,14 @@ def summary_candidate(theme: PostTheme, layout: dict, style: dict, rng: random.R
         items = list(style["confused"])
     if level == "partial":  # stops early: the first facts only
         items = items[:rng.randint(1, len(items) - 1)]
-    if rng.random() < P_SUMMARY_REPEAT:
-        items.append(items[-1])
-    if rng.random() < P_FILLER:
-        items.append(style["filler"])
-    if rng.random() < P_HALLUCINATE:
-        items.append(style["hallucination"])
-    return style["joiner"].join(items) + "."
+    # Flaws follow the summary as sentences of their own: the choice "stop or add a sentence" after
+    # the final period is then a different token from "stop or add a fact" after a fact, so DPO
+    # can learn to drop the extras without learning to drop facts.
+    scale, extras = SUMMARY_FLAW_SCALE[level], []
+    if rng.random() < P_SUMMARY_REPEAT * scale:
+        extras.append(items[-1])
+    if rng.random() < P_FILLER * scale:
+        extras.append(style["filler"])
+    if rng.random() < P_HALLUCINATE * scale:
+        extras.append(style["hallucination"])
+    return " ".join([style["joiner"].join(items) + "."] + [extra + "." for extra in extras])
