@@ -39,7 +39,7 @@ P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.56, 0.32, 0.16
 # Milder than FLAW_SCALE: summary extras follow the final period (see summary_candidate), so a flawed
 # full summary does not teach stopping early, and complete summaries with extras are the SFT habit
 # that preference data is there to correct (measured, 1,024 prompts: DPO minus SFT 11.9 points at
-# 0.8 for full summaries, 8.1 at 1.0 for all levels, 7.5 at FLAW_SCALE's 0.4).
+# 0.8 for full summaries, 8.1 at 1.0 for all levels, 5.6 and 7.5 at FLAW_SCALE's 0.4).
 SUMMARY_FLAW_SCALE = {"full": 0.8, "partial": 1.5, "confused": 1.5}
 
 
