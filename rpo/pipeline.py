@@ -121,7 +121,7 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
                 runs.append(Run(method, seed, bs, *default_rpo(config)))
                 if ablate:
                     runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
-                    if rpo.get("control_embedder"):
+                    if rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
                         runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
             elif method != "sft" and (ablate or method not in WEIGHTING_ABLATIONS):
                 runs.append(Run(method, seed, bs))

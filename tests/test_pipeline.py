@@ -49,6 +49,14 @@ def test_experiment_matrix():
     assert len(names) == 1 + 5 + 10 + 4
 
 
+def test_control_methods_choose_which_methods_get_the_random_embedding_control():
+    def controls(config):
+        return sorted(r.method for r in experiment_runs(config) if r.embedder == "random")
+    assert controls(CONFIG) == ["rpo-paired", "rpo-unpaired"]  # default: every embedding-weighted method
+    assert controls({**CONFIG, "rpo": {**CONFIG["rpo"], "control_methods": ["rpo-paired"]}}) == ["rpo-paired"]
+    assert controls({**CONFIG, "rpo": {**CONFIG["rpo"], "control_methods": []}}) == []
+
+
 def test_ablations_run_only_on_the_ablation_tasks():
     config = {**CONFIG, "data": {"tasks": ["dialogue", "summarization"]}, "ablation_tasks": ["dialogue"]}
     dialogue = [r.name for r in experiment_runs(config, "dialogue")]

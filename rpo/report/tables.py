@@ -216,6 +216,8 @@ def weighting_ablation(runs: pd.DataFrame, main_batch_size: int | None = None, t
          lambda b: (b["method"] == "rpo-paired") & (embedders.reindex(b.index) == "random")),
         ("RPO-Unpaired", "rpo-unpaired",
          lambda b: (b["method"] == "rpo-unpaired") & (embedders.reindex(b.index) == default)),
+        ("Random-embedding control (RPO-Unpaired)", "rpo-unpaired-random",
+         lambda b: (b["method"] == "rpo-unpaired") & (embedders.reindex(b.index) == "random")),
     ]
     return _by_variant(selected, variants, "ablation", "Weighting ablation: how the contrast matrix is weighted",
                        [f"Embedding-weighted runs at tau={tau:g} ({embedder}); the control uses random prompt "
