@@ -19,7 +19,7 @@ from rpo.data.world_lexicon import (
 from rpo.data.world_lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
 from rpo.data.world_reward import content_words
 
-# Dialogue candidates: how much advice they give, then independent flaws. "confused" answers give the
+# Dialogue candidates: how much advice they give, then flaws. "confused" answers give the
 # advice of a sibling problem of the same cluster, the mistake a weak model makes most (it confuses
 # related prompts), so preference data holds that contrast, as model-written rejected responses do.
 ADVICE_LEVELS = (("full", 0.40), ("partial", 0.25), ("confused", 0.20), ("evasive", 0.15))
@@ -30,10 +30,10 @@ P_OPENER, P_REPEAT, P_HARMFUL, P_RAMBLE = 0.5, 0.12, 0.2, 0.3
 # crediting the first token where they differ, learns to stop early (measured: shorter samples,
 # lower coverage of the required advice / facts).
 FLAW_SCALE = {"full": 0.4, "partial": 1.5, "confused": 1.5, "evasive": 1.5}
-# Summary candidates: how many key facts they keep, then independent flaws. "confused" summaries
+# Summary candidates: how many key facts they keep, then flaws. "confused" summaries
 # swap the post's facts for the cluster's facts the post does not state (the weak-model mistake).
-# Flaw rates are high because the extras are what preference data teaches a summariser to drop; a
-# small model's own content errors (missed or absent facts) it cannot learn from a preference.
+# Flaw rates are high: the extras are what a preference stage can teach a small summariser to drop,
+# while its own content errors (missed or absent facts) come from capacity it lacks.
 SUMMARY_LEVELS = (("full", 0.30), ("partial", 0.40), ("confused", 0.20), ("copy", 0.10))
 P_FILLER, P_HALLUCINATE, P_SUMMARY_REPEAT = 0.56, 0.32, 0.16
 # Milder than FLAW_SCALE: summary extras follow the final period (see summary_candidate), so a flawed
