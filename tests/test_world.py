@@ -3,13 +3,14 @@ import filecmp
 import itertools
 import json
 import math
+import random
 
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from rpo.data.records import ASSISTANT, USER, read_eval_prompts, read_records
-from rpo.data.world import World, generate_world, load_world, main, reward
+from rpo.data.world import World, _draw_prompt, generate_world, load_world, main, reward
 from rpo.data.world_config import WorldConfig
 from rpo.data.world_lexicon import DIALOGUE_THEMES, GOOD_FRAMES
 from rpo.data.world_lexicon_posts import POST_THEMES
@@ -316,22 +317,13 @@ def test_default_sized_world_is_small_enough_to_learn(noisy_world):
 
 
 def _candidates(task: str, n: int = 600) -> list[tuple[str, dict, str]]:
-    """(prompt, metadata, candidate) for n fresh candidates of the first theme of `task`."""
-    import random
-    from rpo.data import world_tasks as tasks
-    rng, out = random.Random(5), []
+    """(prompt, metadata, candidate) for n fresh prompts of the first theme of `task`, drawn as the world draws them."""
+    rng, config = random.Random(5), WorldConfig()
+    theme = (DIALOGUE_THEMES if task == "dialogue" else POST_THEMES)[0]
+    out = []
     for _ in range(n):
-        if task == "dialogue":
-            theme = DIALOGUE_THEMES[0]
-            prompt, obj, problem = tasks.dialogue_prompt(theme, rng, 2)
-            style = tasks.dialogue_style(theme, problem, rng)
-            out.append((prompt, tasks.dialogue_metadata(theme, obj, problem, 28),
-                        tasks.dialogue_candidate(theme, obj, problem, style, rng)))
-        else:
-            theme = POST_THEMES[0]
-            prompt, layout = tasks.post_prompt(theme, rng, 3, 2)
-            style = tasks.summary_style(theme, layout, rng)
-            out.append((prompt, tasks.post_metadata(theme, layout, 16), tasks.summary_candidate(theme, layout, style, rng)))
+        prompt, metadata, write_candidate = _draw_prompt(task, theme, config, rng)
+        out.append((prompt, metadata, write_candidate()))
     return out
 
 

@@ -2,8 +2,8 @@
 
 Candidates vary in quality by cluster-specific features (how much of the required advice / how
 many key facts they keep; harmful, evasive, rambling or filler phrases; repetition), flaws more
-often on incomplete answers, so the chosen response of a pair is often flawed too: SFT on chosen responses copies those flaws,
-and preference training has something to remove. Wording is fixed per prompt and every flaw is a
+often on incomplete answers, so the chosen response of a pair is often flawed too: SFT on chosen
+responses copies those flaws, and preference training has something to remove. Wording is fixed per prompt and every flaw is a
 cut or an extension of the good answer, so the two responses of a pair share their text up to the
 point where their quality differs: a pair contrasts that point, not incidental wording.
 """
