@@ -54,7 +54,7 @@ def _check_cross_keys(config: dict) -> None:
             raise ConfigError(f"config key 'ablation_tasks[{i}]': {task!r} is not in data.tasks "
                               f"({', '.join(config['data']['tasks'])})")
     if config["data"]["source"] == "world":
-        from rpo.data.world_config import WorldConfig
+        from rpo.world import WorldConfig
 
         try:
             WorldConfig.from_dict(config["data"].get("world") or {})

@@ -291,7 +291,7 @@ def test_oracle_judge_by_ground_truth_reward():
 
     def reward(task, prompt, response, metadata):
         seen.append(task)
-        return 1.0 if "GOOD" in response else 0.5 + 1e-12 * len(response)  # tiny differences are ties
+        return 1.0 if "GOOD" in response else 0.5  # equal rewards tie (rpo.world.oracle.verdict)
 
     samples = make_samples()
     samples[1]["chosen"] = "weak reference 1"

@@ -7,26 +7,31 @@ Both sources produce the same layout, so every later rule is the same at both sc
     {out}/instructions/eval.jsonl                      eval-only prompts with reference outputs
     {out}/load_report.json                             rows read, loaded and skipped (with reasons)
     {out}/world.json                                   (world only) what the oracle judge regenerates
+
+The generated world comes from rpo.world. The folder is built beside --out and renamed onto it only
+when complete, replacing any folder already there, so a failure leaves no partial folder behind.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from rpo.data.records import write_eval_prompts, write_records
-from rpo.errors import ConfigError
+from rpo.errors import ConfigError, DataError
 from rpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 
 def _prepare_world(data_config: dict, out: Path) -> dict:
-    from rpo.data.world import generate_world
+    from rpo.world import generate_world
 
     world = generate_world(data_config.get("world") or {})
     world.write(out)
+    log.info("world statistics: %s", json.dumps(world.stats()))
     return {"source": "world"}
 
 
@@ -55,6 +60,8 @@ def _prepare_hub(data_config: dict, out: Path) -> dict:
 
 def prepare(data_config: dict, out_dir) -> Path:
     """Build the whole data folder in a temporary folder and move it into place at the end."""
+    if not isinstance(data_config, dict):
+        raise ConfigError(f"config key 'data': expected a mapping, got {type(data_config).__name__}")
     source = data_config.get("source")
     builders = {"world": _prepare_world, "hub": _prepare_hub}
     if source not in builders:
@@ -66,14 +73,23 @@ def prepare(data_config: dict, out_dir) -> Path:
     return Path(out_dir)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the pipeline's data folder (rpo.data.prepare)")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rpo.data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-config", required=True, help="JSON of the config's data: section")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="the data folder (replaced as a whole on success)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    prepare(json.loads(args.data_config), args.out)
+    try:
+        data_config = json.loads(args.data_config)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--data-config: invalid JSON: {exc.msg}")
+    try:
+        prepare(data_config, args.out)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

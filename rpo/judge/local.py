@@ -21,18 +21,15 @@ import sys
 from rpo.data.records import format_turns
 from rpo.judge.base import TASKS, answer_line, split_rendered
 from rpo.judge.server import ChatServer
+from rpo.world.oracle import verdict
 
 # alpaca_eval_gpt4_turbo_fn's prompt: the instruction, then outputs of models "m" and "M".
 _ALPACA_INSTRUCTION = re.compile(r'"instruction": """(.*?)""",\s*\}', re.DOTALL)
 _ALPACA_OUTPUT = re.compile(r'"model": "(m|M)",\s*"output": """(.*?)"""', re.DOTALL)
 
 
-def _verdict(reward_a: float, reward_b: float) -> str:
-    return "A" if reward_a > reward_b else "B" if reward_b > reward_a else "tie"
-
-
 def oracle_reply(world):
-    """messages -> judge text, ruled by world.reward_by_prompt."""
+    """messages -> judge text, ruled by world.reward_by_prompt and rpo.world.oracle.verdict."""
 
     def reply(messages: list[dict]) -> str:
         text = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
@@ -42,13 +39,14 @@ def oracle_reply(world):
                 reward_a = world.reward_by_prompt(parts["prompt"], parts["response_a"])
                 reward_b = world.reward_by_prompt(parts["prompt"], parts["response_b"])
                 return (f"Oracle reward of A is {reward_a:.4f}, of B {reward_b:.4f}.\n"
-                        f"{answer_line(task, _verdict(reward_a, reward_b))}")
+                        f"{answer_line(task, verdict(reward_a, reward_b))}")
         instruction = _ALPACA_INSTRUCTION.search(text)
         outputs = dict(_ALPACA_OUTPUT.findall(text))
         if instruction and set(outputs) == {"m", "M"}:
             prompt = format_turns([("user", instruction.group(1))])
             scores = {name: world.reward_by_prompt(prompt, output) for name, output in outputs.items()}
-            first, second = sorted(scores, key=lambda name: (-scores[name], name))
+            # ranked by the same rule; a tie ranks "M" first, as sorting by name always did
+            first, second = ("m", "M") if verdict(scores["m"], scores["M"]) == "A" else ("M", "m")
             return json.dumps({"ordered_models": [{"model": first, "rank": 1}, {"model": second, "rank": 2}]})
         raise ValueError("the local oracle judge does not recognise this request's template")
 
@@ -63,7 +61,7 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
-    from rpo.data.world import load_world
+    from rpo.world import load_world
 
     world = load_world(args.world)
     with ChatServer(oracle_reply(world)) as server:

@@ -1,14 +1,15 @@
 """A judge that knows the truth: it compares a ground-truth reward of the two presented responses.
 
 Used with a generated preference world whose reward function is known, so win rates can be checked
-against the real answer instead of an API model's opinion. Same interface as the API judge.
+against the real answer instead of an API model's opinion. Same interface as the API judge. The
+verdict is rpo.world.oracle.verdict, the rule the local oracle server (rpo.judge.local) decides by.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 from rpo.judge.base import Judge, JudgeItem, Judgment
+from rpo.world.oracle import verdict
 
 RewardFn = Callable[[str, str, str, dict], float]  # (task, prompt, response, metadata) -> reward
 
@@ -16,10 +17,9 @@ RewardFn = Callable[[str, str, str, dict], float]  # (task, prompt, response, me
 class OracleJudge(Judge):
     backend = "oracle"
 
-    def __init__(self, reward: RewardFn, *, name: str = "oracle", tolerance: float = 1e-9):
+    def __init__(self, reward: RewardFn, *, name: str = "oracle"):
         self.reward = reward
         self.model = name
-        self.tolerance = tolerance
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
         return [self._judge_one(item) for item in items]
@@ -27,10 +27,8 @@ class OracleJudge(Judge):
     def _judge_one(self, item: JudgeItem) -> Judgment:
         reward_a = float(self.reward(item.task, item.prompt, item.response_a, item.metadata))
         reward_b = float(self.reward(item.task, item.prompt, item.response_b, item.metadata))
-        if not (math.isfinite(reward_a) and math.isfinite(reward_b)):
-            raise ValueError(f"item {item.id}: the oracle reward is not finite (A: {reward_a}, B: {reward_b})")
-        if abs(reward_a - reward_b) <= self.tolerance:
-            verdict = "tie"
-        else:
-            verdict = "A" if reward_a > reward_b else "B"
-        return Judgment(verdict=verdict, raw=f"reward A = {reward_a!r}, reward B = {reward_b!r}")
+        try:
+            decided = verdict(reward_a, reward_b)
+        except ValueError as exc:
+            raise ValueError(f"item {item.id}: {exc}") from None
+        return Judgment(verdict=decided, raw=f"reward A = {reward_a!r}, reward B = {reward_b!r}")

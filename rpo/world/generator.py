@@ -4,32 +4,28 @@
 Prompts come in clusters (one theme each: shared topic and wording, own good and bad vocabulary), so
 prompt embeddings separate clusters and what makes an answer bad for one prompt makes it bad for its
 neighbours, the structure RPO's cross-prompt contrasts exploit. Pairs are labelled by the true reward
-(`rpo.data.world_reward.reward`), then swapped with probability `label_noise`.
+(`rpo.world.scoring.reward`), then swapped with probability `label_noise`.
 
-    python -m rpo.data.world --config world.yaml --out results/world
-writes {dialogue,summarization}/{train,test}.jsonl, instructions/eval.jsonl and world.json (the
-config, from which `load_world` regenerates the identical world).
+`World.write(folder)` writes {dialogue,summarization}/{train,test}.jsonl, instructions/eval.jsonl and
+world.json (the config, from which `load_world` regenerates the identical world); the pipeline's CLI
+for the data folder is `python -m rpo.data.prepare`, which writes it atomically.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rpo.data.records import ASSISTANT, USER, EvalPrompt, PreferenceRecord, write_eval_prompts, write_records
-from rpo.data.world_config import WorldConfig
-from rpo.data.world_lexicon import DIALOGUE_THEMES
-from rpo.data.world_lexicon_posts import POST_THEMES
-from rpo.data.world_reward import TASKS, reward, words
-from rpo.data import world_tasks as tasks
+from rpo.world.config import WorldConfig
+from rpo.world.lexicon import DIALOGUE_THEMES
+from rpo.world.lexicon_posts import POST_THEMES
+from rpo.world.scoring import TASKS, reward, words
+from rpo.world import tasks
 from rpo.errors import ConfigError, DataError
 from rpo.io import write_json
-
-__all__ = ["World", "WorldConfig", "generate_world", "load_world", "reward", "TASKS", "PREFERENCE_TASKS"]
 
 PREFERENCE_TASKS = ("dialogue", "summarization")
 SPLITS = ("train", "test")
@@ -251,38 +247,3 @@ def load_world(world_json_path) -> World:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
-
-def read_config_file(path) -> dict:
-    import yaml
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the world config must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rpo.data.world", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=None, help="YAML or JSON mapping of world config keys")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        world = generate_world(read_config_file(args.config) if args.config else {})
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    world.write(args.out)
-    print(json.dumps(world.stats(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ import re
 from typing import Sequence
 
 from rpo.errors import DataError
-from rpo.data.world_lexicon import NEUTRAL
+from rpo.world.lexicon import NEUTRAL
 
 TASKS = ("dialogue", "summarization", "instructions")
 _WORD = re.compile(r"[a-z0-9]+")

@@ -5,8 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from rpo.errors import ConfigError
-from rpo.data.world_lexicon import DIALOGUE_THEMES
-from rpo.data.world_lexicon_posts import POST_THEMES
+from rpo.world.lexicon import DIALOGUE_THEMES
+from rpo.world.lexicon_posts import POST_THEMES
 
 FACTS_PER_THEME = 6
 FILLERS_PER_THEME = 4

@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 
 from rpo.data.records import format_turns
-from rpo.data.world_lexicon import (
+from rpo.world.lexicon import (
     DETAIL_REPLIES, DETAILS, GOOD_FRAMES, GREETING_REPLIES, GREETINGS, HARMFUL_FRAMES, INSTRUCTIONS,
     OPENERS, RAMBLE_FRAMES, REQUESTS, DialogueTheme,
 )
-from rpo.data.world_lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
-from rpo.data.world_reward import content_words
+from rpo.world.lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
+from rpo.world.scoring import content_words
 
 # Dialogue candidates: how much advice they give, then flaws. "confused" answers give the
 # advice of a sibling problem of the same cluster, the mistake a weak model makes most (it confuses
