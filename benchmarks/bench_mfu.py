@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
 
         result = measure(trainer, args.steps, args.warmup, flops_of)
         attention = model.config._attn_implementation
-        precision = "bf16 autocast on fp32 master weights" if trainer.autocast else "fp32"
+        precision = "bf16 autocast on fp32 master weights" if trainer.precision.autocast_dtype else "fp32"
         total_params = sum(p.numel() for p in model.parameters())
     mfu = result["flops_per_s"] / peak if peak else None
     result.update(device=name, torch=torch.__version__, params=total_params, non_embedding_params=n_params,

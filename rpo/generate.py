@@ -3,8 +3,9 @@
     prompts = select_prompts(read_records("test.jsonl"), n=256, seed=1)   # same prompts for every model
     generate("results/hh/models/dpo_bs8_seed1", prompts, "samples.jsonl", max_new_tokens=256, seed=1)
 
-Prompts are tokenised exactly as in training (no special tokens, cut to max_prompt_length keeping the
-side the record's metadata["truncation"] names), left-padded, and decoded with the KV cache. Each batch
+Prompts are tokenised exactly as in training (rpo.data.tokenize.prompt_ids: no special tokens, cut to
+max_prompt_length keeping the side the record's metadata["truncation"] names, a keep_start prompt still
+ending with its assistant marker), left-padded, and decoded with the KV cache in the trainer's precision. Each batch
 reseeds the RNG with seed + batch index, so a batch's samples do not depend on what earlier batches
 drew. Output rows: id, prompt, response, chosen (the dataset's chosen response or reference), metadata,
 model, sampling.
@@ -26,10 +27,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rpo.data.tokenize import TRUNCATION_SIDES
+from rpo.data.tokenize import prompt_ids
 from rpo.distributed import DistEnv, barrier, gather_in_order, init_distributed, rank_device, shutdown_distributed
 from rpo.errors import ConfigError
 from rpo.io import read_jsonl, write_jsonl
+from rpo.precision import DTYPES, resolve_precision
 
 
 def _as_row(record) -> dict:
@@ -59,15 +61,6 @@ def select_prompts(records: Sequence, n: int, seed: int) -> list[dict]:
     return rows[:n]
 
 
-def _prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None, truncation: str) -> list[int]:
-    if truncation not in TRUNCATION_SIDES:
-        raise ConfigError(f"truncation: must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
-    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    if max_prompt_length is not None and len(ids) > max_prompt_length:
-        ids = ids[-max_prompt_length:] if truncation == "keep_end" else ids[:max_prompt_length]
-    return ids
-
-
 def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -90,7 +83,7 @@ def generate(
     seed: int = 1,
     do_sample: bool = True,
     max_prompt_length: int | None = 256,
-    dtype=None,
+    dtype="auto",
     device=None,
     progress: bool = True,
     env: DistEnv | None = None,
@@ -98,7 +91,8 @@ def generate(
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
     Collective when `env` (default: the launcher's, see rpo.distributed.init_distributed) has several
-    ranks: all call it with the same prompts, rank 0 writes, all return every row.
+    ranks: all call it with the same prompts, rank 0 writes, all return every row. `dtype` is a training.dtype
+    name: generation runs in the trainer's precision (rpo.precision), fp32 weights + bf16 autocast on a bf16 GPU.
     """
     from rpo.models import load_model
 
@@ -106,6 +100,7 @@ def generate(
         raise ConfigError(f"batch_size and max_new_tokens: must be positive, got {batch_size}, {max_new_tokens}")
     env = init_distributed(device) if env is None else env
     model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank))  # eval mode
+    precision = resolve_precision(dtype, model.device)
     sampling = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length,
                 "seed": seed, "batch_size": batch_size}
     options = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "use_cache": True,
@@ -119,11 +114,11 @@ def generate(
     local = {}
     for batch_index in tqdm(mine, desc="generating", disable=not (progress and env.is_main)):
         batch = prompts[starts[batch_index]:starts[batch_index] + batch_size]
-        ids = [_prompt_ids(tokenizer, p["prompt"], max_prompt_length,
-                           (p.get("metadata") or {}).get("truncation", "keep_end")) for p in batch]
+        ids = [prompt_ids(tokenizer, p["prompt"], max_prompt_length,
+                          (p.get("metadata") or {}).get("truncation", "keep_end")) for p in batch]
         input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
         torch.manual_seed(seed + batch_index)
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast(model.device):
             output = model.generate(input_ids=input_ids.to(model.device),
                                     attention_mask=attention_mask.to(model.device), **options)
         # Left padding puts every prompt's end at the same column: new tokens start there.
@@ -169,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of nucleus sampling")
-    parser.add_argument("--dtype", default=None, help="auto (default), bfloat16, float16, float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="the run's training.dtype: generate in the trainer's precision (rpo.precision)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     return parser
 

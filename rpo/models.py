@@ -15,6 +15,7 @@ import torch
 
 from rpo.errors import ConfigError, DataError
 from rpo.io import atomic_path, sha256_file, sha256_json
+from rpo.precision import resolve_precision
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -239,21 +240,6 @@ def save_model(model, tokenizer, out_dir) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def resolve_dtype(dtype) -> torch.dtype:
-    """None/"auto": bfloat16 on a CUDA device that supports it, else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    named = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in named:
-        raise ConfigError(f"dtype: unknown dtype {dtype!r} (one of 'auto', {', '.join(map(repr, named))})")
-    return named[dtype]
-
-
 def _check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise DataError(f"{path}: model folder does not exist")
@@ -261,19 +247,22 @@ def _check_model_folder(path: Path) -> None:
         raise DataError(f"{path}: not a save_pretrained folder (no config.json)")
 
 
-def load_model(path, dtype=None, device=None):
+def load_model(path, dtype="auto", device=None):
     """(model, tokenizer) from a save_pretrained folder; the tokenizer always has a pad token.
 
-    device None means CUDA when available, else CPU. The model is returned in eval mode
-    (from_pretrained's default); the trainer switches it to train mode itself.
+    dtype is a training.dtype name: the weights are loaded in the dtype rpo.precision gives it on
+    `device` (fp32 for auto/bfloat16/float32, fp64 for float64); autocast is the caller's
+    (`resolve_precision(dtype, device).autocast(device)`). device None means CUDA when available,
+    else CPU. The model is returned in eval mode (from_pretrained's default); the trainer switches
+    it to train mode itself.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     _check_model_folder(path)
-    torch_dtype = resolve_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = resolve_precision(dtype, device).weights
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
     _ensure_pad_token(model, tokenizer)

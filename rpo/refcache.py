@@ -2,7 +2,8 @@
 
 The preference trainer reads this file instead of holding a second model: one forward pass per
 sequence for the whole run instead of one per step. The file records what it was computed from
-(data hash, model fingerprint, tokenisation settings) and `load_reference_cache` refuses a stale one.
+(data hash, model fingerprint, tokenisation settings, precision) and `load_reference_cache` refuses a
+stale one or one of another precision than the trainer's.
 
     python -m rpo.refcache --model results/dialogue/models/sft_seed1 \
         --records results/dialogue/data/train.jsonl --out results/dialogue/refcache/sft_seed1.pt
@@ -19,47 +20,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rpo.data.records import PreferenceRecord, read_records
-from rpo.data.tokenize import collate, tokenize_example
+from rpo.data.records import read_records
+from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
                              shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
 from rpo.models import load_model, model_fingerprint, response_logps
+from rpo.precision import DTYPES, Precision, describe, resolve_precision
 
 SIDES = ("chosen", "rejected", "kl")
 
 
-def default_truncation(records: list[PreferenceRecord]) -> str:
-    return records[0].metadata.get("truncation", "keep_end") if records else "keep_end"
-
-
-def kl_partner(index: int, n: int) -> int:
-    """The record whose chosen response is paired with prompt `index` for KTO's KL estimate."""
-    return (index + 1) % n
-
-
-def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
-    """Tokenise every record's chosen, rejected and mismatched (KL) sequence once."""
-    def tok(prompt, response):
-        return tokenize_example(tokenizer, prompt, response, max_length, max_prompt_length, truncation)
-
-    n = len(records)
-    return {
-        "chosen": [tok(r.prompt, r.chosen) for r in records],
-        "rejected": [tok(r.prompt, r.rejected) for r in records],
-        "kl": [tok(r.prompt, records[kl_partner(i, n)].chosen) for i, r in enumerate(records)],
-    }
-
-
 @torch.no_grad()
-def batch_logps(model, examples: list[dict], pad_token_id: int) -> torch.Tensor:
-    """Summed response log-probs of one batch, as float32 on the CPU."""
+def batch_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None) -> torch.Tensor:
+    """Summed response log-probs of one batch, as float32 on the CPU, under `precision`'s autocast
+    (None: the rule's for dtype auto on the model's device)."""
     device = next(model.parameters()).device
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = precision or resolve_precision("auto", device)
     batch = {k: v.to(device) for k, v in collate(examples, pad_token_id).items()}
-    # The same precision as the trainer's forward: fp32 weights, bf16 autocast on capable GPUs.
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    with precision.autocast(device):
         logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     return logps.float().cpu()
 
@@ -70,7 +50,7 @@ def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[
 
 
 def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, batch_size: int,
-                  env: DistEnv) -> dict[str, torch.Tensor]:
+                  env: DistEnv, precision: Precision | None = None) -> dict[str, torch.Tensor]:
     """Every side's log-probs, each rank computing a share of the batches; the whole result on every rank.
 
     Whole batches are shared out (not examples), so each batch has the composition and padding it has
@@ -83,7 +63,7 @@ def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, ba
     local = {}
     for k in tqdm(mine, desc="reference log-probs", disable=not env.is_main, leave=False):
         side, start = plan[k]
-        local[k] = batch_logps(model, sequences[side][start:start + batch_size], pad_token_id)
+        local[k] = batch_logps(model, sequences[side][start:start + batch_size], pad_token_id, precision)
     results = gather_in_order(local, len(plan), env)
     return {side: torch.cat([r for (s, _), r in zip(plan, results) if s == side] or [torch.zeros(0)])
             for side in SIDES}
@@ -103,27 +83,33 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
 
 
 def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
-                            truncation=None, batch_size=16, device=None, env: DistEnv | None = None) -> Path:
-    """Compute and write the cache. Collective when `env` (default: the launcher's, see
+                            truncation=None, batch_size=16, device=None, dtype="auto",
+                            env: DistEnv | None = None) -> Path:
+    """Compute and write the cache in the precision `dtype` gives on this device (rpo.precision: the trainer's
+    rule, so pass the run's training.dtype). Collective when `env` (default: the launcher's, see
     rpo.distributed.init_distributed) has several ranks: all call it, rank 0 writes, all return the path."""
     env = init_distributed(device) if env is None else env
     records = read_records(records_path)
     truncation = truncation or default_truncation(records)
-    model, tokenizer = load_model(model_path, dtype="float32", device=rank_device(device, env.local_rank))
+    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank))
     model.eval()
+    precision = resolve_precision(dtype, next(model.parameters()).device)
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
-    cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env)
+    cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env, precision)
     if env.is_main:
         cache["meta"] = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
         cache["meta"]["n"] = len(records)
+        cache["meta"]["precision"] = precision.as_dict()
         with atomic_path(out_path) as tmp:
             torch.save(cache, tmp)
     barrier(env)  # no rank reports the file before it exists
     return Path(out_path)
 
 
-def load_reference_cache(path, records_path, model_path, *, max_length, max_prompt_length, truncation) -> dict:
-    """Load the cache and refuse it unless it was computed from exactly this data, model and tokenisation."""
+def load_reference_cache(path, records_path, model_path, *, max_length, max_prompt_length, truncation,
+                         precision: Precision) -> dict:
+    """Load the cache and refuse it unless it was computed from exactly this data, model and tokenisation,
+    and in the trainer's `precision` (reference and policy log-probs must share their numerics)."""
     try:
         cache = torch.load(path, weights_only=True)
     except (OSError, RuntimeError) as exc:
@@ -137,6 +123,12 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
             f"{path} was computed for other data or another reference model ({'; '.join(wrong)}); "
             "recompute it with `python -m rpo.refcache`"
         )
+    if stored.get("precision") != precision.as_dict():
+        raise CacheMismatchError(
+            f"{path} holds reference log-probs computed in {describe(stored.get('precision'))}, but the trainer "
+            f"runs in {precision.name}; recompute it with `python -m rpo.refcache --dtype <training.dtype>` on the "
+            "kind of device the training uses, or train with the training.dtype the cache was computed with"
+        )
     return cache
 
 
@@ -149,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--truncation", choices=["keep_end", "keep_start"], default=None)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="the run's training.dtype: compute in the trainer's precision (rpo.precision)")
     parser.add_argument("--threads", type=int, default=None)
     return parser
 
@@ -161,7 +155,7 @@ def main(argv=None) -> None:
     try:
         compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
                                 max_prompt_length=args.max_prompt_length, truncation=args.truncation,
-                                batch_size=args.batch_size, env=env)
+                                batch_size=args.batch_size, dtype=args.dtype, env=env)
     finally:
         shutdown_distributed(env)
 

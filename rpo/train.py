@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_items
-from rpo.data.tokenize import collate
+from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_objects,
                              global_scope_backward, gradient_sync, init_distributed, load_full_state_dicts,
                              local_micro_batches, rank_device, shutdown_distributed, steps_in_plan, unwrap, wrap_model)
@@ -37,7 +37,8 @@ from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
 from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss
 from rpo.models import load_model, response_logps
-from rpo.refcache import default_truncation, load_reference_cache, tokenize_records
+from rpo.precision import resolve_precision
+from rpo.refcache import load_reference_cache
 
 DEFAULTS = {
     "model": None, "data": None, "out": None, "method": None,  # required
@@ -130,12 +131,12 @@ class Trainer:
         self.truncation = cfg["truncation"] or default_truncation(self.records)
         self.env = init_distributed(cfg["device"])
         torch.manual_seed(cfg["seed"])
-        # fp32 master weights; bf16 enters through autocast on GPUs that support it.
+        # fp32 master weights; bf16 enters through autocast on GPUs that support it (rpo.precision).
         model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),
-                                           dtype=torch.float64 if cfg["dtype"] == "float64" else "float32")
+                                           dtype=cfg["dtype"])
         self.device = next(model.parameters()).device
         self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"])
-        self.autocast = self.device.type == "cuda" and cfg["dtype"] in ("auto", "bfloat16") and torch.cuda.is_bf16_supported()
+        self.precision = resolve_precision(cfg["dtype"], self.device)
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
         self.loss_fn = get_loss(cfg["method"])
@@ -143,7 +144,7 @@ class Trainer:
         if cfg["method"] != "sft":
             self.ref = load_reference_cache(cfg["reference_cache"], cfg["data"], cfg["model"],
                                             max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
-                                            truncation=self.truncation)
+                                            truncation=self.truncation, precision=self.precision)
         if cfg["method"] in EMBEDDING_LOSSES:
             self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"])
         self.plan = micro_batch_plan(cfg, self.records)
@@ -168,7 +169,7 @@ class Trainer:
 
     def forward_logps(self, examples: list[dict], model=None):
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with self.precision.autocast(self.device):
             logps, counts = response_logps(model or self.model, batch["input_ids"], batch["attention_mask"],
                                            batch["labels"])
         return logps, counts, int(batch["attention_mask"].sum())

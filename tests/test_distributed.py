@@ -46,7 +46,8 @@ def paths(tmp_path_factory):
     spec = {"kind": "small", "arch": "gpt2", "n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 300,
             "max_position": 96}
     model = build_model(spec, root / "base", corpus=[r.prompt + r.chosen + r.rejected for r in records], seed=0)
-    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=16)
+    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=16,
+                                    dtype="float64")  # the precision of the runs below (config: dtype float64)
     emb = root / "emb.pt"
     embed_prompts(data, "tfidf-svd", emb)
     return {"root": str(root), "data": str(data), "model": str(model), "cache": str(cache), "emb": str(emb)}

@@ -6,9 +6,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from rpo.data.records import EvalPrompt, PreferenceRecord
+from rpo.data.records import ASSISTANT, EvalPrompt, PreferenceRecord
+from rpo.data.tokenize import prompt_ids, tokenize_example
 from rpo.errors import ConfigError
-from rpo.generate import _prompt_ids, generate, main, select_prompts
+from rpo.generate import generate, main, select_prompts
 from rpo.io import read_jsonl, write_jsonl
 
 torch.set_num_threads(1)
@@ -120,11 +121,40 @@ def test_prompt_truncation_sides(model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    full = _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", None, "keep_end")
-    assert _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_end") == full[-3:]
-    assert _prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_start") == full[:3]
+    full = prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", None, "keep_end")
+    assert prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_end") == full[-3:]
+    assert prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_start") == full[:3]
     with pytest.raises(ConfigError, match="truncation"):
-        _prompt_ids(tokenizer, "x", 3, "middle")
+        prompt_ids(tokenizer, "x", 3, "middle")
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        prompt_ids(tokenizer, "x", 0, "keep_end")
+
+
+def test_a_cut_keep_start_prompt_is_sampled_as_trained_ending_with_the_assistant_marker(model_dir, tmp_path,
+                                                                                         monkeypatch):
+    """A post longer than max_prompt_length reaches model.generate exactly as training saw it: its start,
+    then the assistant marker (not just its first max_prompt_length tokens)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = prompt_rows([" ".join(CORPUS[:4])])
+    prompts[0]["metadata"] = {"truncation": "keep_start"}
+    max_prompt_length = 12
+    seen = []
+    original = GPT2LMHeadModel.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["input_ids"][0].tolist())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT2LMHeadModel, "generate", spy)
+    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length)
+    trained = tokenize_example(tokenizer, prompts[0]["prompt"], "x", 64, max_prompt_length, "keep_start")
+    trained_prompt = [i for i, label in zip(trained["input_ids"], trained["labels"]) if label == -100]
+    marker = tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"]
+    assert len(tokenizer(prompts[0]["prompt"], add_special_tokens=False)["input_ids"]) > max_prompt_length
+    assert seen == [trained_prompt]  # one prompt, batch of one: no left padding
+    assert len(seen[0]) == max_prompt_length and seen[0][-len(marker):] == marker
 
 
 def test_cli_with_preference_and_eval_records(model_dir, tmp_path):

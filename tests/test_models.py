@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rpo.errors import ConfigError, DataError
-from rpo.models import (ROLE_TOKENS, build_model, load_model, model_fingerprint, resolve_dtype,
-                        save_model)
+from rpo.models import ROLE_TOKENS, build_model, load_model, model_fingerprint, save_model
+from rpo.precision import DTYPES, Precision, resolve_precision
 
 torch.set_num_threads(2)
 
@@ -168,16 +168,55 @@ def test_hf_copy_adds_a_pad_token(tiny, tmp_path):
     assert config["pad_token_id"] == tokenizer.eos_token_id
 
 
-def test_load_model_dtypes(tiny):
+def test_load_model_loads_the_weights_the_precision_rule_names(tiny):
     _, folder = tiny
-    model, tokenizer = load_model(folder, dtype="bfloat16", device="cpu")
-    assert next(model.parameters()).dtype == torch.bfloat16
+    for dtype, weights in (("bfloat16", torch.float32), ("auto", torch.float32), ("float64", torch.float64)):
+        model, tokenizer = load_model(folder, dtype=dtype, device="cpu")
+        assert next(model.parameters()).dtype == weights, dtype  # bfloat16 means autocast, never bf16 weights
     assert tokenizer.pad_token is not None
-    assert resolve_dtype(None) in (torch.float32, torch.bfloat16)
-    if not torch.cuda.is_available():
-        assert resolve_dtype("auto") == torch.float32
     with pytest.raises(ConfigError, match="dtype"):
         load_model(folder, dtype="float8")
+
+
+FP32, FP64, BF16 = torch.float32, torch.float64, torch.bfloat16
+# dtype -> (weights, autocast) on: CPU, CUDA with bf16, CUDA without bf16
+PRECISION_TABLE = {
+    None: ((FP32, None), (FP32, BF16), (FP32, None)),
+    "auto": ((FP32, None), (FP32, BF16), (FP32, None)),
+    "bfloat16": ((FP32, None), (FP32, BF16), (FP32, None)),
+    "float32": ((FP32, None), (FP32, None), (FP32, None)),
+    "float64": ((FP64, None), (FP64, None), (FP64, None)),
+}
+
+
+@pytest.mark.parametrize("dtype", list(PRECISION_TABLE))
+def test_precision_rule_table(dtype, monkeypatch):
+    cpu, cuda_bf16, cuda_no_bf16 = PRECISION_TABLE[dtype]
+    assert resolve_precision(dtype, "cpu") == Precision(*cpu)
+    assert resolve_precision(dtype, torch.device("cpu")) == Precision(*cpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(dtype, "cuda:0") == Precision(*cuda_bf16)
+    assert resolve_precision(dtype, torch.device("cuda", 1)) == Precision(*cuda_bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(dtype, "cuda") == Precision(*cuda_no_bf16)
+
+
+def test_precision_names_metadata_autocast_and_refuses_unknown_dtypes():
+    mixed = Precision(FP32, BF16)
+    assert mixed.as_dict() == {"weights": "float32", "autocast": "bfloat16"}
+    assert mixed.name == "float32 weights + bfloat16 autocast"
+    assert Precision(FP64).as_dict() == {"weights": "float64", "autocast": None}
+    assert Precision(FP64).name == "float64 weights, no autocast"
+    with mixed.autocast("cpu"):  # the context is real where there is an autocast dtype ...
+        assert torch.is_autocast_enabled("cpu")
+    with Precision(FP32).autocast("cpu"):  # ... and nothing at all where there is none
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == FP32
+    for bad in ("float8", "float16", "fp32", torch.float32, 32):
+        with pytest.raises(ConfigError, match=r"dtype: must be one of auto, bfloat16, float32, float64"):
+            resolve_precision(bad, "cpu")
+    assert DTYPES == ("auto", "bfloat16", "float32", "float64")
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ stale caches are refused, divergence stops the run."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from rpo.data.records import PreferenceRecord, write_records
 from rpo.embed import embed_prompts
 from rpo.errors import CacheMismatchError, ConfigError, TrainingDivergedError
 from rpo.losses import LOSSES, LossOutput
+from rpo.precision import Precision
 from rpo.models import build_model
 from rpo.refcache import compute_reference_cache, load_reference_cache
 from rpo.train import Trainer, micro_batch_plan, resolve_config
@@ -140,14 +142,34 @@ def test_stale_reference_cache_is_refused(world, tmp_path):
     write_records(other, records)
     with pytest.raises(CacheMismatchError, match="data_sha256"):
         load_reference_cache(world["cache"], other, world["model"], max_length=64, max_prompt_length=32,
-                             truncation="keep_end")
+                             truncation="keep_end", precision=Precision(torch.float32))
     with pytest.raises(CacheMismatchError, match="max_length"):
         load_reference_cache(world["cache"], world["data"], world["model"], max_length=63, max_prompt_length=32,
-                             truncation="keep_end")
+                             truncation="keep_end", precision=Precision(torch.float32))
     spec = json.loads((world["root"] / "spec.json").read_text())
     other_model = build_model(spec, tmp_path / "other-model", corpus=["a b c"] * 50, seed=1)
     with pytest.raises(CacheMismatchError, match="model_fingerprint"):
         Trainer(config(world, tmp_path, "dpo", model=str(other_model)))
+
+
+def test_cache_of_another_precision_is_refused(world, tmp_path):
+    """Reference and policy log-probs must share their numerics: the cache records its precision."""
+    assert torch.load(world["cache"], weights_only=True)["meta"]["precision"] == {"weights": "float32",
+                                                                                 "autocast": None}  # auto on CPU
+    cache = compute_reference_cache(world["model"], world["data"], tmp_path / "ref64.pt", max_length=64,
+                                    max_prompt_length=32, batch_size=8, dtype="float64")
+    assert torch.load(cache, weights_only=True)["meta"]["precision"] == {"weights": "float64", "autocast": None}
+    expected = (f"{cache} holds reference log-probs computed in float64 weights, no autocast, but the trainer runs "
+                "in float32 weights, no autocast; recompute it with `python -m rpo.refcache --dtype")
+    with pytest.raises(CacheMismatchError, match=re.escape(expected)):
+        Trainer(config(world, tmp_path, "dpo", reference_cache=str(cache), dtype="float32"))
+    with pytest.raises(CacheMismatchError, match="float32 weights, no autocast, but the trainer runs in float64"):
+        Trainer(config(world, tmp_path, "dpo", dtype="float64"))  # the float32 cache
+    assert Trainer(config(world, tmp_path, "dpo", reference_cache=str(cache), dtype="float64")).ref["meta"]["n"] == 24
+    mixed = Precision(torch.float32, torch.bfloat16)  # what a bf16 GPU trains in: a CPU cache is refused
+    with pytest.raises(CacheMismatchError, match="float32 weights \\+ bfloat16 autocast"):
+        load_reference_cache(world["cache"], world["data"], world["model"], max_length=64, max_prompt_length=32,
+                             truncation="keep_end", precision=mixed)
 
 
 def test_nan_loss_stops_with_a_clear_error(world, tmp_path):

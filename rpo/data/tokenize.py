@@ -1,21 +1,33 @@
-"""Turn (prompt, response) text into training ids with the prompt masked out, and pad batches."""
+"""Turn (prompt, response) text into training ids with the prompt masked out, and pad batches.
+
+`prompt_ids` is the one prompt cut: training, the reference cache and generation all use it.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from rpo.data.records import ASSISTANT
+from rpo.data.records import ASSISTANT, PreferenceRecord
 from rpo.errors import ConfigError
 
 IGNORE_INDEX = -100
 TRUNCATION_SIDES = ("keep_end", "keep_start")
 
 
+def _check_positive(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+
+
+def _check_truncation(truncation) -> None:
+    if truncation not in TRUNCATION_SIDES:
+        raise ConfigError(f"truncation: must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
+
+
 def _check_lengths(max_length, max_prompt_length) -> None:
-    for key, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+    _check_positive("max_length", max_length)
+    _check_positive("max_prompt_length", max_prompt_length)
     if max_prompt_length >= max_length:
         raise ConfigError(
             f"max_prompt_length: {max_prompt_length} leaves no room for the response "
@@ -23,40 +35,71 @@ def _check_lengths(max_length, max_prompt_length) -> None:
         )
 
 
+def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None, truncation: str) -> list[int]:
+    """The prompt's ids (no special tokens) cut to `max_prompt_length` (None: no cut), as the model trains on them.
+
+    "keep_end" keeps the end (dialogue history); "keep_start" keeps the start (a post to summarise) and,
+    when the prompt ends with the assistant marker, still ends with it: without it the model never sees
+    where its answer begins. Training, the reference cache and generation all cut prompts here.
+    """
+    _check_truncation(truncation)
+    if max_prompt_length is not None:
+        _check_positive("max_prompt_length", max_prompt_length)
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if max_prompt_length is None or len(ids) <= max_prompt_length:
+        return ids
+    if truncation == "keep_end":
+        return ids[-max_prompt_length:]
+    if not prompt.endswith(ASSISTANT):
+        return ids[:max_prompt_length]
+    tail = list(tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"])
+    body = list(tokenizer(prompt[: -len(ASSISTANT)], add_special_tokens=False)["input_ids"])
+    return (body[: max(max_prompt_length - len(tail), 0)] + tail)[-max_prompt_length:]
+
+
 def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int,
                      truncation: str) -> dict:
     """Return {"input_ids", "labels"}: prompt ids (label -100) then response ids ending with EOS.
 
     Prompt and response are tokenised separately, without special tokens, and concatenated, so the
-    boundary between them is exact. The prompt is cut to `max_prompt_length` first, keeping its end
-    (dialogue history, "keep_end") or its start (a post to summarise, "keep_start", which still ends
-    with the assistant marker); then the
-    response is cut so the whole fits `max_length` (a cut response loses its EOS, as in DPO's code).
+    boundary between them is exact. The prompt is cut to `max_prompt_length` first (`prompt_ids`);
+    then the response is cut so the whole fits `max_length` (a cut response loses its EOS, as in
+    DPO's code).
     """
-    if truncation not in TRUNCATION_SIDES:
-        raise ConfigError(f"truncation: must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
+    _check_truncation(truncation)
     _check_lengths(max_length, max_prompt_length)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("tokenizer: has no eos_token_id; set eos_token before tokenising")
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_part = prompt_ids(tokenizer, prompt, max_prompt_length, truncation)
     response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [eos]
-    if len(prompt_ids) > max_prompt_length:
-        if truncation == "keep_end":
-            prompt_ids = prompt_ids[-max_prompt_length:]
-        elif prompt.endswith(ASSISTANT):
-            # Keep the post's start but also the closing assistant marker: without it the model
-            # never sees where its answer begins.
-            tail = list(tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"])
-            body = list(tokenizer(prompt[: -len(ASSISTANT)], add_special_tokens=False)["input_ids"])
-            prompt_ids = body[: max(max_prompt_length - len(tail), 0)] + tail
-            prompt_ids = prompt_ids[-max_prompt_length:]
-        else:
-            prompt_ids = prompt_ids[:max_prompt_length]
-    response_ids = response_ids[: max_length - len(prompt_ids)]
+    response_ids = response_ids[: max_length - len(prompt_part)]
     return {
-        "input_ids": prompt_ids + response_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        "input_ids": prompt_part + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_part) + response_ids,
+    }
+
+
+def default_truncation(records: Sequence[PreferenceRecord]) -> str:
+    """The truncation side the records' metadata names (prepare.py sets it per task); keep_end if none."""
+    return records[0].metadata.get("truncation", "keep_end") if records else "keep_end"
+
+
+def kl_partner(index: int, n: int) -> int:
+    """The record whose chosen response is paired with prompt `index` for KTO's KL estimate."""
+    return (index + 1) % n
+
+
+def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
+    """Tokenise every record's chosen, rejected and mismatched (KL) sequence once."""
+    def tok(prompt, response):
+        return tokenize_example(tokenizer, prompt, response, max_length, max_prompt_length, truncation)
+
+    n = len(records)
+    return {
+        "chosen": [tok(r.prompt, r.chosen) for r in records],
+        "rejected": [tok(r.prompt, r.rejected) for r in records],
+        "kl": [tok(r.prompt, records[kl_partner(i, n)].chosen) for i, r in enumerate(records)],
     }
 
 

@@ -11,6 +11,7 @@ rule generate:
     params:
         args=generation_args(),
         seed=config["seeds"][0],
+        dtype=config["training"].get("dtype", "auto"),  # the trainer's precision (rpo.precision)
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
@@ -24,7 +25,7 @@ rule generate:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} {params.args} > {log} 2>&1"
+        " --seed {params.seed} --dtype {params.dtype} {params.args} > {log} 2>&1"
 
 
 rule judge:
@@ -68,6 +69,7 @@ rule generate_instructions:
         args=generation_args(),
         n=(config.get("alpacaeval") or {}).get("n_prompts", 805),
         seed=config["seeds"][0],
+        dtype=config["training"].get("dtype", "auto"),
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
@@ -81,7 +83,7 @@ rule generate_instructions:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} {params.args} --n-prompts {params.n} > {log} 2>&1"
+        " --seed {params.seed} --dtype {params.dtype} {params.args} --n-prompts {params.n} > {log} 2>&1"
 
 
 rule alpacaeval:

@@ -36,6 +36,7 @@ rule refcache:
         max_length=config["training"].get("max_length", 512),
         max_prompt_length=config["training"].get("max_prompt_length", 256),
         batch_size=config["training"].get("reference_batch_size", 16),
+        dtype=config["training"].get("dtype", "auto"),  # the trainer's precision (rpo.precision)
         # one rank per GPU this job gets (a profile may give it fewer than the config's gpus)
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
@@ -51,7 +52,7 @@ rule refcache:
     shell:
         "{params.launcher} -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
         " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}"
-        " --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+        " --batch-size {params.batch_size} --dtype {params.dtype} --threads {threads} > {log} 2>&1"
 
 
 rule preference:
