@@ -22,8 +22,17 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return path or "(top level)"
 
 
-def validate_config(config: dict, schema_path=SCHEMA) -> dict:
+def load_schema(schema_path=SCHEMA) -> dict:
+    """The config schema, with the method enum taken from the loss registry (its one home)."""
+    from rpo.losses import REGISTRY
+
     schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["definitions"]["method"]["enum"] = list(REGISTRY)
+    return schema
+
+
+def validate_config(config: dict, schema_path=SCHEMA) -> dict:
+    schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

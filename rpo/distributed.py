@@ -1,5 +1,6 @@
-"""Multi-process training: the process group, each rank's share of the data, DDP/FSDP wrapping, and
-the global contrast scope; and the shard-and-gather helpers of rpo.refcache and rpo.generate.
+"""Multi-process plumbing: the process group, each rank's share of the data, DDP/FSDP wrapping,
+collectives, and the shard-and-gather helpers of rpo.refcache and rpo.generate. Training-step
+logic (the global contrast scope included) lives with the trainer in rpo.train.
 
 Launch with torchrun or `accelerate launch`; both set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT, which `init_distributed` reads. A plain `python -m rpo.train` is world size 1 and
@@ -12,16 +13,6 @@ gradient_accumulation_steps, W = world size); rank r takes the r-th run of A of 
 function of the seed, so every rank knows every micro-batch of the step and a resumed run finds its
 place by step number.
 
-Global contrast scope (`contrast_scope: global`): one M x N contrast matrix over every micro-batch of
-the step on every rank, at the memory of one micro-batch:
-  (a) forward each local micro-batch without gradients (the last one with) -> summed log-probs;
-  (b) all_gather the log-probs (record indices are known to all ranks from the plan);
-  (c) evaluate the loss on leaf copies of the gathered log-probs; their .grad is d loss / d logp;
-  (d) backpropagate sum(logp * coefficient) through the kept graph, then forward each other local
-      micro-batch again with gradients and do the same.
-By the chain rule (d) yields the gradient of the global loss; it costs A - 1 extra forward passes
-(of A micro-batches per rank) and holds one micro-batch's graph at a time.
-
 FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block; checkpoints and
 the final model hold gathered full weights. Tested on CPU/gloo only (gradients, resume, final save);
 on GPUs (nccl) it is untested.
@@ -29,7 +20,6 @@ on GPUs (nccl) it is untested.
 from __future__ import annotations
 
 import inspect
-import itertools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -258,70 +248,3 @@ def gather_in_order(local: dict[int, object], n: int, env: DistEnv) -> list:
         raise RuntimeError(f"sharded results cover {len(merged)} of {n} items (missing e.g. {missing}): "
                            "the ranks disagree on the shards")
     return [merged[i] for i in range(n)]
-
-
-# -- the global contrast scope ---------------------------------------------------------------------
-def global_scope_backward(trainer, step: int):
-    """Accumulate into the model's .grad the gradient of ONE loss over every micro-batch of `step`.
-
-    `trainer` provides examples(), forward_logps(), kl_logps(), contrast_loss(), check_loss() and
-    env, plan, cfg, model. Returns (loss output, gathered chosen log-probs, gathered rejected
-    log-probs, local tokens).
-    The last local micro-batch keeps its graph from (a) and is backpropagated first in (d), before
-    any other graph exists: one forward fewer, and still one micro-batch's graph at a time.
-    """
-    env, cfg, model = trainer.env, trainer.cfg, trainer.model
-    accum = cfg["gradient_accumulation_steps"]
-    everyone = step_micro_batches(trainer.plan, step, accum, env.world_size)
-    mine = everyone[env.rank * accum:(env.rank + 1) * accum]
-    ranks = [everyone[r * accum:(r + 1) * accum] for r in range(env.world_size)]
-    chosen_sizes = [sum(len(c) for c, _ in batches) for batches in ranks]
-    rejected_sizes = [sum(len(r) for _, r in batches) for batches in ranks]
-    last = len(mine) - 1
-    # Gradients are reduced across ranks in the last backward of (d); that is the kept graph only when alone.
-    kept_syncs = last == 0
-
-    # (a) log-probs of every local sequence; only the last micro-batch keeps a graph
-    local_c, local_r, local_kl, n_tokens = [], [], [], 0
-    for k, (c_idx, r_idx) in enumerate(mine):
-        if k == last:
-            with gradient_sync(model, sync=kept_syncs):  # DDP decides at forward time whether to sync
-                kept, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), model)
-            logps = kept.detach()
-            n_tokens += tokens
-        else:
-            with torch.no_grad():
-                logps = trainer.forward_logps(trainer.examples(c_idx, r_idx), unwrap(model))[0]
-        local_c.append(logps[:len(c_idx)])
-        local_r.append(logps[len(c_idx):])
-        if cfg["method"] == "kto":  # z0 is detached: KL log-probs are needed as values only
-            local_kl.append(trainer.kl_logps(c_idx))
-    # (b) the whole global batch on every rank
-    pc = gather_varlen(torch.cat(local_c), chosen_sizes, env)
-    pr = gather_varlen(torch.cat(local_r), rejected_sizes, env)
-    kl = gather_varlen(torch.cat(local_kl), chosen_sizes, env) if local_kl else None
-    chosen_idx = [i for c, _ in everyone for i in c]
-    rejected_idx = [j for _, r in everyone for j in r]
-    # (c) d loss / d logp on leaves; every rank computes the same loss, so all raise together
-    pc_leaf, pr_leaf = pc.detach().requires_grad_(True), pr.detach().requires_grad_(True)
-    out = trainer.contrast_loss(pc_leaf, pr_leaf, chosen_idx, rejected_idx, kl_logps=kl)
-    trainer.check_loss(out.loss.item())
-    coef_c, coef_r = torch.autograd.grad(out.loss, (pc_leaf, pr_leaf), allow_unused=True, materialize_grads=True)
-    # DDP and FSDP average gradients over ranks; the global loss wants their sum.
-    coef_c, coef_r = coef_c * env.world_size, coef_r * env.world_size
-    starts_c = list(itertools.accumulate((len(c) for c, _ in mine), initial=sum(chosen_sizes[:env.rank])))
-    starts_r = list(itertools.accumulate((len(r) for _, r in mine), initial=sum(rejected_sizes[:env.rank])))
-
-    def coefficients(k):
-        return torch.cat([coef_c[starts_c[k]:starts_c[k + 1]], coef_r[starts_r[k]:starts_r[k + 1]]])
-
-    # (d) backward of sum(logp * coefficient): the kept graph, then one re-forward at a time
-    with gradient_sync(model, sync=kept_syncs):
-        (kept * coefficients(last).to(kept.dtype)).sum().backward()
-    del kept
-    for k, (c_idx, r_idx) in enumerate(mine[:last]):
-        with gradient_sync(model, sync=k == last - 1):
-            logps, _, tokens = trainer.forward_logps(trainer.examples(c_idx, r_idx), model)
-            (logps * coefficients(k).to(logps.dtype)).sum().backward()
-        n_tokens += tokens
-    return out, pc, pr, n_tokens

@@ -11,8 +11,8 @@ hand-made tensors, and the trainer can evaluate any of them on log-probs gathere
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ def _no_loss(pc: Tensor, pr: Tensor) -> Tensor:
     return pc.sum() * 0.0 + pr.sum() * 0.0
 
 
-def sft(pc, pr=None, rc=None, rr=None, *, chosen_lengths=None, **_) -> LossOutput:
+def sft(pc, *, chosen_lengths=None) -> LossOutput:
     """Mean token NLL of the chosen responses: -sum(logps) / sum(response tokens)."""
     if chosen_lengths is None:
         raise ValueError("sft needs chosen_lengths (the number of response tokens of each sequence)")
@@ -89,19 +89,19 @@ def sft(pc, pr=None, rc=None, rr=None, *, chosen_lengths=None, **_) -> LossOutpu
     return LossOutput(loss, empty, empty)
 
 
-def dpo(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+def dpo(pc, pr, rc, rr, *, beta) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
     return LossOutput(-F.logsigmoid(beta * (chosen - rejected)).mean(), cr, rj)
 
 
-def ipo(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+def ipo(pc, pr, rc, rr, *, beta) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
     return LossOutput(((chosen - rejected - 1.0 / (2.0 * beta)) ** 2).mean(), cr, rj)
 
 
-def kto(pc, pr, rc, rr, *, beta=0.1, policy_kl_logps=None, reference_kl_logps=None, **_) -> LossOutput:
+def kto(pc, pr, rc, rr, *, beta, policy_kl_logps=None, reference_kl_logps=None) -> LossOutput:
     """KTO with lambda_D = lambda_U = 1; z0 from mismatched (x, y) pairs, clamped at 0 and detached."""
     _check(pc, pr, rc, rr, paired=False)
     if policy_kl_logps is None or reference_kl_logps is None:
@@ -140,23 +140,23 @@ def _embedding_weighted(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings, 
     return LossOutput(loss, cr, rj, weights)
 
 
-def rpo_paired(pc, pr, rc, rr, *, beta=0.1, tau=0.5, chosen_prompt_embeddings=None,
-               rejected_prompt_embeddings=None, **_) -> LossOutput:
+def rpo_paired(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings=None,
+               rejected_prompt_embeddings=None) -> LossOutput:
     """(1/M^2) sum_ij -log sigmoid(beta * w_ij * S_ij) over a paired batch."""
     return _embedding_weighted(pc, pr, rc, rr, beta=beta, tau=tau, paired=True,
                                chosen_prompt_embeddings=chosen_prompt_embeddings,
                                rejected_prompt_embeddings=rejected_prompt_embeddings)
 
 
-def rpo_unpaired(pc, pr, rc, rr, *, beta=0.1, tau=0.5, chosen_prompt_embeddings=None,
-                 rejected_prompt_embeddings=None, **_) -> LossOutput:
+def rpo_unpaired(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings=None,
+                 rejected_prompt_embeddings=None) -> LossOutput:
     """Same formula on an M x N matrix of independent chosen and rejected items."""
     return _embedding_weighted(pc, pr, rc, rr, beta=beta, tau=tau, paired=False,
                                chosen_prompt_embeddings=chosen_prompt_embeddings,
                                rejected_prompt_embeddings=rejected_prompt_embeddings)
 
 
-def rpo_uniform(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
+def rpo_uniform(pc, pr, rc, rr, *, beta) -> LossOutput:
     """(1/(M*N)) sum_ij -log sigmoid(beta * S_ij): every contrast weighted 1."""
     contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired=False)
     if contrast.numel() == 0:
@@ -164,7 +164,7 @@ def rpo_uniform(pc, pr, rc, rr, *, beta=0.1, **_) -> LossOutput:
     return LossOutput(-F.logsigmoid(beta * contrast).mean(), cr, rj)
 
 
-def rpo_diagonal(pc, pr, rc, rr, *, beta=0.1, diagonal_weight=0.8, **_) -> LossOutput:
+def rpo_diagonal(pc, pr, rc, rr, *, beta, diagonal_weight) -> LossOutput:
     """Row i: alpha * DPO term + (1 - alpha) * mean of the off-diagonal terms; mean over rows.
 
     With one pair there is no off-diagonal entry and the row is the DPO term alone.
@@ -182,24 +182,77 @@ def rpo_diagonal(pc, pr, rc, rr, *, beta=0.1, diagonal_weight=0.8, **_) -> LossO
     return LossOutput(loss, cr, rj)
 
 
-LOSSES: dict[str, Callable[..., LossOutput]] = {
-    "sft": sft,
-    "dpo": dpo,
-    "ipo": ipo,
-    "kto": kto,
-    "rpo-paired": rpo_paired,
-    "rpo-unpaired": rpo_unpaired,
-    "rpo-diagonal": rpo_diagonal,
-    "rpo-uniform": rpo_uniform,
+# -- the registry ----------------------------------------------------------------------------------
+# What each loss is and needs, in one place: the trainer (batching, inputs, hyperparameters), the
+# pipeline (which runs take an embedder), the report (labels, method order) and the config schema
+# (the method enum) all read it. Adding a loss = one function above + one entry below.
+BATCHINGS = ("paired", "unpaired", "sft")
+# Inputs a loss may need besides the four log-prob vectors; the trainer supplies exactly these.
+INPUTS = {
+    "reference": ("reference_chosen_logps", "reference_rejected_logps"),
+    "embeddings": ("chosen_prompt_embeddings", "rejected_prompt_embeddings"),
+    "kl": ("policy_kl_logps", "reference_kl_logps"),
+    "lengths": ("chosen_lengths",),
 }
-# Losses trained on batches of independent chosen and rejected items (not pairs). KTO takes
-# paired batches here, read as desirable + undesirable items, as HALOs does with paired data.
-UNPAIRED_LOSSES = frozenset({"rpo-unpaired"})
-EMBEDDING_LOSSES = frozenset({"rpo-paired", "rpo-unpaired"})
 
 
-def get_loss(name: str) -> Callable[..., LossOutput]:
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    fn: Callable[..., LossOutput]
+    label: str  # how tables and figures name it
+    batching: str  # paired: row i of both sides is prompt i; unpaired: independent chosen/rejected items
+    needs: frozenset = frozenset()  # keys of INPUTS
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)  # name -> default
+
+    def __call__(self, pc, pr=None, rc=None, rr=None, **kwargs) -> LossOutput:
+        """The loss with its declared hyperparameters (defaults filled in) and inputs; anything else
+        is an error naming the loss and the key, so a misspelt hyperparameter never goes unnoticed."""
+        allowed_inputs = {key for need in self.needs for key in INPUTS[need]} - set(INPUTS["reference"])
+        unknown = sorted(set(kwargs) - allowed_inputs - set(self.hyperparameters))
+        if unknown:
+            takes = ", ".join([*self.hyperparameters, *sorted(allowed_inputs)]) or "nothing"
+            raise ConfigError(f"loss {self.name!r}: unknown key(s) {', '.join(unknown)}; it takes {takes}")
+        if "reference" not in self.needs and (rc is not None or rr is not None):
+            raise ConfigError(f"loss {self.name!r}: takes no reference log-probs")
+        params = {**self.hyperparameters, **kwargs}
+        return self.fn(pc, pr, rc, rr, **params) if "reference" in self.needs else self.fn(pc, **params)
+
+    def resolve_hyperparameters(self, values: Mapping) -> dict:
+        """This loss's hyperparameters from a mapping of configured values (None: the loss's default)."""
+        return {k: default if values.get(k) is None else values[k] for k, default in self.hyperparameters.items()}
+
+
+PAIRED_REFERENCE = frozenset({"reference"})
+WEIGHTED = frozenset({"reference", "embeddings"})
+REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in (
+    LossSpec("sft", sft, "SFT", "sft", frozenset({"lengths"})),
+    LossSpec("dpo", dpo, "DPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
+    LossSpec("ipo", ipo, "IPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
+    # KTO takes paired batches here, read as desirable + undesirable items, as HALOs does with paired data.
+    LossSpec("kto", kto, "KTO", "paired", frozenset({"reference", "kl"}), {"beta": 0.1}),
+    LossSpec("rpo-paired", rpo_paired, "RPO-Paired", "paired", WEIGHTED, {"beta": 0.1, "tau": 0.5}),
+    LossSpec("rpo-unpaired", rpo_unpaired, "RPO-Unpaired", "unpaired", WEIGHTED, {"beta": 0.1, "tau": 0.5}),
+    LossSpec("rpo-diagonal", rpo_diagonal, "RPO-Diagonal", "paired", PAIRED_REFERENCE,
+             {"beta": 0.1, "diagonal_weight": 0.8}),
+    LossSpec("rpo-uniform", rpo_uniform, "RPO-Uniform", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
+)}
+for _spec in REGISTRY.values():
+    assert _spec.batching in BATCHINGS and _spec.needs <= set(INPUTS), _spec
+
+
+def get_loss(name: str) -> LossSpec:
     try:
-        return LOSSES[name]
+        return REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}") from None
+        raise ConfigError(f"unknown loss {name!r}; known losses: {', '.join(REGISTRY)}") from None
+
+
+def losses_needing(need: str) -> tuple[str, ...]:
+    """Names of the losses that need an input (a key of INPUTS), in registry order."""
+    return tuple(name for name, spec in REGISTRY.items() if need in spec.needs)
+
+
+def hyperparameter_names() -> tuple[str, ...]:
+    """Every hyperparameter some loss takes (the trainer's config keys for them)."""
+    return tuple(dict.fromkeys(k for spec in REGISTRY.values() for k in spec.hyperparameters))

@@ -16,7 +16,9 @@ import re
 from dataclasses import asdict, dataclass
 
 from rpo.errors import ConfigError
-from rpo.losses import EMBEDDING_LOSSES, LOSSES
+from rpo.losses import REGISTRY, losses_needing
+
+EMBEDDING_LOSSES = losses_needing("embeddings")
 
 # Short names keep paths readable; anything else is used as given with "/" replaced.
 EMBEDDER_SHORT = {
@@ -73,7 +75,7 @@ class Run:
 def parse_run(name: str, embedders: list[str]) -> Run:
     """Invert Run.name, resolving the short embedder name against the configured embedders."""
     match = RUN_RE.match(name)
-    if not match or match["method"] not in LOSSES:
+    if not match or match["method"] not in REGISTRY:
         raise ConfigError(f"run name {name!r} does not name a known method; e.g. dpo_bs8_seed1")
     method, seed = match["method"], int(match["seed"])
     scope = "global" if match["scope"] else "micro"

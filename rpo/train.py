@@ -13,6 +13,7 @@ Only rank 0 writes metrics, checkpoints and the final model; metrics are global 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -23,79 +24,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_items
 from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_objects,
-                             global_scope_backward, gradient_sync, init_distributed, load_full_state_dicts,
-                             local_micro_batches, rank_device, shutdown_distributed, steps_in_plan, unwrap, wrap_model)
+                             gather_varlen, gradient_sync, init_distributed, load_full_state_dicts,
+                             local_micro_batches, rank_device, shutdown_distributed, step_micro_batches, steps_in_plan,
+                             unwrap, wrap_model)
 from rpo.embed import load_embeddings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
-from rpo.losses import EMBEDDING_LOSSES, LOSSES, UNPAIRED_LOSSES, get_loss
+from rpo.losses import get_loss
 from rpo.models import load_model, response_logps
+from rpo.train_config import RESUME_FREE_KEYS, load_config, resolve_config
 from rpo.precision import resolve_precision
 from rpo.refcache import load_reference_cache
 
-DEFAULTS = {
-    "model": None, "data": None, "out": None, "method": None,  # required
-    "reference_cache": None, "embeddings": None, "embedder": None, "checkpoint_dir": None,
-    "beta": 0.1, "tau": 0.5, "diagonal_weight": 0.8,
-    "batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
-    "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
-    "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
-    "seed": 1, "save_every": 50, "dtype": "auto", "device": None, "threads": None,
-    "contrast_scope": "micro", "fsdp": False,
-    "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
-}
-REQUIRED = ("model", "data", "out", "method")
-# Keys that may change between a run and its resumption without invalidating the checkpoint.
-RESUME_FREE_KEYS = ("save_every", "threads", "device", "stop_after_steps", "checkpoint_dir")
-# auto/bfloat16: fp32 weights + bf16 autocast on capable GPUs; float64 is for exactness tests.
-DTYPES = ("auto", "bfloat16", "float32", "float64")
 METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
                "rewards/accuracies")
-
-
-def resolve_config(config: dict) -> dict:
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **config}
-    for key in ("lr", "beta", "tau", "diagonal_weight", "weight_decay", "max_grad_norm"):
-        cfg[key] = _as_number(cfg[key])
-    for key in REQUIRED:
-        if not cfg[key]:
-            raise ConfigError(f"training config key '{key}' is required")
-    if cfg["method"] not in LOSSES:
-        raise ConfigError(f"training config key 'method': unknown {cfg['method']!r}; known: {', '.join(LOSSES)}")
-    for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"training config key '{key}' must be a positive integer, got {cfg[key]!r}")
-    for key in ("beta", "tau", "lr"):
-        if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
-            raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
-    if cfg["optimizer"] not in ("rmsprop", "adamw"):
-        raise ConfigError(f"training config key 'optimizer' must be rmsprop or adamw, got {cfg['optimizer']!r}")
-    if cfg["method"] != "sft" and not cfg["reference_cache"]:
-        raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
-    if cfg["method"] in EMBEDDING_LOSSES and not cfg["embeddings"]:
-        raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
-    scope = cfg["contrast_scope"]
-    if scope not in ("micro", "global"):
-        raise ConfigError(f"training config key 'contrast_scope' must be micro or global, got {scope!r}")
-    if scope == "global" and cfg["method"] == "sft":
-        raise ConfigError("training config key 'contrast_scope': global has no meaning for sft (no contrast "
-                          "matrix; its token mean is per micro-batch); use micro")
-    if cfg["dtype"] not in DTYPES:
-        raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    if not isinstance(cfg["fsdp"], bool):
-        raise ConfigError(f"training config key 'fsdp' must be true or false, got {cfg['fsdp']!r}")
-    cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
-    return cfg
 
 
 def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
@@ -104,21 +52,21 @@ def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
     Derived from the seed alone, so a resumed run finds its place by step number. Incomplete
     trailing micro-batches are dropped so every contrast matrix has the configured size.
     """
-    bs, plan = cfg["batch_size"], []
+    bs, plan, batching = cfg["batch_size"], [], get_loss(cfg["method"]).batching
     for epoch in range(cfg["epochs"]):
         generator = torch.Generator().manual_seed(cfg["seed"] + epoch)
-        if cfg["method"] in UNPAIRED_LOSSES:
+        if batching == "unpaired":
             items = unpaired_items(records, seed=cfg["seed"] + epoch)
             for s in range(0, len(items) - bs + 1, bs):
                 chunk = items[s:s + bs]
                 plan.append(([i.record_index for i in chunk if i.desirable],
                              [i.record_index for i in chunk if not i.desirable]))
             continue
-        pool = [i for i, _, _ in sft_examples(records)] if cfg["method"] == "sft" else list(range(len(records)))
+        pool = [i for i, _, _ in sft_examples(records)] if batching == "sft" else list(range(len(records)))
         order = [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
         for s in range(0, len(order) - bs + 1, bs):
             chunk = order[s:s + bs]
-            plan.append((chunk, [] if cfg["method"] == "sft" else chunk))
+            plan.append((chunk, [] if batching == "sft" else chunk))
     return plan
 
 
@@ -139,13 +87,13 @@ class Trainer:
         self.precision = resolve_precision(cfg["dtype"], self.device)
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
-        self.loss_fn = get_loss(cfg["method"])
+        self.loss = get_loss(cfg["method"])
         self.ref = self.embeddings = None
-        if cfg["method"] != "sft":
+        if "reference" in self.loss.needs:
             self.ref = load_reference_cache(cfg["reference_cache"], cfg["data"], cfg["model"],
                                             max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
                                             truncation=self.truncation, precision=self.precision)
-        if cfg["method"] in EMBEDDING_LOSSES:
+        if "embeddings" in self.loss.needs:
             self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"])
         self.plan = micro_batch_plan(cfg, self.records)
         accum = cfg["gradient_accumulation_steps"]
@@ -184,24 +132,24 @@ class Trainer:
 
     def contrast_loss(self, pc, pr, chosen_idx: list[int], rejected_idx: list[int], kl_logps=None, counts=None):
         """The configured loss over policy log-probs pc/pr of the records chosen_idx/rejected_idx."""
-        if self.cfg["method"] == "sft":
-            return self.loss_fn(pc, chosen_lengths=counts)
-        ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
-        kw = {}
-        if self.embeddings is not None:
+        needs, kw = self.loss.needs, {k: self.cfg[k] for k in self.loss.hyperparameters}
+        if "lengths" in needs:
+            kw.update(chosen_lengths=counts)
+        if "embeddings" in needs:
+            ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
             kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
-        if self.cfg["method"] == "kto":
+        if "kl" in needs:
             kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(kl_logps))
-        cfg = self.cfg
-        return self.loss_fn(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
-                            self.reference_logps("rejected", rejected_idx).to(pr),
-                            beta=cfg["beta"], tau=cfg["tau"], diagonal_weight=cfg["diagonal_weight"], **kw)
+        if "reference" not in needs:
+            return self.loss(pc, **kw)
+        return self.loss(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
+                         self.reference_logps("rejected", rejected_idx).to(pr), **kw)
 
     def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
         logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
         m = len(chosen_idx)
         pc, pr = logps[:m], logps[m:]
-        kl = self.kl_logps(chosen_idx) if self.cfg["method"] == "kto" else None
+        kl = self.kl_logps(chosen_idx) if "kl" in self.loss.needs else None
         return self.contrast_loss(pc, pr, chosen_idx, rejected_idx, kl_logps=kl, counts=counts[:m]), pc, pr, n_tokens
 
     def check_loss(self, value: float) -> None:
@@ -212,11 +160,11 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------------
     def accumulate_gradients(self) -> dict:
         """Forward and backward of every micro-batch of this step (this rank's share); global metrics."""
-        accum, paired = self.cfg["gradient_accumulation_steps"], self.cfg["method"] not in UNPAIRED_LOSSES
+        accum, paired = self.cfg["gradient_accumulation_steps"], self.loss.batching != "unpaired"
         stats: dict[str, list] = {}
         n_tokens = 0
         if self.cfg["contrast_scope"] == "global":
-            out, pc, pr, n_tokens = global_scope_backward(self, self.step)
+            out, pc, pr, n_tokens = self.global_scope_backward()
             _accumulate(stats, out, pc, pr, paired=paired)
         else:
             mine = local_micro_batches(self.plan, self.step, accum, self.env)
@@ -232,6 +180,70 @@ class Trainer:
         row = {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(METRIC_KEYS) if totals[2 * i + 1]}
         self.check_loss(row["loss"])
         return {**row, "tokens": int(totals[-1])}
+
+    def global_scope_backward(self):
+        """Accumulate into .grad the gradient of ONE loss over every micro-batch of this step, all ranks.
+
+        `contrast_scope: global`, at the memory of one micro-batch:
+          (a) forward each local micro-batch without gradients (the last one with) -> summed log-probs;
+          (b) all_gather the log-probs (record indices are known to all ranks from the plan);
+          (c) evaluate the loss on leaf copies of the gathered log-probs; their .grad is d loss / d logp;
+          (d) backpropagate sum(logp * coefficient) through the kept graph, then forward each other
+              local micro-batch again with gradients and do the same.
+        By the chain rule (d) yields the gradient of the global loss, for A - 1 extra forward passes (of
+        A local micro-batches). Returns (loss output, gathered chosen and rejected log-probs, local tokens).
+        """
+        env, accum, model = self.env, self.cfg["gradient_accumulation_steps"], self.model
+        everyone = step_micro_batches(self.plan, self.step, accum, env.world_size)
+        ranks = [everyone[r * accum:(r + 1) * accum] for r in range(env.world_size)]
+        mine, last = ranks[env.rank], accum - 1
+        chosen_sizes = [sum(len(c) for c, _ in batches) for batches in ranks]
+        rejected_sizes = [sum(len(r) for _, r in batches) for batches in ranks]
+        # Gradients are reduced across ranks in the last backward of (d): the kept graph's only when alone.
+        kept_syncs = last == 0
+
+        # (a) log-probs of every local sequence; only the last micro-batch keeps a graph
+        local_c, local_r, local_kl, n_tokens = [], [], [], 0
+        for k, (c_idx, r_idx) in enumerate(mine):
+            if k == last:
+                with gradient_sync(model, sync=kept_syncs):  # DDP decides at forward time whether to sync
+                    kept, _, n_tokens = self.forward_logps(self.examples(c_idx, r_idx), model)
+                logps = kept.detach()
+            else:
+                with torch.no_grad():
+                    logps = self.forward_logps(self.examples(c_idx, r_idx), unwrap(model))[0]
+            local_c.append(logps[:len(c_idx)])
+            local_r.append(logps[len(c_idx):])
+            if "kl" in self.loss.needs:  # z0 is detached: KL log-probs are needed as values only
+                local_kl.append(self.kl_logps(c_idx))
+        # (b) the whole global batch on every rank
+        pc = gather_varlen(torch.cat(local_c), chosen_sizes, env)
+        pr = gather_varlen(torch.cat(local_r), rejected_sizes, env)
+        kl = gather_varlen(torch.cat(local_kl), chosen_sizes, env) if local_kl else None
+        # (c) d loss / d logp on leaves; every rank computes the same loss, so all raise together
+        pc_leaf, pr_leaf = pc.detach().requires_grad_(True), pr.detach().requires_grad_(True)
+        out = self.contrast_loss(pc_leaf, pr_leaf, [i for c, _ in everyone for i in c],
+                                 [j for _, r in everyone for j in r], kl_logps=kl)
+        self.check_loss(out.loss.item())
+        coef_c, coef_r = torch.autograd.grad(out.loss, (pc_leaf, pr_leaf), allow_unused=True, materialize_grads=True)
+        # DDP and FSDP average gradients over ranks; the global loss wants their sum.
+        coef_c, coef_r = coef_c * env.world_size, coef_r * env.world_size
+        starts_c = list(itertools.accumulate((len(c) for c, _ in mine), initial=sum(chosen_sizes[:env.rank])))
+        starts_r = list(itertools.accumulate((len(r) for _, r in mine), initial=sum(rejected_sizes[:env.rank])))
+
+        def coefficients(k):
+            return torch.cat([coef_c[starts_c[k]:starts_c[k + 1]], coef_r[starts_r[k]:starts_r[k + 1]]])
+
+        # (d) backward of sum(logp * coefficient): the kept graph, then one re-forward at a time
+        with gradient_sync(model, sync=kept_syncs):
+            (kept * coefficients(last).to(kept.dtype)).sum().backward()
+        del kept
+        for k, (c_idx, r_idx) in enumerate(mine[:last]):
+            with gradient_sync(model, sync=k == last - 1):
+                logps, _, tokens = self.forward_logps(self.examples(c_idx, r_idx), model)
+                (logps * coefficients(k).to(logps.dtype)).sum().backward()
+            n_tokens += tokens
+        return out, pc, pr, n_tokens
 
     def apply_gradients(self) -> float:
         """Clip, optimizer and scheduler step; returns the gradient norm before clipping."""
@@ -366,28 +378,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
         rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         path.write_text("".join(r + "\n" for r in rows))
-
-
-def load_config(path, overrides: list[str]) -> dict:
-    cfg = yaml.safe_load(Path(path).read_text()) if path else {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: a training config must be a mapping")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        cfg[key] = yaml.safe_load(value)
-    return cfg
-
-
-def _as_number(value):
-    """YAML 1.1 reads 5e-7 (no dot) as a string; accept it as the number it is meant to be."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rpo.errors import ConfigError
-from rpo.losses import LOSSES, get_loss, rpo_weights, sequence_logps
+from rpo.losses import REGISTRY, get_loss, losses_needing, rpo_weights, sequence_logps
 
 BETA = 0.1
 
@@ -133,7 +133,8 @@ def test_identities():
     args = (t(PC[:1]), t(PR[:1]), t(RC[:1]), t(RR[:1]))
     dpo1 = get_loss("dpo")(*args, beta=BETA).loss.item()
     for name in ("rpo-paired", "rpo-unpaired", "rpo-uniform", "rpo-diagonal"):
-        assert get_loss(name)(*args, beta=BETA, **one).loss.item() == pytest.approx(dpo1, rel=1e-12), name
+        kw = one if "embeddings" in get_loss(name).needs else {}
+        assert get_loss(name)(*args, beta=BETA, **kw).loss.item() == pytest.approx(dpo1, rel=1e-12), name
     # Orthogonal prompts and tau -> 0: the weights become the identity, so off-diagonal logits vanish.
     eye = torch.eye(3, dtype=torch.float64)
     w = rpo_weights(eye, eye, 1e-3)
@@ -154,7 +155,8 @@ GRAD_KW = {
 @pytest.mark.parametrize("name", sorted(GRAD_KW))
 def test_gradcheck(name):
     def f(pc, pr):
-        return get_loss(name)(pc, pr, t(RC), t(RR), beta=0.5, tau=0.5, **GRAD_KW[name]).loss
+        tau = {"tau": 0.5} if "tau" in get_loss(name).hyperparameters else {}
+        return get_loss(name)(pc, pr, t(RC), t(RR), beta=0.5, **tau, **GRAD_KW[name]).loss
 
     inputs = (t(PC).requires_grad_(), t(PR).requires_grad_())
     assert torch.autograd.gradcheck(f, inputs)
@@ -185,9 +187,32 @@ def test_errors():
         call("kto")
     with pytest.raises(ValueError, match="1-D"):
         get_loss("dpo")(t([PC]), t([PR]), t([RC]), t([RR]))
-    # Losses that need no embeddings accept and ignore them.
-    assert call("dpo", chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL)).loss.item() == pytest.approx(call("dpo").loss.item())
-    assert set(LOSSES) == {"sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"}
+    assert set(REGISTRY) == {"sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"}
+
+
+def test_a_loss_takes_only_its_own_keys():
+    # A loss that needs no embeddings refuses them, and a misspelt hyperparameter is an error naming both.
+    with pytest.raises(ConfigError, match="loss 'dpo': unknown key.*chosen_prompt_embeddings.*it takes beta"):
+        call("dpo", chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL))
+    with pytest.raises(ConfigError, match="loss 'rpo-paired': unknown key\\(s\\) taus"):
+        call("rpo-paired", taus=0.5, chosen_prompt_embeddings=t(EW), rejected_prompt_embeddings=t(EL))
+    with pytest.raises(ConfigError, match="loss 'ipo': unknown key\\(s\\) diagonal_weight"):
+        call("ipo", diagonal_weight=0.8)
+    with pytest.raises(ConfigError, match="loss 'sft': takes no reference"):
+        get_loss("sft")(t(PC), t(PR), t(RC), t(RR), chosen_lengths=torch.tensor([1, 1, 1]))
+
+
+def test_registry_defaults_and_needs():
+    # An omitted hyperparameter takes the registry's default: the paper's beta 0.1, tau 0.5, alpha 0.8.
+    assert call("dpo").loss.item() == pytest.approx(call("dpo", beta=0.1).loss.item(), rel=1e-15)
+    assert call("rpo-diagonal").loss.item() == pytest.approx(call("rpo-diagonal", beta=0.1, diagonal_weight=0.8).loss.item())
+    assert {name: dict(spec.hyperparameters) for name, spec in REGISTRY.items()} == {
+        "sft": {}, "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "kto": {"beta": 0.1},
+        "rpo-paired": {"beta": 0.1, "tau": 0.5}, "rpo-unpaired": {"beta": 0.1, "tau": 0.5},
+        "rpo-diagonal": {"beta": 0.1, "diagonal_weight": 0.8}, "rpo-uniform": {"beta": 0.1}}
+    assert losses_needing("embeddings") == ("rpo-paired", "rpo-unpaired")
+    assert losses_needing("kl") == ("kto",)
+    assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired"]
 
 
 def test_sequence_logps_masks_prompt_and_padding():

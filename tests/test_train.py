@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM
 from rpo.data.records import PreferenceRecord, write_records
 from rpo.embed import embed_prompts
 from rpo.errors import CacheMismatchError, ConfigError, TrainingDivergedError
-from rpo.losses import LOSSES, LossOutput
-from rpo.precision import Precision
+from rpo.losses import REGISTRY, LossOutput
 from rpo.models import build_model
+from rpo.precision import Precision
 from rpo.refcache import compute_reference_cache, load_reference_cache
 from rpo.train import Trainer, micro_batch_plan, resolve_config
 
@@ -68,7 +68,7 @@ def weights(folder):
     return load_file(Path(folder) / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", sorted(LOSSES))
+@pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_every_method_trains_and_saves_a_loadable_model(world, tmp_path, method):
     out = Trainer(config(world, tmp_path, method, max_steps=3)).fit()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -79,9 +79,20 @@ def test_every_method_trains_and_saves_a_loadable_model(world, tmp_path, method)
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set().union(*rows)
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method and run["steps"] == 3
+    # run.json holds the loss's own hyperparameters, at the registry's defaults, and no other loss's
+    hyper = dict(REGISTRY[method].hyperparameters)
+    assert {k: run[k] for k in hyper} == hyper and not {"beta", "tau", "diagonal_weight"} - set(hyper) & set(run)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not torch.equal(model.state_dict()["transformer.wte.weight"], weights(world["model"])["transformer.wte.weight"])
     assert not Path(str(out) + ".ckpt").exists()
+
+
+def test_a_run_takes_only_its_losss_hyperparameters(world, tmp_path):
+    with pytest.raises(ConfigError, match="key\\(s\\) tau: not hyperparameters of loss 'dpo' \\(it takes beta\\)"):
+        config(world, tmp_path, "dpo", tau=0.5)
+    with pytest.raises(ConfigError, match="unknown training config key\\(s\\): betta"):
+        config(world, tmp_path, "dpo", betta=0.5)
+    assert config(world, tmp_path, "rpo-paired", tau="2.5e-1")["tau"] == 0.25  # YAML 1.1 reads 2.5e-1 as text
 
 
 def test_first_dpo_step_sees_policy_equal_to_cached_reference(world, tmp_path):
@@ -175,7 +186,7 @@ def test_cache_of_another_precision_is_refused(world, tmp_path):
 def test_nan_loss_stops_with_a_clear_error(world, tmp_path):
     trainer = Trainer(config(world, tmp_path, "dpo"))
     nan = torch.tensor(float("nan"), requires_grad=True)
-    trainer.loss_fn = lambda *a, **k: LossOutput(nan, torch.zeros(1), torch.zeros(1))
+    trainer.contrast_loss = lambda *a, **k: LossOutput(nan, torch.zeros(1), torch.zeros(1))
     with pytest.raises(TrainingDivergedError, match="loss is nan at step 1"):
         trainer.fit()
 
@@ -183,7 +194,7 @@ def test_nan_loss_stops_with_a_clear_error(world, tmp_path):
 def test_config_errors_name_the_key(world, tmp_path):
     with pytest.raises(ConfigError, match="unknown training config key.*learning_rate"):
         config(world, tmp_path, "dpo", learning_rate=1)
-    with pytest.raises(ConfigError, match="'method': unknown 'orpo'"):
+    with pytest.raises(ConfigError, match="'method': unknown loss 'orpo'"):
         config(world, tmp_path, "orpo")
     with pytest.raises(ConfigError, match="'embeddings' is required"):
         config(world, tmp_path, "rpo-paired", embeddings=None)

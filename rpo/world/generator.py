@@ -22,7 +22,7 @@ from rpo.data.records import ASSISTANT, USER, EvalPrompt, PreferenceRecord, writ
 from rpo.world.config import WorldConfig
 from rpo.world.lexicon import DIALOGUE_THEMES
 from rpo.world.lexicon_posts import POST_THEMES
-from rpo.world.scoring import TASKS, reward, words
+from rpo.world.scoring import reward, words
 from rpo.world import tasks
 from rpo.errors import ConfigError, DataError
 from rpo.io import write_json

@@ -6,8 +6,7 @@ import shlex
 import sys
 
 from rpo.config import validate_config
-from rpo.losses import EMBEDDING_LOSSES
-from rpo.pipeline import embedder_short, experiment_runs, parse_run
+from rpo.pipeline import EMBEDDING_LOSSES, embedder_short, experiment_runs, parse_run
 
 
 validate_config(config)

@@ -1,0 +1,100 @@
+"""The training config of `python -m rpo.train`: its keys, their defaults, and the checks on them.
+
+The defaults of the trainer live here and only here; a loss's hyperparameters and their defaults
+live in its registry entry (rpo.losses.REGISTRY), and a run carries only its own loss's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from rpo.errors import ConfigError
+from rpo.losses import get_loss, hyperparameter_names
+from rpo.precision import DTYPES
+
+DEFAULTS = {
+    "model": None, "data": None, "out": None, "method": None,  # required
+    "reference_cache": None, "embeddings": None, "embedder": None, "checkpoint_dir": None,
+    "batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
+    "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
+    "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
+    "seed": 1, "save_every": 50, "dtype": "auto", "device": None, "threads": None,
+    "contrast_scope": "micro", "fsdp": False,
+    "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
+}
+REQUIRED = ("model", "data", "out", "method")
+# Keys that may change between a run and its resumption without invalidating the checkpoint.
+RESUME_FREE_KEYS = ("save_every", "threads", "device", "stop_after_steps", "checkpoint_dir")
+
+
+def resolve_config(config: dict) -> dict:
+    """Defaults filled in and every key checked; the loss's hyperparameters only, with its defaults."""
+    hyper = set(hyperparameter_names())
+    unknown = sorted(set(config) - set(DEFAULTS) - hyper)
+    if unknown:
+        raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}, "
+                          f"and the losses' hyperparameters {', '.join(sorted(hyper))}")
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k not in hyper}}
+    for key in REQUIRED:
+        if not cfg[key]:
+            raise ConfigError(f"training config key '{key}' is required")
+    try:
+        spec = get_loss(cfg["method"])
+    except ConfigError as exc:
+        raise ConfigError(f"training config key 'method': {exc}") from None
+    foreign = sorted(k for k in config if k in hyper and k not in spec.hyperparameters)
+    if foreign:
+        takes = ", ".join(spec.hyperparameters) or "no hyperparameters"
+        raise ConfigError(f"training config key(s) {', '.join(foreign)}: not hyperparameters of loss "
+                          f"{spec.name!r} (it takes {takes})")
+    given = {k: _as_number(config.get(k)) for k in spec.hyperparameters}
+    cfg.update(spec.resolve_hyperparameters(given))
+    for key in ("lr", "weight_decay", "max_grad_norm"):
+        cfg[key] = _as_number(cfg[key])
+    for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"training config key '{key}' must be a positive integer, got {cfg[key]!r}")
+    for key in ("lr", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+            raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
+    if cfg["optimizer"] not in ("rmsprop", "adamw"):
+        raise ConfigError(f"training config key 'optimizer' must be rmsprop or adamw, got {cfg['optimizer']!r}")
+    if "reference" in spec.needs and not cfg["reference_cache"]:
+        raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
+    if "embeddings" in spec.needs and not cfg["embeddings"]:
+        raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
+    scope = cfg["contrast_scope"]
+    if scope not in ("micro", "global"):
+        raise ConfigError(f"training config key 'contrast_scope' must be micro or global, got {scope!r}")
+    if scope == "global" and spec.batching == "sft":
+        raise ConfigError("training config key 'contrast_scope': global has no meaning for sft (no contrast "
+                          "matrix; its token mean is per micro-batch); use micro")
+    if cfg["dtype"] not in DTYPES:
+        raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    if not isinstance(cfg["fsdp"], bool):
+        raise ConfigError(f"training config key 'fsdp' must be true or false, got {cfg['fsdp']!r}")
+    cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
+    return cfg
+
+
+def load_config(path, overrides: list[str]) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text()) if path else {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a training config must be a mapping")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        cfg[key] = yaml.safe_load(value)
+    return cfg
+
+
+def _as_number(value):
+    """YAML 1.1 reads 5e-7 (no dot) as a string; accept it as the number it is meant to be."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
