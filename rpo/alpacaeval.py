@@ -11,7 +11,8 @@ once, at import, so a fresh process is the only reliable way to point it at a gi
 given explicit reference outputs, a caching path and fn_metric get_winrate, so nothing is fetched from
 the Hugging Face hub. The length-controlled win rate needs hub files: it is tried afterwards and
 reported as None (with the reason) when it cannot be computed. Rates are fractions in [0, 1]
-(alpaca_eval itself prints percentages).
+(alpaca_eval itself prints percentages). The 95% interval is the project's one interval
+(rpo.stats.bootstrap_interval) over alpaca_eval's per-instruction scores, read from its annotations.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from rpo.errors import ConfigError, DataError
 from rpo.io import read_jsonl, write_json
 from rpo.judge.base import read_samples, scrub_api_key
+from rpo.stats import bootstrap_interval
 
 DEFAULT_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"
 REFERENCE_GENERATOR = "gpt4_turbo"
@@ -95,8 +97,10 @@ def _length_controlled(annotations_path: Path) -> tuple[float | None, str | None
 
 
 def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_ANNOTATOR, *, output_dir,
-                    caching_path, base_url: str | None = None, timeout_s: float | None = None) -> dict:
-    """Annotate model vs reference outputs with alpaca_eval; return win_rate, standard_error, n, lc_win_rate.
+                    caching_path, base_url: str | None = None, timeout_s: float | None = None,
+                    seed: int = 1) -> dict:
+    """Annotate model vs reference outputs with alpaca_eval; return win_rate, its bootstrap interval
+    (ci_low, ci_high; `seed` seeds it), standard_error, n, lc_win_rate.
 
     base_url, when given, points alpaca_eval's OpenAI client at that endpoint (OPENAI_API_BASE; a set
     OPENAI_CLIENT_CONFIG_PATH is dropped for the run so it cannot override it). The key comes from
@@ -135,7 +139,7 @@ def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_
                               f"({output_dir / 'alpaca_eval.log'}):\n{log[-2000:]}")
     # alpaca_eval puts results in a sub-folder named after a built-in annotator, not after a path.
     results_dir = output_dir if "/" in annotator else output_dir / annotator
-    return _read_results(results_dir, generator, annotator)
+    return _read_results(results_dir, generator, annotator, seed)
 
 
 def read_json_list(path) -> list[dict]:
@@ -148,18 +152,41 @@ def read_json_list(path) -> list[dict]:
     return rows
 
 
-def _read_results(results_dir: Path, generator: str, annotator: str) -> dict:
+def preference_scores(preferences) -> list[float]:
+    """alpaca_eval's per-instruction scores in [0, 1], by its own rule (AbsoluteScoringRule): preference
+    1 = reference better, 2 = model better, 1.5 (or the legacy 0) = draw, anything in between a soft
+    preference; unparseable (NaN) and out-of-range annotations are dropped. Their mean is its win rate."""
+    scores = []
+    for value in preferences:
+        value = 1.5 if value == 0 else float(value)
+        if 1.0 <= value <= 2.0:  # False for NaN
+            scores.append(value - 1.0)
+    return scores
+
+
+def _read_results(results_dir: Path, generator: str, annotator: str, seed: int) -> dict:
     import pandas as pd
 
     leaderboard = pd.read_csv(results_dir / "leaderboard.csv", index_col=0)
     row = leaderboard.loc[generator]
     annotations_path = results_dir / "annotations.json"
     preferences = pd.read_json(annotations_path)["preference"]
+    scores = preference_scores(preferences)
+    if not scores:
+        raise DataError(f"{annotations_path}: no parseable preference among {len(preferences)} annotations")
+    mean, ci_low, ci_high = bootstrap_interval(scores, seed=seed)
+    win_rate = _percent_to_fraction(row["win_rate"])
+    if not math.isclose(mean, win_rate, abs_tol=1e-9):
+        raise DataError(f"{annotations_path}: per-instruction scores average {mean}, but alpaca_eval's "
+                        f"leaderboard says win rate {win_rate}")
     lc_win_rate, lc_error = _length_controlled(annotations_path)
     return {
         "annotator": annotator,
         "generator": generator,
-        "win_rate": _percent_to_fraction(row["win_rate"]),
+        "win_rate": win_rate,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "seed": seed,
         "standard_error": _percent_to_fraction(row["standard_error"]),
         "n": int(row["n_total"]),
         "n_wins": int(row["n_wins"]),
@@ -195,6 +222,7 @@ def main(argv=None) -> int:
     evaluate.add_argument("--output-dir", required=True, type=Path)
     evaluate.add_argument("--caching-path", required=True, type=Path)
     evaluate.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for the annotator")
+    evaluate.add_argument("--seed", type=int, default=1, help="seeds the bootstrap interval")
     evaluate.add_argument("--summary", required=True, type=Path, help="result JSON")
     args = parser.parse_args(argv)
     try:
@@ -206,7 +234,8 @@ def main(argv=None) -> int:
             print(f"wrote {n} outputs to {args.out}")
             return 0
         result = run_alpaca_eval(args.model_outputs, args.reference_outputs, args.annotators_config,
-                                 output_dir=args.output_dir, caching_path=args.caching_path, base_url=args.base_url)
+                                 output_dir=args.output_dir, caching_path=args.caching_path, base_url=args.base_url,
+                                 seed=args.seed)
     except (ConfigError, DataError, AlpacaEvalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

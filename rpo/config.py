@@ -2,9 +2,15 @@
 
 Every message names the config key (as a dotted path), so `snakemake` stops at start-up with
 "config key 'rpo.taus[1]': ..." rather than deep inside a job.
+
+Defaults have one home each: a pipeline key's is its `default:` in the schema, a training: key's is
+rpo.train_config.DEFAULTS (the trainer's), and validate_config writes both into the config, so the
+rules read config[...] without fallbacks. Stage keys (sft:/preference:) go to rpo.train as given;
+their defaults are the trainer's and the loss registry's, never filled in here.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jsonschema
@@ -31,21 +37,47 @@ def load_schema(schema_path=SCHEMA) -> dict:
     return schema
 
 
+def _filling_defaults(validator_class):
+    """`validator_class`, also writing each absent property's `default:` into the instance."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, subschema in props.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+def _declared_keys(node: dict, schema: dict) -> set:
+    keys = set(node.get("properties", {}))
+    if "$ref" in node:
+        keys |= _declared_keys(schema["definitions"][node["$ref"].rsplit("/", 1)[-1]], schema)
+    return keys
+
+
 def validate_config(config: dict, schema_path=SCHEMA) -> dict:
+    """Check `config` and fill in its defaults (in place); return it."""
+    from rpo.train_config import DEFAULTS
+
     schema = load_schema(schema_path)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _filling_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for error in errors:
-            if error.validator == "additionalProperties":
-                unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-                for key in unknown:
+            if error.validator in ("additionalProperties", "unevaluatedProperties"):
+                for key in sorted(set(error.instance) - _declared_keys(error.schema, schema)):
                     where = f"{_key_path(error)}.{key}" if error.absolute_path else key
                     lines.append(f"config key '{where}': unknown key")
             else:
                 lines.append(f"config key '{_key_path(error)}': {error.message}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    for key in schema["properties"]["training"]["properties"]:
+        if key in DEFAULTS:
+            config["training"].setdefault(key, DEFAULTS[key])
     _check_cross_keys(config)
     return config
 
@@ -79,5 +111,43 @@ def _check_cross_keys(config: dict) -> None:
         except ConfigError as exc:
             raise ConfigError(f"config key 'models.{name}': {exc}") from None
     training = config["training"]
-    if training.get("max_prompt_length", 0) >= training.get("max_length", 1 << 30):
+    if training["max_prompt_length"] >= training["max_length"]:
         raise ConfigError("config key 'training.max_prompt_length': must be below training.max_length")
+
+
+class ReadTracker(dict):
+    """A config that records the key paths read from it into `reads` (a set of tuples): a key looked
+    up, and every key of a mapping handed on whole (iterated, unpacked, dumped to JSON). Nested
+    mappings come back tracked. tests/test_config.py runs the workflow on one to prove that every
+    schema key reaches the rules."""
+
+    def __init__(self, data=(), reads: set | None = None, path: tuple = ()):
+        super().__init__(data)
+        self.reads = set() if reads is None else reads
+        self.path = path
+
+    def _record(self, path: tuple) -> None:
+        self.reads.add(path)
+
+    def _read(self, key, value):
+        path = (*self.path, key)
+        self._record(path)
+        return type(self)(value, self.reads, path) if isinstance(value, dict) else value
+
+    def __getitem__(self, key):
+        return self._read(key, super().__getitem__(key))
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def items(self):
+        return [(key, self._read(key, value)) for key, value in super().items()]
+
+    def values(self):
+        return [value for _, value in self.items()]
+
+    def keys(self):
+        return [key for key, _ in self.items()]
+
+    def __iter__(self):
+        return iter(self.keys())

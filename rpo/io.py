@@ -1,4 +1,4 @@
-"""Small I/O helpers: JSONL, atomic writes, content hashes."""
+"""Small I/O helpers: JSON and JSONL, atomic writes, content hashes."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +33,22 @@ def read_jsonl(path) -> list[dict]:
             raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
+
+
+def read_json_object(path) -> dict:
+    """One JSON object from a file; DataError naming the file (and line) when it is not one."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 @contextlib.contextmanager

@@ -1,46 +1,47 @@
-"""The experiment matrix: which runs a config asks for, and what each run's name means.
+"""The run vocabulary: which runs a config asks for, what each run's name says, which runs each table
+shows at which defaults, and the names of the tables and figures. The Snakemake rules and rpo.report
+both read it from here; the rules only wire it to files, so the logic is tested.
 
-Run names are output paths, so a name must say everything that distinguishes a run and parse back
-into the settings that produced it:
+Run names are output paths, so a name says everything that distinguishes a run:
 
     sft_seed1
     dpo_bs8_seed1                              dpo, ipo, kto, rpo-diagonal, rpo-uniform
     rpo-paired_tau0.5_minilm_bs8_seed1         rpo-paired, rpo-unpaired (embedder by short name)
     rpo-paired_tau0.5_minilm_bs32_global_seed1 one contrast matrix over the global batch of 32
 
-The Snakefile only wires these names to rules; the logic lives here so it is tested.
+Names are only ever built from settings, never parsed back: a rule looks its run up by name in the
+config's experiment matrix (`runs_by_name`). Every name of a config:
+
+    python -m rpo.pipeline --configfile config.yaml [--task dialogue]
 """
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
+import argparse
+import difflib
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass
 
 from rpo.errors import ConfigError
-from rpo.losses import REGISTRY, losses_needing
+from rpo.losses import get_loss, hyperparameter_names, losses_needing
 
 EMBEDDING_LOSSES = losses_needing("embeddings")
 
-# Short names keep paths readable; anything else is used as given with "/" replaced.
-EMBEDDER_SHORT = {
-    "all-MiniLM-L6-v2": "minilm",
-    "sentence-transformers/all-MiniLM-L6-v2": "minilm",
-    "sentence-t5-large": "t5large",
-    "sentence-transformers/sentence-t5-large": "t5large",
-    "all-distilroberta-v1": "distilroberta",
-    "sentence-transformers/all-distilroberta-v1": "distilroberta",
-    "tfidf-svd": "tfidf",
-    "random": "random",
-}
-RUN_RE = re.compile(
-    r"^(?P<method>[a-z-]+?)(?:_tau(?P<tau>[0-9.]+)_(?P<embedder>[A-Za-z0-9.-]+))?(?:_bs(?P<batch_size>\d+))?"
-    r"(?P<scope>_global)?_seed(?P<seed>\d+)$"
-)
+# -- embedders -------------------------------------------------------------------------------------
+# The one short form of an embedder name: run names, embedding files and the report's grouping.
+EMBEDDER_SHORT = {"all-MiniLM-L6-v2": "minilm", "sentence-t5-large": "t5large",
+                  "all-distilroberta-v1": "distilroberta", "tfidf-svd": "tfidf", "random": "random"}
+ST_ORG = "sentence-transformers/"  # bare names resolve there (rpo.embed does the same)
 
 
 def embedder_short(name: str) -> str:
-    return EMBEDDER_SHORT.get(name, name.replace("/", "--").replace("_", "-"))
+    bare = name.removeprefix(ST_ORG)
+    return EMBEDDER_SHORT.get(bare, bare.replace("/", "--").replace("_", "-"))
 
 
+# -- runs ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:
     method: str
@@ -50,6 +51,15 @@ class Run:
     embedder: str | None = None  # the full embedder name
     scope: str = "micro"  # "global": batch_size is the global batch one contrast matrix spans
 
+    @classmethod
+    def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None) -> "Run":
+        """The run a trainer's run.json describes: settings its method does not take are dropped."""
+        if method == "sft":
+            return cls("sft", seed)
+        if method not in EMBEDDING_LOSSES:
+            tau = embedder = None
+        return cls(method, seed, batch_size, tau, embedder, scope or "micro")
+
     @property
     def name(self) -> str:
         if self.method == "sft":
@@ -57,9 +67,6 @@ class Run:
         middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
         scope = "_global" if self.scope == "global" else ""
         return f"{self.method}{middle}_bs{self.batch_size}{scope}_seed{self.seed}"
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def trainer_batch(self, micro_batch_size: int) -> dict:
         """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train."""
@@ -72,34 +79,74 @@ class Run:
                 "contrast_scope": "global"}
 
 
-def parse_run(name: str, embedders: list[str]) -> Run:
-    """Invert Run.name, resolving the short embedder name against the configured embedders."""
-    match = RUN_RE.match(name)
-    if not match or match["method"] not in REGISTRY:
-        raise ConfigError(f"run name {name!r} does not name a known method; e.g. dpo_bs8_seed1")
-    method, seed = match["method"], int(match["seed"])
-    scope = "global" if match["scope"] else "micro"
-    if method == "sft":
-        return Run("sft", seed)
-    if match["batch_size"] is None:
-        raise ConfigError(f"run name {name!r} lacks a batch size (_bsN)")
-    if method not in EMBEDDING_LOSSES:
-        return Run(method, seed, int(match["batch_size"]), scope=scope)
-    if match["tau"] is None:
-        raise ConfigError(f"run name {name!r}: {method} needs _tau<value>_<embedder>")
-    by_short = {embedder_short(e): e for e in embedders}
-    if match["embedder"] not in by_short:
-        raise ConfigError(f"run name {name!r}: embedder {match['embedder']!r} is not one of the configured "
-                          f"embedders ({', '.join(by_short)})")
-    return Run(method, seed, int(match["batch_size"]), float(match["tau"]), by_short[match["embedder"]], scope)
-
-
-# Table 1 compares every method at its defaults on every task; the weighting variants, the tau x
+# -- which runs each table shows -------------------------------------------------------------------
+# Table 1 compares methods at their defaults on every task; the weighting variants, the tau x
 # embedder grid, the random-embedding control and the batch-size ablation are ablations, which the
 # paper ran on HH only: `ablation_tasks` says where they run (default: every task).
-WEIGHTING_ABLATIONS = ("rpo-diagonal", "rpo-uniform")
+TABLE1_METHODS = ("sft", "dpo", "ipo", "kto", "rpo-unpaired", "rpo-paired")
+TAU_METHODS = ("rpo-paired",)
+BATCH_METHODS = ("dpo", *EMBEDDING_LOSSES)
+WEIGHTING_METHODS = ("dpo", "rpo-uniform", "rpo-diagonal", "rpo-paired", "rpo-unpaired")
+WEIGHTING_ABLATIONS = tuple(m for m in WEIGHTING_METHODS if m not in TABLE1_METHODS)
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """The settings of a method's main run; None: any value (the report then refuses to pool runs
+    that differ in it)."""
+    batch_size: int | None = None
+    tau: float | None = None
+    embedder: str | None = None
+    control_embedder: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Defaults":
+        rpo = config["rpo"]
+        return cls(config["preference"]["batch_size"], rpo["default_tau"], rpo["default_embedder"],
+                   rpo.get("control_embedder"))
+
+    def is_control(self, run: Run) -> bool:
+        return (run.method in EMBEDDING_LOSSES and self.control_embedder is not None
+                and embedder_short(run.embedder) == embedder_short(self.control_embedder))
+
+    def matches(self, run: Run, vary: tuple[str, ...] = ()) -> bool:
+        """Whether `run` is at the defaults in every setting but those in `vary` (batch_size, scope,
+        tau, embedder; "control": the embedder may also be the control embedder)."""
+        if run.method == "sft":
+            return True
+        checks = {"batch_size": self.batch_size is None or run.batch_size == self.batch_size,
+                  "scope": run.scope == "micro"}
+        if run.method in EMBEDDING_LOSSES:
+            checks["tau"] = self.tau is None or (run.tau is not None and math.isclose(run.tau, self.tau))
+            checks["embedder"] = (self.embedder is None or embedder_short(run.embedder) == embedder_short(self.embedder)
+                                  or ("control" in vary and self.is_control(run)))
+        return all(ok for key, ok in checks.items() if key not in vary)
+
+    def cli_args(self) -> str:
+        """The flags of `python -m rpo.report` that carry these defaults."""
+        flags = (("--main-batch-size", self.batch_size), ("--default-tau", self.tau),
+                 ("--default-embedder", self.embedder), ("--control-embedder", self.control_embedder))
+        return " ".join(f"{flag} {shlex.quote(str(value))}" for flag, value in flags if value is not None)
+
+
+# -- artefacts: one name each, the file stem, the Snakemake target and the rpo.report argument -------
+TABLES = ("table1", "table2", "table3", "table4", "weighting")
+ALPACAEVAL_TABLE = "table2"
+# table -> (methods it shows, settings in which its runs may differ from the defaults)
+TABLE_RUNS = {"table1": (TABLE1_METHODS, ()), "table3": (TAU_METHODS, ("tau", "embedder")),
+              "table4": (BATCH_METHODS, ("batch_size", "scope")), "weighting": (WEIGHTING_METHODS, ("control",))}
+FIGURES = {"table1": "table1", "table2": "table2", "tau": "table3", "table4": "table4", "weighting": "weighting"}
+CURVES = "curves"  # results/figures/{model}/curves/{task}/{run}.png
+HEATMAP = "weights_heatmap"  # results/figures/weights_heatmap_{task}.png
+assert set(TABLE_RUNS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(FIGURES.values()) <= set(TABLES)
+
+
+def in_table(table: str, run: Run, defaults: Defaults) -> bool:
+    methods, vary = TABLE_RUNS[table]
+    return run.method in methods and defaults.matches(run, vary)
+
+
+# -- the experiment matrix -------------------------------------------------------------------------
 def ablation_tasks(config: dict) -> list[str]:
     tasks = config["data"]["tasks"]
     chosen = config.get("ablation_tasks")
@@ -115,12 +162,13 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
     ablate = task is None or task in ablation_tasks(config)
     rpo = config["rpo"]
     bs = config["preference"]["batch_size"]
+    rpo_defaults = (rpo["default_tau"], rpo["default_embedder"])
     runs: list[Run] = []
     for seed in config["seeds"]:
         runs.append(Run("sft", seed))
         for method in config["methods"]:
             if method in EMBEDDING_LOSSES:
-                runs.append(Run(method, seed, bs, *default_rpo(config)))
+                runs.append(Run(method, seed, bs, *rpo_defaults))
                 if ablate:
                     runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
                     if rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
@@ -129,18 +177,91 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
                 runs.append(Run(method, seed, bs))
         ablation = (config.get("batch_size_ablation") or {}) if ablate else {}
         for method in ablation.get("methods", []):
-            defaults = default_rpo(config) if method in EMBEDDING_LOSSES else ()
+            settings = rpo_defaults if method in EMBEDDING_LOSSES else ()
             for size in ablation.get("batch_sizes", []):
-                runs.append(Run(method, seed, size, *defaults))
+                runs.append(Run(method, seed, size, *settings))
             for size in ablation.get("global_batch_sizes", []):
-                runs.append(Run(method, seed, size, *defaults, scope="global"))
+                runs.append(Run(method, seed, size, *settings, scope="global"))
     return list(dict.fromkeys(runs))  # keep order, drop duplicates
 
 
-def default_rpo(config: dict) -> tuple[float, str]:
-    return config["rpo"]["default_tau"], config["rpo"]["default_embedder"]
+def runs_by_name(config: dict, task: str | None = None) -> dict[str, Run]:
+    """The experiment matrix of `task` (None: every task) by run name: how rules find a run's settings."""
+    return {run.name: run for run in experiment_runs(config, task)}
 
 
-def run_summary(run: Run) -> dict:
-    """The settings a run name encodes, for run.json and for the report."""
-    return {"run": run.name, **run.as_dict()}
+def lookup_run(runs: dict[str, Run], name: str, task: str) -> Run:
+    """The run called `name` in `runs` (runs_by_name of `task`), or an error saying how to find valid names."""
+    if name in runs:
+        return runs[name]
+    close = difflib.get_close_matches(name, runs, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"run {name!r} is not in the experiment matrix of task {task!r} (config keys methods, "
+                      f"seeds, rpo, batch_size_ablation, ablation_tasks).{hint} Every run name: "
+                      f"`python -m rpo.pipeline --configfile <profile> --task {task}`, or `snakemake -n`.")
+
+
+def table_runs(config: dict, table: str) -> list[tuple[str, Run]]:
+    """(task, run) of every run `table` shows; AlpacaEval's table: the task is "instructions"."""
+    defaults = Defaults.from_config(config)
+    if table == ALPACAEVAL_TABLE:
+        return [("instructions", run) for run in alpacaeval_runs(config)]
+    return [(task, run) for task in config["data"]["tasks"] for run in experiment_runs(config, task)
+            if in_table(table, run, defaults)]
+
+
+def alpacaeval_runs(config: dict) -> list[Run]:
+    """The runs that answer the instruction set: the methods of alpacaeval.runs, each at its defaults."""
+    defaults, methods = Defaults.from_config(config), (config.get("alpacaeval") or {}).get("runs") or ()
+    return [run for run in experiment_runs(config) if run.method in methods and defaults.matches(run)]
+
+
+# -- training arguments ----------------------------------------------------------------------------
+REFCACHE_ONLY = ("reference_batch_size",)  # training: keys that rpo.refcache reads and rpo.train does not
+
+
+def train_settings(config: dict, run: Run) -> dict:
+    """The settings `python -m rpo.train` gets for `run`: the training: keys, its stage's keys (sft: or
+    preference:) less other losses' hyperparameters (preference: sets beta and diagonal_weight for
+    every method; rpo.train refuses a hyperparameter its loss does not take), then the run's own."""
+    stage = "sft" if run.method == "sft" else "preference"
+    foreign = set(hyperparameter_names()) - set(get_loss(run.method).hyperparameters)
+    settings = {k: v for k, v in config["training"].items() if k not in REFCACHE_ONLY}
+    settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
+    settings.update(method=run.method, seed=run.seed)
+    if stage == "preference":
+        settings.update(run.trainer_batch(config["preference"]["batch_size"]))
+    if run.method in EMBEDDING_LOSSES:
+        settings.update(tau=run.tau, embedder=run.embedder)
+    settings["threads"] = config["threads"]
+    return {k: v for k, v in sorted(settings.items()) if v is not None}
+
+
+def as_overrides(settings: dict) -> str:
+    """key=value arguments (values as JSON, each shell-quoted) for `python -m rpo.train`."""
+    return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in settings.items())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rpo.pipeline", description="List a config's run names.")
+    parser.add_argument("--configfile", default="config.yaml", help="a profile (default: config.yaml)")
+    parser.add_argument("--task", default=None, help="one task's runs (default: the union over tasks)")
+    args = parser.parse_args(argv)
+    import yaml
+
+    from rpo.config import validate_config
+
+    try:
+        with open(args.configfile, encoding="utf-8") as f:
+            config = validate_config(yaml.safe_load(f))
+        if args.task is not None and args.task not in config["data"]["tasks"]:
+            raise ConfigError(f"--task: {args.task!r} is not in data.tasks ({', '.join(config['data']['tasks'])})")
+    except (OSError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(run.name for run in experiment_runs(config, args.task)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

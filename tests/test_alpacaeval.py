@@ -8,10 +8,12 @@ import pytest
 
 from rpo.judge.server import ChatServer
 from rpo.alpacaeval import (
-    DEFAULT_ANNOTATOR, export_model_outputs, export_reference_outputs, main, resolve_annotator, run_alpaca_eval,
+    DEFAULT_ANNOTATOR, export_model_outputs, export_reference_outputs, main, preference_scores, resolve_annotator,
+    run_alpaca_eval,
 )
 from rpo.errors import ConfigError, DataError
 from rpo.io import write_jsonl
+from rpo.stats import bootstrap_interval
 
 # Model outputs: 3 clearly better than the reference, 2 clearly worse => win rate 3/5.
 QUALITY = {"GOOD": 2, "fine": 1, "bad": 0}
@@ -98,6 +100,9 @@ def test_alpaca_eval_end_to_end_with_cache_and_no_key_leak(tmp_path, monkeypatch
         result = json.loads((tmp_path / "result.json").read_text())
         assert (result["win_rate"], result["n"], result["n_wins"], result["n_losses"]) == (0.6, 5, 3, 2)
         assert result["standard_error"] == pytest.approx(0.2449, abs=1e-3)  # sem of [1, 1, 1, 0, 0]
+        # the interval: the project's bootstrap over the per-instruction scores (was 0.6 +- 1.96 SE = [0.12, 1.0])
+        assert (result["ci_low"], result["ci_high"]) == bootstrap_interval([0, 0, 1, 1, 1], seed=1)[1:]
+        assert (result["ci_low"], result["ci_high"]) == (0.2, 1.0)
         assert result["lc_win_rate"] is None and result["lc_error"]  # needs the hub: offline here
         assert result["annotator"] == DEFAULT_ANNOTATOR
 
@@ -116,3 +121,8 @@ def test_missing_key_is_a_config_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         run_alpaca_eval(tmp_path / "m.json", tmp_path / "r.json", output_dir=tmp_path, caching_path=tmp_path / "c",
                         base_url="http://127.0.0.1:9/v1")
+
+
+def test_preference_scores_follow_alpaca_evals_rule():
+    # 2: model better, 1: reference better, 1.5 or the legacy 0: a draw, in between: soft; NaN dropped
+    assert preference_scores([2, 1, 1.5, 0, 1.75, float("nan"), 3]) == [1.0, 0.0, 0.5, 0.5, 0.75]

@@ -1,10 +1,14 @@
-"""The pipeline config schema: both profiles validate, and the method list is the loss registry's."""
+"""The pipeline config schema: both profiles validate, the method list is the loss registry's,
+defaults are filled in from their one home, and every schema key reaches the code that uses it."""
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from rpo.config import load_schema, validate_config
+from rpo.config import ReadTracker, load_schema, validate_config
 from rpo.errors import ConfigError
 from rpo.losses import REGISTRY
 
@@ -26,3 +30,137 @@ def test_method_enum_is_the_registry():
     config["methods"] = ["dpo", "orpo"]
     with pytest.raises(ConfigError, match=r"config key 'methods\[1\]': 'orpo' is not one of \['sft', 'dpo'"):
         validate_config(config)
+
+
+# -- defaults ------------------------------------------------------------------------------------------
+def test_defaults_are_filled_in_from_their_one_home():
+    from rpo.train_config import DEFAULTS
+
+    config = profile("config.yaml")
+    del config["judge"]["max_tokens"], config["training"]["max_length"], config["alpacaeval"]
+    validate_config(config)
+    assert config["judge"]["max_tokens"] == load_schema()["properties"]["judge"]["properties"]["max_tokens"]["default"]
+    assert config["training"]["max_length"] == DEFAULTS["max_length"]  # the trainer's own default
+    assert config["alpacaeval"] == {"runs": [], "annotators_config": "alpaca_eval_gpt4_turbo_fn", "n_prompts": 805}
+    assert "max_steps" not in config["preference"]  # stage keys: rpo.train's defaults, never filled in here
+
+
+def test_read_tracker_records_lookups_and_whole_mappings_handed_on():
+    tracked = ReadTracker({"judge": {"model": "m", "max_tokens": 64}, "data": {"world": {"seed": 1}}, "x": 1})
+    assert tracked["judge"]["model"] == "m" and tracked.get("nope") is None
+    json.dumps(tracked["data"])
+    assert tracked.reads == {("judge",), ("judge", "model"), ("data",), ("data", "world"), ("data", "world", "seed")}
+
+
+def test_sft_takes_no_loss_hyperparameters_and_scope_is_a_runs():
+    config = profile("config.yaml")
+    config["sft"]["beta"] = 0.1
+    config["preference"]["contrast_scope"] = "global"
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert "config key 'sft.beta': unknown key" in str(err.value)
+    assert "config key 'preference.contrast_scope': unknown key" in str(err.value)
+
+
+# -- every schema key reaches the code that uses it -----------------------------------------------------
+STAGES = (("sft",), ("preference",))
+HUB = ("data", "hub")
+
+
+def schema_leaves(node=None, path=(), schema=None):
+    """Key paths of the schema down to its leaves (a mapping without declared properties is a leaf)."""
+    schema = schema or load_schema()
+    node = schema if node is None else node
+    properties = dict(node.get("properties", {}))
+    if "$ref" in node:
+        properties = {**schema["definitions"][node["$ref"].rsplit("/", 1)[-1]].get("properties", {}), **properties}
+    if not properties:
+        return [path]
+    return [leaf for key, sub in properties.items() for leaf in schema_leaves(sub, (*path, key), schema)]
+
+
+def present(config, path):
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return False
+        config = config[key]
+    return True
+
+
+def forwarded(path):
+    """Stage keys go to rpo.train whole and hub specs to rpo.data.prepare: checked by their consumer."""
+    return path[:1] in STAGES or path[:2] == HUB
+
+
+def test_every_schema_key_is_exercised_by_a_profile():
+    """Each key outside the forwarded sections is set (or defaulted) in a profile, so the workflow
+    check below sees whether it is read."""
+    configs = [profile_validated(name) for name in PROFILES]
+    missing = [".".join(p) for p in schema_leaves() if not forwarded(p) and not any(present(c, p) for c in configs)]
+    assert not missing, f"schema keys no profile sets and without a default: {missing}"
+
+
+def test_forwarded_keys_are_taken_by_their_consumer():
+    from rpo.losses import hyperparameter_names
+    from rpo.pipeline import REFCACHE_ONLY
+    from rpo.train_config import DEFAULTS
+
+    trainer = set(DEFAULTS) | set(hyperparameter_names())
+    for path in schema_leaves():
+        if path[:1] in STAGES or (path[0] == "training" and path[1] not in REFCACHE_ONLY):
+            assert path[-1] in trainer, f"{'.'.join(path)}: rpo.train does not take {path[-1]!r}"
+    prepare = (ROOT / "rpo" / "data" / "prepare.py").read_text()
+    for path in schema_leaves():
+        if path[:2] == HUB and len(path) > 3:
+            assert f'"{path[-1]}"' in prepare, f"{'.'.join(path)}: rpo.data.prepare never reads {path[-1]!r}"
+
+
+PROFILES = ("config.yaml", "workflow/paper.yaml")
+# The workflow, on a config that records each key its own code reads: the Snakefile and rule files and
+# rpo/ (Snakemake itself dumps the whole config to JSON for a checksum: that is no use of a key).
+TRACING_SNAKEFILE = """
+import atexit, json, os, sys
+import rpo.config
+
+OURS = ({root!r} + "/rpo/", {root!r} + "/workflow/", {root!r} + "/Snakefile")
+PASS_THROUGH = (os.path.dirname(json.__file__), rpo.config.__file__)
+
+
+class WorkflowReads(rpo.config.ReadTracker):
+    def _record(self, path):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(PASS_THROUGH):
+            frame = frame.f_back
+        if frame is not None and frame.f_code.co_filename.startswith(OURS):
+            self.reads.add(path)
+
+
+_validate, _reads = rpo.config.validate_config, set()
+rpo.config.validate_config = lambda config: WorkflowReads(_validate(config), _reads)
+atexit.register(lambda: open({out!r}, "w").write(json.dumps(sorted(map(list, _reads)))))
+
+include: {root!r} + "/Snakefile"
+"""
+
+
+def profile_validated(name):
+    return validate_config(profile(name))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_schema_key_reaches_the_rules(tmp_path, name):
+    """Plan the whole DAG (every rule's input functions and params, every shell command) on a config
+    that records each key read; a key the schema declares and the profile sets but nothing reads
+    would be silently ignored (judge.max_tokens once was)."""
+    out = tmp_path / "reads.json"
+    wrapper = tmp_path / "Snakefile"
+    wrapper.write_text(TRACING_SNAKEFILE.format(out=str(out), root=str(ROOT)))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(wrapper), "-n", "-p", "--cores", "1",
+                             "--configfile", str(ROOT / name), "--directory", str(tmp_path), "all"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "python -m rpo.judge " in result.stdout and "-m rpo.train " in result.stdout  # the whole DAG was planned
+    reads = {tuple(path) for path in json.loads(out.read_text())}
+    config = profile_validated(name)
+    unread = [".".join(p) for p in schema_leaves() if present(config, p) and p not in reads]
+    assert not unread, f"{name}: schema keys set but never read by the workflow: {unread}"

@@ -1,9 +1,14 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
+from rpo.config import validate_config
 from rpo.errors import ConfigError
-from rpo.pipeline import Run, experiment_runs, parse_run
+from rpo.pipeline import (TABLES, Defaults, Run, alpacaeval_runs, as_overrides, embedder_short, experiment_runs,
+                          lookup_run, main, runs_by_name, table_runs, train_settings)
 
-EMBEDDERS = ["all-MiniLM-L6-v2", "tfidf-svd", "random", "sentence-transformers/sentence-t5-large"]
+ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
     "seeds": [1],
     "methods": ["dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"],
@@ -14,25 +19,45 @@ CONFIG = {
 }
 
 
-@pytest.mark.parametrize("run", [
-    Run("sft", 1), Run("dpo", 2, 8), Run("rpo-diagonal", 1, 4), Run("rpo-paired", 1, 8, 0.25, "all-MiniLM-L6-v2"),
-    Run("rpo-unpaired", 3, 16, 0.75, "random"), Run("rpo-paired", 1, 8, 0.5, "sentence-transformers/sentence-t5-large"),
-])
-def test_run_names_round_trip(run):
-    assert parse_run(run.name, EMBEDDERS) == run
+def profile(name):
+    return validate_config(yaml.safe_load((ROOT / name).read_text()))
 
 
 def test_names_say_what_a_run_is():
     assert Run("rpo-paired", 1, 8, 0.5, "all-MiniLM-L6-v2").name == "rpo-paired_tau0.5_minilm_bs8_seed1"
+    assert Run("rpo-paired", 1, 32, 0.5, "all-MiniLM-L6-v2", "global").name == "rpo-paired_tau0.5_minilm_bs32_global_seed1"
     assert Run("dpo", 1, 8).name == "dpo_bs8_seed1"
     assert Run("sft", 1).name == "sft_seed1"
 
 
-def test_bad_names_are_refused():
-    for bad, message in [("orpo_bs8_seed1", "known method"), ("dpo_seed1", "batch size"),
-                         ("rpo-paired_bs8_seed1", "_tau"), ("rpo-paired_tau0.5_bert_bs8_seed1", "bert")]:
-        with pytest.raises(ConfigError, match=message):
-            parse_run(bad, EMBEDDERS)
+def test_one_short_name_per_embedder():
+    assert embedder_short("all-MiniLM-L6-v2") == embedder_short("sentence-transformers/all-MiniLM-L6-v2") == "minilm"
+    assert embedder_short("sentence-transformers/sentence-t5-large") == "t5large"
+    assert embedder_short("org/some_model") == "org--some-model"
+    assert all(embedder_short(embedder_short(n)) == embedder_short(n) for n in ("random", "org/x_y", "tfidf-svd"))
+
+
+def test_runs_are_looked_up_by_name_never_parsed():
+    runs = runs_by_name(CONFIG)
+    run = Run("rpo-paired", 1, 8, 0.25, "tfidf-svd")
+    assert lookup_run(runs, run.name, "dialogue") is runs[run.name] and runs[run.name] == run
+    with pytest.raises(ConfigError) as err:
+        lookup_run(runs, "dpo_bs3_seed1", "dialogue")  # a well-formed name the matrix does not have
+    assert "not in the experiment matrix of task 'dialogue'" in str(err.value)
+    assert "Did you mean " in str(err.value) and "dpo_bs2_seed1" in str(err.value)
+    assert "python -m rpo.pipeline --configfile <profile> --task dialogue" in str(err.value)
+
+
+def test_from_settings_drops_what_the_method_does_not_take():
+    assert Run.from_settings("dpo", 1, 8, tau=0.5, embedder=None, scope=None) == Run("dpo", 1, 8)
+    assert Run.from_settings("sft", 2, 16, tau=0.5) == Run("sft", 2)
+    assert Run.from_settings("rpo-paired", 1, 32, 0.5, "random", "global").scope == "global"
+
+
+def test_cli_lists_run_names(capsys):
+    assert main(["--configfile", str(ROOT / "config.yaml"), "--task", "summarization"]) == 0
+    assert capsys.readouterr().out.split() == [r.name for r in experiment_runs(profile("config.yaml"), "summarization")]
+    assert main(["--configfile", str(ROOT / "config.yaml"), "--task", "hh"]) == 1
 
 
 def test_experiment_matrix():
@@ -68,3 +93,56 @@ def test_ablations_run_only_on_the_ablation_tasks():
     assert [r.name for r in experiment_runs(config)] == dialogue  # the union
     everywhere = {**config, "ablation_tasks": None}
     assert [r.name for r in experiment_runs(everywhere, "summarization")] == dialogue
+
+
+def test_defaults_pick_each_tables_runs():
+    config = {**CONFIG, "data": {"tasks": ["dialogue"]}}
+    names = {table: [r.name for _, r in table_runs(config, table)] for table in ("table1", "table3", "table4", "weighting")}
+    assert names["table1"] == ["sft_seed1", "dpo_bs8_seed1", "ipo_bs8_seed1", "kto_bs8_seed1",
+                               "rpo-paired_tau0.5_minilm_bs8_seed1", "rpo-unpaired_tau0.5_minilm_bs8_seed1"]
+    assert set(names["table3"]) == {f"rpo-paired_tau{t}_{e}_bs8_seed1" for t in ("0.25", "0.5") for e in ("minilm", "tfidf")} | {
+        "rpo-paired_tau0.5_random_bs8_seed1"}
+    assert set(names["table4"]) == {"dpo_bs2_seed1", "dpo_bs8_seed1", "dpo_bs16_seed1", "rpo-unpaired_tau0.5_minilm_bs8_seed1",
+                                    *(f"rpo-paired_tau0.5_minilm_bs{b}_seed1" for b in (2, 8, 16))}
+    assert set(names["weighting"]) == {"dpo_bs8_seed1", "rpo-uniform_bs8_seed1", "rpo-diagonal_bs8_seed1",
+                                       *(f"{m}_tau0.5_{e}_bs8_seed1" for m in ("rpo-paired", "rpo-unpaired")
+                                         for e in ("minilm", "random"))}
+    defaults = Defaults.from_config(config)
+    assert defaults.cli_args() == ("--main-batch-size 8 --default-tau 0.5 --default-embedder all-MiniLM-L6-v2 "
+                                   "--control-embedder random")
+    assert not defaults.matches(Run("rpo-paired", 1, 8, 0.5, "all-MiniLM-L6-v2", "global"))
+    assert Defaults().matches(Run("rpo-paired", 1, 2, 0.25, "x"))  # no defaults: every run
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "workflow/paper.yaml"])
+def test_every_table_of_a_profile_has_runs(name):
+    config = profile(name)
+    assert all(table_runs(config, table) for table in TABLES)
+    assert [r.name for r in alpacaeval_runs(config)] == ["sft_seed1", "dpo_bs8_seed1", "rpo-paired_tau0.5_minilm_bs8_seed1"]
+
+
+def test_a_run_gets_only_its_own_losses_hyperparameters():
+    config = profile("config.yaml")
+    runs = runs_by_name(config, "dialogue")
+    dpo = train_settings(config, runs["dpo_bs8_seed1"])
+    assert dpo["beta"] == 0.1 and "diagonal_weight" not in dpo and "tau" not in dpo
+    assert "reference_batch_size" not in dpo and dpo["max_length"] == 160 and dpo["threads"] == 1
+    assert train_settings(config, runs["rpo-diagonal_bs8_seed1"])["diagonal_weight"] == 0.8
+    paired = train_settings(config, runs["rpo-paired_tau0.25_minilm_bs8_seed1"])
+    assert (paired["tau"], paired["embedder"], "diagonal_weight" in paired) == (0.25, "all-MiniLM-L6-v2", False)
+    sft = train_settings(config, runs["sft_seed1"])
+    assert sft["lr"] == 0.002 and not {"beta", "tau", "diagonal_weight", "contrast_scope"} & set(sft)
+    wide = train_settings(config, runs["rpo-paired_tau0.5_minilm_bs32_global_seed1"])
+    assert (wide["batch_size"], wide["gradient_accumulation_steps"], wide["contrast_scope"]) == (8, 4, "global")
+    assert as_overrides({"method": "dpo", "lr": 5e-05}) == "'method=\"dpo\"' lr=5e-05"
+
+
+def test_the_trainer_accepts_what_the_pipeline_passes(tmp_path):
+    from rpo.train_config import resolve_config
+
+    for name in ("config.yaml", "workflow/paper.yaml"):
+        config = profile(name)
+        for run in experiment_runs(config):
+            paths = {"model": "m", "data": "d", "out": str(tmp_path / run.name), "reference_cache": "r",
+                     "embeddings": "e"}
+            resolve_config({**paths, **train_settings(config, run)})

@@ -3,6 +3,7 @@ where published and "n/a" elsewhere, missing inputs are named, and every figure 
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,14 +11,17 @@ import pytest
 import torch
 
 from rpo.errors import DataError
+from rpo.judge.winrate import summarize
 from rpo.losses import rpo_weights
+from rpo.pipeline import Defaults
 from rpo.report import (collect_alpacaeval, collect_runs, load_metrics, read_weight_example, table1, table2,
-                        table3, table4, weight_example, weighting_ablation, write_table)
+                        table3, table4, weight_example, weighting, write_table)
 from rpo.report.__main__ import main
 from rpo.report.figures import shorten_prompt
-from rpo.report.tables import to_markdown, wilson_interval
+from rpo.report.tables import to_markdown
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tiny-llama"
 MINILM = "all-MiniLM-L6-v2"
 # (method, tau, embedder, batch size) -> dialogue win rate; summarization gets the same minus 0.2.
@@ -32,6 +36,9 @@ RUNS = {
     ("rpo-paired", 0.5, MINILM, 2): 0.62, ("rpo-paired", 0.5, MINILM, 4): 0.71,
 }
 SHORT = {MINILM: "minilm", "tfidf-svd": "tfidf", "random": "random"}
+DEFAULTS = Defaults(batch_size=8, tau=0.5, embedder=MINILM, control_embedder="random")
+DEFAULT_FLAGS = ["--main-batch-size", "8", "--default-tau", "0.5", "--default-embedder", MINILM,
+                 "--control-embedder", "random"]
 
 
 def run_name(method, tau, embedder, bs, seed=1):
@@ -65,9 +72,12 @@ def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta
     wins = round(win_rate * n)
     low, high = max(0.0, win_rate - 0.064), min(1.0, win_rate + 0.055)
     judgment = {"run": run, "task": task, "n": n, "wins": wins, "ties": 3, "losses": n - wins - 3, "unparseable": 0,
-                "win_rate": win_rate, "ci_low": low, "ci_high": high}
+                "win_rate": win_rate, "ci_low": low, "ci_high": high, "seed": 1}
     (root / task / "judgments").mkdir(parents=True, exist_ok=True)
     (root / task / "judgments" / f"{run}.winrate.json").write_text(json.dumps(judgment))
+    verdicts = ["model_win"] * wins + ["tie"] * 3 + ["chosen_win"] * (n - wins - 3)
+    (root / task / "judgments" / f"{run}.jsonl").write_text(
+        "".join(json.dumps({"id": f"{task}-{i}", "verdict": v}) + "\n" for i, v in enumerate(verdicts)))
     return run
 
 
@@ -84,9 +94,10 @@ def build_tree(root):
                           ("rpo-paired_tau0.5_minilm_bs8_seed1", 0.331, 0.30)):
         (alpaca / f"{run}.json").write_text(json.dumps({"run": run, "win_rate": rate, "standard_error": 0.015, "n": 805,
                                                         "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
-    # as rpo.alpacaeval writes it: generator instead of run, no interval, no LC rate
+    # as rpo.alpacaeval writes it: generator instead of run, no LC rate
     (alpaca / "kto_bs8_seed1.json").write_text(json.dumps({"generator": "kto_bs8_seed1", "win_rate": 0.2,
-                                                             "standard_error": 0.01, "n": 805}))
+                                                             "standard_error": 0.01, "n": 805, "ci_low": 0.175,
+                                                             "ci_high": 0.226, "lc_win_rate": None}))
     prompts = [f"\n<|user|>\nQuestion number {i} about {'cooking' if i % 2 else 'taxes and the law of the land'}?"
                f"\n<|assistant|>\n" for i in range(6)]
     embeddings = np.random.default_rng(0).standard_normal((6, 16))
@@ -136,6 +147,13 @@ def test_missing_files_and_expected_runs_are_named(tree, tmp_path):
     assert "summarization/kto_bs8_seed1" in message and "kto_bs8_seed1.winrate.json" in message
     with pytest.raises(DataError, match="instructions/alpacaeval/gone.json"):
         collect_alpacaeval(copy, expected_runs=["instructions/gone", "bare_name_is_not_alpacaeval"])
+    # with expected runs, exactly those are read: a trained but unjudged run elsewhere does not matter
+    assert list(collect_runs(copy, expected_runs=["dialogue/dpo_bs8_seed1"])["run"]) == ["dpo_bs8_seed1"]
+    assert list(collect_alpacaeval(copy, ["instructions/sft_seed1"])["run"]) == ["sft_seed1"]
+    stale = copy / "instructions" / "alpacaeval" / "kto_bs8_seed1.json"
+    stale.write_text(json.dumps({k: v for k, v in json.loads(stale.read_text()).items() if k != "ci_low"}))
+    with pytest.raises(DataError, match=r"kto_bs8_seed1\.json: no interval .*rerun `python -m rpo.alpacaeval"):
+        collect_alpacaeval(copy)
 
 
 def test_bad_inputs_name_file_and_key(tree, tmp_path):
@@ -163,7 +181,7 @@ def test_bad_inputs_name_file_and_key(tree, tmp_path):
 
 
 def test_table1_cells_equal_inputs_beside_paper_values(runs):
-    frame = table1(runs).frame
+    frame = table1(runs, DEFAULTS).frame
     assert list(frame["method"]) == ["SFT", "DPO", "IPO", "KTO", "RPO-Unpaired", "RPO-Paired"]
     paired = row_of(frame, method="RPO-Paired")
     assert paired["dialogue"] == "78.5 [72.1, 84.0]"  # tau 0.5, MiniLM, batch 8: not the sweep's other runs
@@ -184,15 +202,28 @@ def test_seeds_pool_and_conflicting_runs_refuse(tree, tmp_path):
     copy = shutil.copytree(tree, tmp_path / "r")
     add_run(copy, "dialogue", "sft", None, None, 8, 0.40, seed=2)
     add_run(copy, "dialogue", "ipo", None, None, 8, 0.60, seed=2)
-    frame, data = (lambda t: (t.frame, t.data))(table1(collect_runs(copy)))
-    low, high = wilson_interval(round(0.65 * 256) + round(0.60 * 256), 512)
-    expected = f"{100 * (166 + 154) / 512:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    frame, data = (lambda t: (t.frame, t.data))(table1(collect_runs(copy), DEFAULTS))
+    # pooled prompt by prompt: both seeds' verdicts, bootstrapped by the judge's own summary and seed
+    judged = [json.loads(line) for seed in (1, 2) for line in
+              (copy / "dialogue" / "judgments" / f"ipo_bs8_seed{seed}.jsonl").read_text().splitlines()]
+    pooled = summarize(judged, seed=1)
+    assert pooled["n"] == 512 and pooled["wins"] == 166 + 154
+    expected = f"{100 * pooled['win_rate']:.1f} [{100 * pooled['ci_low']:.1f}, {100 * pooled['ci_high']:.1f}]"
     assert row_of(frame, method="IPO")["dialogue"] == expected
+    assert row_of(data, task="dialogue", method="ipo")["ci_low"] == pooled["ci_low"]
     assert set(frame["model"]) == {MODEL}  # seed 2's runs descend from sft_seed2, whose base is the same
     assert row_of(data, task="dialogue", method="ipo")["n_runs"] == 2
     add_run(copy, "dialogue", "kto", None, None, 8, 0.60, seed=2, beta=0.5)
     with pytest.raises(DataError, match=r"kto_bs8_seed1, kto_bs8_seed2 land in one table cell but differ in 'beta'"):
-        table1(collect_runs(copy))
+        table1(collect_runs(copy), DEFAULTS)
+    (copy / "dialogue" / "judgments" / "ipo_bs8_seed2.jsonl").write_text('{"verdict": "tie"}\n')
+    with pytest.raises(DataError, match=r"ipo_bs8_seed2\.jsonl: 1 verdicts with 0 wins, but its winrate.json says n=256"):
+        table1(collect_runs(copy, expected_runs=["dialogue/ipo_bs8_seed1", "dialogue/ipo_bs8_seed2"]), DEFAULTS)
+
+
+def test_without_defaults_runs_that_differ_are_not_pooled(runs):
+    with pytest.raises(DataError, match=r"dpo_bs2_seed1, dpo_bs4_seed1, dpo_bs8_seed1 .* differ in 'batch_size'.*pass the defaults"):
+        table1(runs)
 
 
 def test_table2_alpacaeval(tree):
@@ -201,15 +232,15 @@ def test_table2_alpacaeval(tree):
     paired = row_of(frame, method="RPO-Paired")
     assert (paired["win rate"], paired["paper"], paired["LC win rate"], paired["SE"]) == ("33.1 [30.1, 36.1]", "38.88", "30.0", "1.5")
     assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a"]
-    assert row_of(frame, method="KTO")[["win rate", "paper"]].tolist() == ["20.0 [18.0, 22.0]", "n/a"]
+    assert row_of(frame, method="KTO")[["win rate", "paper"]].tolist() == ["20.0 [17.5, 22.6]", "n/a"]
 
 
 def test_table3_tau_by_embedder(runs):
-    frame = table3(runs).frame
-    minilm = row_of(frame, task="dialogue", embedder=MINILM)
+    frame = table3(runs, DEFAULTS).frame
+    minilm = row_of(frame, task="dialogue", embedder="minilm")  # embedders by their one short name
     assert [minilm[f"tau={t}"][:4] for t in ("0.25", "0.5", "0.75")] == ["76.0", "78.5", "77.0"]
     assert minilm["paper"] == "78.52 at tau=0.5"
-    tfidf = row_of(frame, task="summarization", embedder="tfidf-svd")
+    tfidf = row_of(frame, task="summarization", embedder="tfidf")
     assert [tfidf[f"tau={t}"][:4] for t in ("0.25", "0.5", "0.75")] == ["51.0", "53.0", "52.0"]
     assert tfidf["paper"] == "n/a"
     random_row = row_of(frame, task="dialogue", embedder="random")
@@ -217,7 +248,7 @@ def test_table3_tau_by_embedder(runs):
 
 
 def test_table4_batch_sizes(runs):
-    frame = table4(runs).frame
+    frame = table4(runs, DEFAULTS).frame
     assert [c for c in frame.columns if c.startswith("bs=")] == ["bs=2", "bs=4", "bs=8"]
     paired = row_of(frame, task="dialogue", method="RPO-Paired")
     assert [paired[c][:4] for c in ("bs=2", "bs=4", "bs=8")] == ["62.0", "71.0", "78.5"]
@@ -226,7 +257,7 @@ def test_table4_batch_sizes(runs):
 
 
 def test_weighting_ablation(runs):
-    frame = weighting_ablation(runs).frame
+    frame = weighting(runs, DEFAULTS).frame
     paper = dict(zip(frame["method"], frame["dialogue: paper (Anthropic HH)"]))
     assert paper == {"DPO": "72.26", "Uniform weights (w=1)": "68.36", "Diagonal-heavy (alpha=0.8)": "69.92 (reported)",
                      "Embedding-weighted (RPO-Paired)": "78.52", "Random-embedding control": "n/a",
@@ -237,7 +268,7 @@ def test_weighting_ablation(runs):
 
 
 def test_written_table_files(runs, tmp_path):
-    table = table1(runs)
+    table = table1(runs, DEFAULTS)
     paths = write_table(table, tmp_path / "t" / "table1")
     assert sorted(p.name for p in paths) == ["table1.csv", "table1.data.csv", "table1.md", "table1.tex"]
     assert pd.read_csv(paths[0], dtype=str, keep_default_na=False).equals(table.frame.astype(str))
@@ -270,23 +301,25 @@ def assert_png(path):
 
 
 def test_cli_writes_every_table_and_figure(tree, tmp_path, capsys):
-    assert main(["tables", "--results", str(tree), "--out", str(tmp_path / "tables")]) == 0
-    for name in ("table1", "table2", "table3", "table4", "ablation"):
+    assert main(["tables", "--results", str(tree), "--out", str(tmp_path / "tables"), *DEFAULT_FLAGS]) == 0
+    for name in ("table1", "table2", "table3", "table4", "weighting"):
         for suffix in (".csv", ".md", ".tex", ".data.csv"):
             assert (tmp_path / "tables" / f"{name}{suffix}").is_file()
     assert "rpo-paired\\_tau0.5\\_minilm\\_bs8\\_seed1" in (tmp_path / "tables" / "table2.tex").read_text()
     out = tmp_path / "figures"
     args = ["--results", str(tree), "--tasks", "dialogue"]
-    assert main(["figures", *args, "--out", str(out), "--weights", str(tree / "weights.json"),
-                 "--targets", "fig-table1", "fig-table2", "fig-tau", "fig-batch", "fig-ablation"]) == 0
-    for name in ("table1", "table2", "tau", "batch_size", "ablation", "weights"):
+    config = ROOT / "config.yaml"  # the defaults from a pipeline profile instead of flags
+    assert main(["figures", *args, "--config", str(config), "--out", str(out), "--weights", str(tree / "weights.json"),
+                 "--targets", "table1", "table2", "tau", "table4", "weighting"]) == 0
+    for name in ("table1", "table2", "tau", "table4", "weighting", "weights_heatmap"):
         assert_png(out / f"{name}.png")
     assert main(["curve", *args, "--run", "rpo-paired_tau0.5_minilm_bs8_seed1", "--task", "dialogue",
                  "--out", str(out / "curve_rpo")]) == 0
     assert main(["curve", *args, "--run", "sft_seed1", "--task", "dialogue", "--out", str(out / "curve_sft")]) == 0
     assert_png(out / "curve_rpo.png") and assert_png(out / "curve_sft.png")
     capsys.readouterr()
-    assert main(["table1", "--results", str(tree), "--out", str(tmp_path / "x"), "--expected-runs", "dialogue/nope"]) == 1
+    assert main(["table", "table1", "--results", str(tree), "--out", str(tmp_path / "x"), "--expected-runs",
+                 "dialogue/nope"]) == 1
     assert "expected run dialogue/nope is missing" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 

@@ -1,10 +1,13 @@
-"""Win-rate summary: the paper's counting rule and the seeded bootstrap interval."""
+"""Win-rate summary: the paper's counting rule and the project's one interval, the seeded bootstrap."""
 import math
 
+import numpy as np
 import pytest
 
+import rpo.stats
 from rpo.errors import DataError
 from rpo.judge.winrate import summarize
+from rpo.stats import bootstrap_interval
 
 
 def test_ties_and_unparseable_are_non_wins():
@@ -41,3 +44,25 @@ def test_degenerate_cases():
 def test_unknown_verdict_is_refused():
     with pytest.raises(DataError, match="unknown verdicts \\['A'\\]"):
         summarize(["model_win", "A"])
+
+
+@pytest.mark.parametrize("n, seed, chunk", [(7, 0, 1 << 22), (1024, 1, 1 << 22), (300, 3, 1000)])
+def test_interval_is_bit_identical_to_one_draw_of_all_resamples(monkeypatch, n, seed, chunk):
+    """The judge summary's interval as it was before rpo.stats: one draw of every resample, then the
+    quantiles. Drawing in blocks (chunk: resampled indices per block) keeps the random stream."""
+    monkeypatch.setattr(rpo.stats, "_CHUNK", chunk)
+    wins = (np.random.default_rng(99).random(n) < 0.6).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = wins[rng.integers(0, n, size=(10_000, n))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    summary = summarize(["model_win" if w else "chosen_win" for w in wins], seed=seed)
+    assert (summary["win_rate"], summary["ci_low"], summary["ci_high"]) == (float(wins.mean()), float(low), float(high))
+
+
+def test_the_interval_takes_scores_of_any_kind():
+    mean, low, high = bootstrap_interval([1.0, 0.5, 0.0, 1.0, 0.25] * 40, seed=1)  # draws, soft preferences
+    assert mean == pytest.approx(0.55) and low < mean < high
+    assert bootstrap_interval([1.0] * 5, seed=0) == (1.0, 1.0, 1.0)
+    for bad in ([], [[1.0]], [float("nan")]):
+        with pytest.raises(DataError, match="bootstrap_interval"):
+            bootstrap_interval(bad, seed=0)

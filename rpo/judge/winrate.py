@@ -1,4 +1,4 @@
-"""Win rate over judged prompts, with a seeded percentile-bootstrap confidence interval.
+"""Win rate over judged prompts, with the project's one interval (rpo.stats.bootstrap_interval).
 
 Paper rule: win rate = wins / number of prompts; ties and unparseable answers are non-wins.
 """
@@ -11,9 +11,11 @@ import numpy as np
 
 from rpo.errors import DataError
 from rpo.judge.base import OUTCOMES
+from rpo.stats import CONFIDENCE, N_RESAMPLES, bootstrap_interval
 
 
-def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = 10_000, confidence: float = 0.95) -> dict:
+def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
+              confidence: float = CONFIDENCE) -> dict:
     """`judgments`: outcome strings or judgment rows with a "verdict" key (one of OUTCOMES).
 
     Returns n, wins, ties, losses, unparseable, win_rate, ci_low, ci_high (the rates are None for n = 0).
@@ -37,10 +39,6 @@ def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = 10_000, 
     if n == 0:
         return summary
     wins = np.array([o == "model_win" for o in outcomes], dtype=np.float64)
-    # Resample prompts with replacement; the interval is the central `confidence` mass of the means.
-    rng = np.random.default_rng(seed)
-    means = wins[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    summary.update(win_rate=float(wins.mean()), ci_low=float(low), ci_high=float(high))
+    win_rate, low, high = bootstrap_interval(wins, seed=seed, n_resamples=n_resamples, confidence=confidence)
+    summary.update(win_rate=win_rate, ci_low=low, ci_high=high)
     return summary

@@ -1,54 +1,64 @@
 """Command line: build every table or figure, or one of them (for one Snakemake rule each).
 
-  python -m rpo.report tables  --results results --out results/tables  [--expected-runs ...]
-  python -m rpo.report figures --results results --out results/figures [--weights example.json]
-  python -m rpo.report table1  --results results --out results/tables/table1      (writes table1.{csv,md,tex})
-  python -m rpo.report fig-tau --results results --out results/figures/tau        (writes tau.{png,pdf})
-  python -m rpo.report curves  --results results --out results/figures/curves
-  python -m rpo.report curve   --results results --task dialogue --run dpo_bs8_seed1 --out STEM
+  python -m rpo.report tables  --results results/small --out results/tables/small --config config.yaml
+  python -m rpo.report figures --results results/small --out results/figures/small --config config.yaml
+  python -m rpo.report table table1 --results results/small --out results/tables/small/table1  (table1.{csv,md,tex})
+  python -m rpo.report figure tau   --results results/small --out results/figures/small/tau   (tau.{png,pdf})
+  python -m rpo.report curves  --results results/small --out results/figures/small/curves
+  python -m rpo.report curve   --results results/small --task dialogue --run dpo_bs8_seed1 --out STEM
   python -m rpo.report weights-example --records train.jsonl --embeddings minilm.pt \
       --embedder all-MiniLM-L6-v2 --tau 0.5 --batch-size 8 --out example.json
-  python -m rpo.report heatmap --weights example.json --out results/figures/weights
+  python -m rpo.report heatmap --weights example.json --out results/figures/weights_heatmap_dialogue
 
+Table and figure names are rpo.pipeline's (TABLES, FIGURES), as are the runs each table shows: the
+main runs are those at the defaults, taken from --config (a pipeline profile) and/or the flags
+--main-batch-size, --default-tau, --default-embedder, --control-embedder (Snakemake passes these).
 --expected-runs takes "task/run" (or a bare run name, required in every task); AlpacaEval runs are
-"instructions/run". Every command exits non-zero with a message naming what is missing.
+"instructions/run"; given, exactly those runs are read. Every command exits non-zero with a message
+naming what is missing.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+import yaml
+
+from rpo.config import validate_config
 from rpo.errors import ConfigError, DataError
+from rpo.pipeline import ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults
 from rpo.report import figures, tables
 from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_trained_runs, load_metrics
 
-TABLES = ("table1", "table2", "table3", "table4", "ablation")
-# figure name -> (table it plots, plotting function)
-FIGURES = {
-    "fig-table1": ("table1", figures.plot_winrate_bars),
-    "fig-table2": ("table2", figures.plot_winrate_bars),
-    "fig-tau": ("table3", figures.plot_tau),
-    "fig-batch": ("table4", figures.plot_batch_size),
-    "fig-ablation": ("ablation", figures.plot_winrate_bars),
-}
-FIGURE_FILES = {"fig-table1": "table1", "fig-table2": "table2", "fig-tau": "tau", "fig-batch": "batch_size",
-                "fig-ablation": "ablation"}
+BUILDERS = {"table1": tables.table1, "table3": tables.table3, "table4": tables.table4, "weighting": tables.weighting}
+PLOTS = {"table1": figures.plot_winrate_bars, "table2": figures.plot_winrate_bars, "tau": figures.plot_tau,
+         "table4": figures.plot_batch_size, "weighting": figures.plot_winrate_bars}
+assert set(BUILDERS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(PLOTS) == set(FIGURES)
+
+
+def defaults(args) -> Defaults:
+    """--config's defaults, each overridden by its flag where given."""
+    base = Defaults()
+    if args.config is not None:
+        try:
+            base = Defaults.from_config(validate_config(yaml.safe_load(args.config.read_text())))
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {args.config}: {exc}") from exc
+    given = {"batch_size": args.main_batch_size, "tau": args.default_tau, "embedder": args.default_embedder,
+             "control_embedder": args.control_embedder}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def build_table(name: str, args) -> tables.Table:
-    if name == "table2":
+    if name == ALPACAEVAL_TABLE:
         return tables.table2(collect_alpacaeval(args.results, args.expected_runs))
-    runs = collect_runs(args.results, args.tasks, args.expected_runs)
-    if name == "table1":
-        return tables.table1(runs, args.main_batch_size, args.default_tau, args.default_embedder)
-    if name == "table3":
-        return tables.table3(runs, args.main_batch_size)
-    if name == "table4":
-        return tables.table4(runs, args.default_tau, args.default_embedder)
-    if name == "ablation":
-        return tables.weighting_ablation(runs, args.main_batch_size, args.default_tau, args.default_embedder)
-    raise ConfigError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
+    return BUILDERS[name](collect_runs(args.results, args.tasks, args.expected_runs), defaults(args))
+
+
+def build_figure(name: str, args, stem) -> list[Path]:
+    return PLOTS[name](build_table(FIGURES[name], args), stem)
 
 
 def write_curves(results, tasks, out_dir: Path) -> list[Path]:
@@ -84,13 +94,13 @@ def _add_common(parser, out_help: str) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="judged tasks (default: both)")
-    parser.add_argument("--expected-runs", nargs="*", default=None, help="runs that must be present: task/run or run")
-    parser.add_argument("--default-tau", type=float, default=tables.DEFAULT_TAU,
-                        help="tau of the main RPO runs (default: the paper's 0.5)")
-    parser.add_argument("--default-embedder", default=tables.DEFAULT_EMBEDDER,
-                        help="embedder of the main RPO runs (default: the paper's all-MiniLM-L6-v2)")
-    parser.add_argument("--main-batch-size", type=int, default=None,
-                        help="batch size of the main runs (default: the most common one per task)")
+    parser.add_argument("--expected-runs", nargs="*", default=None,
+                        help="read exactly these runs, each required: task/run or run")
+    parser.add_argument("--config", type=Path, default=None, help="pipeline profile whose defaults pick the main runs")
+    parser.add_argument("--main-batch-size", type=int, default=None, help="batch size of the main runs")
+    parser.add_argument("--default-tau", type=float, default=None, help="tau of the main RPO runs")
+    parser.add_argument("--default-embedder", default=None, help="embedder of the main RPO runs")
+    parser.add_argument("--control-embedder", default=None, help="embedder of the RPO control runs")
 
 
 def parse_args(argv=None):
@@ -102,13 +112,15 @@ def parse_args(argv=None):
     p.add_argument("--targets", nargs="+", choices=TABLES, default=list(TABLES))
     p = sub.add_parser("figures", help="every figure into a folder")
     _add_common(p, "output folder")
-    p.add_argument("--targets", nargs="+", choices=[*FIGURES, "curves"], default=[*FIGURES, "curves"])
-    p.add_argument("--weights", type=Path, default=None, help="weight-example JSON for the heat map")
-    for name in TABLES:
-        _add_common(sub.add_parser(name, help=f"{name} only"), "output stem: writes STEM.csv/.md/.tex/.data.csv")
-    for name in FIGURES:
-        _add_common(sub.add_parser(name, help=f"{name} only"), "output stem: writes STEM.png and STEM.pdf")
-    _add_common(sub.add_parser("curves", help="training curves of every trained run"), "output folder")
+    p.add_argument("--targets", nargs="+", choices=[*FIGURES, CURVES], default=[*FIGURES, CURVES])
+    p.add_argument("--weights", type=Path, default=None, help=f"weight-example JSON for the heat map ({HEATMAP}.png)")
+    p = sub.add_parser("table", help="one table")
+    p.add_argument("name", choices=TABLES)
+    _add_common(p, "output stem: writes STEM.csv/.md/.tex/.data.csv")
+    p = sub.add_parser("figure", help="one figure")
+    p.add_argument("name", choices=list(FIGURES))
+    _add_common(p, "output stem: writes STEM.png and STEM.pdf")
+    _add_common(sub.add_parser(CURVES, help="training curves of every trained run"), "output folder")
     p = sub.add_parser("curve", help="training curves of one run")
     _add_common(p, "output stem")
     p.add_argument("--task", required=True)
@@ -134,21 +146,19 @@ def main(argv=None) -> int:
         if args.command == "tables":
             for name in args.targets:
                 written += tables.write_table(build_table(name, args), args.out / name)
-        elif args.command in TABLES:
-            written += tables.write_table(build_table(args.command, args), args.out)
+        elif args.command == "table":
+            written += tables.write_table(build_table(args.name, args), args.out)
         elif args.command == "figures":
             for name in args.targets:
-                if name == "curves":
-                    written += write_curves(args.results, args.tasks, args.out / "curves")
+                if name == CURVES:
+                    written += write_curves(args.results, args.tasks, args.out / CURVES)
                 else:
-                    table_name, plot = FIGURES[name]
-                    written += plot(build_table(table_name, args), args.out / FIGURE_FILES[name])
+                    written += build_figure(name, args, args.out / name)
             if args.weights is not None:
-                written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out / "weights")
-        elif args.command in FIGURES:
-            table_name, plot = FIGURES[args.command]
-            written += plot(build_table(table_name, args), args.out)
-        elif args.command == "curves":
+                written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out / HEATMAP)
+        elif args.command == "figure":
+            written += build_figure(args.name, args, args.out)
+        elif args.command == CURVES:
             written += write_curves(args.results, args.tasks, args.out)
         elif args.command == "curve":
             row = list_trained_runs(args.results, [args.task]).set_index("run")

@@ -1,40 +1,27 @@
 """Read run outputs (docs/design.md "Run outputs") into DataFrames, refusing anything incomplete.
 
 Every judged run must have its run.json and every trained run its judgment; an `expected_runs`
-list adds runs that must be present. Errors name every missing file or run at once.
+list ("task/run" or a bare run name: in every task) reads exactly those runs, each of which must be
+present. Errors name every missing file or run at once.
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.io import read_jsonl
+from rpo.io import read_json_object, read_jsonl
+from rpo.losses import REGISTRY
 
 TASKS = ("dialogue", "summarization")
 ALPACAEVAL_TASK = "instructions"
-METHODS = ("sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform")
+METHODS = tuple(REGISTRY)
 CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope")
 WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
-ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n")  # ci_low/ci_high, lc_win_rate optional
-_Z95 = 1.959963984540054
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n", "ci_low", "ci_high")  # lc_win_rate optional
 
 
 def _require(obj: dict, keys: Iterable[str], path: Path) -> None:
@@ -54,9 +41,6 @@ def _check_fraction(obj: dict, keys: Iterable[str], path: Path) -> None:
         if not obj["ci_low"] <= obj["win_rate"] <= obj["ci_high"]:
             raise DataError(f"{path}: win_rate {obj['win_rate']} lies outside [ci_low, ci_high] = "
                             f"[{obj['ci_low']}, {obj['ci_high']}]")
-
-
-_RUN_NAME = re.compile(r"^(" + "|".join(map(re.escape, METHODS)) + r")(_.+)?_seed\d+$")
 
 
 def _model_label(name: str) -> str:
@@ -80,17 +64,17 @@ def base_model(config: dict, path: Path) -> str:
         name = Path(model.rstrip("/")).name
         parent = path.parent.parent / name / "run.json"
         if name in seen or not parent.is_file():
-            if _RUN_NAME.match(name):
+            if Path(model.rstrip("/")).parent.name == "models":  # a run folder ({task}/models/{run})
                 raise DataError(f"{where}: key 'model' points to run {name!r}, whose run config {parent} is missing")
             return _model_label(model)
         seen.add(parent.parent.name)
-        where, model = parent, _read_json(parent).get("model")
+        where, model = parent, read_json_object(parent).get("model")
 
 
 def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
     """A run.json, checked: a known method, and `run`/`task` (when recorded) matching where the file
     lies; `model` resolved to the base model; missing optional keys become None."""
-    config = _read_json(path)
+    config = read_json_object(path)
     _require(config, ("method", "model"), path)
     if config.get("run", run) != run:
         raise DataError(f"{path}: key 'run' is {config['run']!r} but the folder is {run!r}")
@@ -119,13 +103,16 @@ def _split_expected(expected_runs: Sequence[str] | None, tasks: Sequence[str]) -
 
 
 def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per judged run: its winrate.json joined with its run.json.
+    """One row per judged run: its winrate.json joined with its run.json; with `expected_runs`,
+    exactly those runs.
 
-    Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, n, wins, ties, losses,
-    unparseable, win_rate, ci_low, ci_high. Raises DataError naming every judgment without a
-    run.json, every run.json without a judgment and every expected run that is missing.
+    Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, contrast_scope, n,
+    wins, ties, losses, unparseable, win_rate, ci_low, ci_high, judge_seed (the bootstrap's seed)
+    and judgments (the per-prompt verdicts beside the winrate.json). Raises DataError naming every
+    judgment without a run.json, every run.json without a judgment and every expected run missing.
     """
     results_dir = Path(results_dir)
+    wanted = None if expected_runs is None else _split_expected(expected_runs, tasks)
     rows, problems = [], []
     for task in tasks:
         judgments_dir = results_dir / task / "judgments"
@@ -135,28 +122,32 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
             continue
         judged = {p.name[: -len(".winrate.json")]: p for p in sorted(judgments_dir.glob("*.winrate.json"))}
         trained = {p.parent.name: p for p in sorted(models_dir.glob("*/run.json"))}
+        if wanted is not None:
+            judged = {run: p for run, p in judged.items() if (task, run) in wanted}
+            trained = {run: p for run, p in trained.items() if (task, run) in wanted}
         for run in sorted(set(trained) - set(judged)):
             problems.append(f"run {task}/{run} has {trained[run]} but no judgment {judgments_dir / (run + '.winrate.json')}")
         for run, path in judged.items():
             if run not in trained:
                 problems.append(f"judgment {path} has no run config {models_dir / run / 'run.json'}")
                 continue
-            result = _read_json(path)
+            result = read_json_object(path)
             _require(result, WINRATE_KEYS, path)
             if result.get("run", run) != run or result.get("task", task) != task:
                 raise DataError(f"{path}: names run {result.get('run')!r} of task {result.get('task')!r}, "
                                 f"expected {run!r} of {task!r}")
             _check_fraction(result, ("win_rate", "ci_low", "ci_high"), path)
             config = read_run_config(trained[run], run, task)
-            rows.append({"task": task, "run": run, **config, **{k: result[k] for k in WINRATE_KEYS}})
+            rows.append({"task": task, "run": run, **config, **{k: result[k] for k in WINRATE_KEYS},
+                         "judge_seed": result.get("seed"), "judgments": str(judgments_dir / f"{run}.jsonl")})
     present = {(row["task"], row["run"]) for row in rows}
-    for task, run in sorted(_split_expected(expected_runs, tasks) - present):
+    for task, run in sorted((wanted or set()) - present):
         problems.append(f"expected run {task}/{run} is missing (no {results_dir / task / 'judgments' / (run + '.winrate.json')})")
     if problems:
         raise DataError(f"{results_dir}: incomplete run outputs:\n  " + "\n  ".join(problems))
     if not rows:
         raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
-    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS])
+    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "judgments"])
 
 
 def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
@@ -169,29 +160,29 @@ def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
 
 
 def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per results/instructions/alpacaeval/{run}.json, joined with the run's run.json
-    (looked up under instructions/, then dialogue/, then summarization/). Column `trained_on` says where."""
+    """One row per results/instructions/alpacaeval/{run}.json (with `expected_runs`: the
+    "instructions/run" entries, exactly), joined with the run's run.json (looked up under
+    instructions/, then dialogue/, then summarization/). Column `trained_on` says where."""
     results_dir = Path(results_dir)
     folder = results_dir / ALPACAEVAL_TASK / "alpacaeval"
     if not folder.is_dir():
         raise DataError(f"missing folder {folder} (AlpacaEval results)")
+    # Only "instructions/run" entries name AlpacaEval runs; bare names belong to the judged tasks.
+    wanted = None if expected_runs is None else {
+        item.split("/", 1)[1] for item in expected_runs if item.startswith(ALPACAEVAL_TASK + "/")}
     rows, problems = [], []
     for path in sorted(folder.glob("*.json")):
         run = path.stem
-        result = _read_json(path)
+        if wanted is not None and run not in wanted:
+            continue
+        result = read_json_object(path)
+        if result.get("ci_low") is None or result.get("ci_high") is None:
+            raise DataError(f"{path}: no interval (ci_low, ci_high); rerun `python -m rpo.alpacaeval evaluate`, "
+                            "which bootstraps it from alpaca_eval's per-instruction preferences")
         _require(result, ALPACAEVAL_KEYS, path)
         if result.get("run", run) != run:
             raise DataError(f"{path}: key 'run' is {result['run']!r} but the file is named for {run!r}")
         result.setdefault("lc_win_rate", None)
-        if result.get("ci_low") is None or result.get("ci_high") is None:
-            # rpo.alpacaeval reports alpaca_eval's standard error only: use the normal interval.
-            se = result["standard_error"]
-            if not isinstance(se, (int, float)) or isinstance(se, bool) or not 0.0 <= se <= 1.0:
-                raise DataError(f"{path}: key 'standard_error' must be a fraction in [0, 1], got {se!r}")
-            if not isinstance(result["win_rate"], (int, float)):
-                raise DataError(f"{path}: key 'win_rate' must be a fraction in [0, 1], got {result['win_rate']!r}")
-            result["ci_low"] = max(0.0, result["win_rate"] - _Z95 * se)
-            result["ci_high"] = min(1.0, result["win_rate"] + _Z95 * se)
         _check_fraction(result, ("win_rate", "standard_error", "ci_low", "ci_high", "lc_win_rate"), path)
         found = _find_run_config(results_dir, run)
         if found is None:
@@ -200,13 +191,10 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
             continue
         config = read_run_config(found[1], run)
         rows.append({"task": ALPACAEVAL_TASK, "run": run, "trained_on": found[0], **config,
-                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "ci_low", "ci_high", "lc_win_rate")}})
+                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "lc_win_rate")}})
     present = {row["run"] for row in rows}
-    # Only "instructions/run" entries name AlpacaEval runs; bare names belong to the judged tasks.
-    wanted = {item.split("/", 1)[1] for item in expected_runs or () if item.startswith(ALPACAEVAL_TASK + "/")}
-    for run in sorted(wanted):
-        if run not in present:
-            problems.append(f"expected AlpacaEval run {run} is missing (no {folder / (run + '.json')})")
+    for run in sorted((wanted or set()) - present):
+        problems.append(f"expected AlpacaEval run {run} is missing (no {folder / (run + '.json')})")
     if problems:
         raise DataError(f"{results_dir}: incomplete AlpacaEval outputs:\n  " + "\n  ".join(problems))
     if not rows:

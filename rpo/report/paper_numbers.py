@@ -14,6 +14,9 @@ NOT_AVAILABLE = "n/a"
 TASK_TO_SETTING = {"dialogue": "hh", "summarization": "tldr"}
 SETTING_LABEL = {"hh": "Anthropic HH", "tldr": "TL;DR", "alpacaeval": "AlpacaEval 2.0"}
 
+# The paper's default RPO setting (tau, embedder): the setting of its RPO numbers.
+RPO_DEFAULTS = (0.5, "all-MiniLM-L6-v2")
+
 # The only HH model with absolute published numbers; used as the reference column when our model is
 # not one of the paper's models.
 DEFAULT_PAPER_MODEL = {"hh": "Mistral-7B", "tldr": None, "alpacaeval": None}

@@ -1,9 +1,11 @@
 """The paper's tables from collected runs: each a formatted frame (what is printed) plus the numbers
 behind it in long form (what the figures plot), written as CSV, Markdown and LaTeX.
 
-Cells read "78.5 [72.1, 84.0]": win rate in percent with its 95% interval. When several seeds of one
-configuration exist they are pooled (summed counts, Wilson interval), and runs that differ in any other
-setting are never pooled: that raises instead.
+Which runs a table shows, at which defaults, is rpo.pipeline's (TABLE_RUNS, Defaults); method labels
+and order are the loss registry's. Cells read "78.5 [72.1, 84.0]": win rate in percent with its 95%
+interval (rpo.stats.bootstrap_interval, as every interval here). Several seeds of one configuration
+are pooled: their per-prompt judgments resampled together; runs that differ in any other setting
+are never pooled: that raises instead.
 """
 from __future__ import annotations
 
@@ -14,28 +16,25 @@ from pathlib import Path
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.io import atomic_write_text
+from rpo.io import atomic_write_text, read_jsonl
+from rpo.judge.winrate import summarize
+from rpo.losses import REGISTRY
+from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, Run, embedder_short, in_table
 from rpo.report import paper_numbers as paper
-from rpo.report.collect import METHODS
 
-# The paper's defaults; a pipeline passes its own (config rpo.default_tau / rpo.default_embedder).
-DEFAULT_TAU = 0.5
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-EMBEDDING_METHODS = ("rpo-paired", "rpo-unpaired")
-MAIN_METHODS = ("sft", "dpo", "ipo", "kto", "rpo-unpaired", "rpo-paired")
-METHOD_LABELS = {"sft": "SFT", "dpo": "DPO", "ipo": "IPO", "kto": "KTO", "rpo-paired": "RPO-Paired",
-                 "rpo-unpaired": "RPO-Unpaired", "rpo-diagonal": "RPO-Diagonal", "rpo-uniform": "RPO-Uniform"}
+METHOD_LABELS = {name: spec.label for name, spec in REGISTRY.items()}
 NOT_RUN = "not run"
 TASK_NOTE = ("Our task 'dialogue' stands in for the paper's Anthropic HH column and 'summarization' for "
              "its TL;DR column; our base models are not the paper's.")
-CI_NOTE = "Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets."
+CI_NOTE = ("Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets (percentile "
+           "bootstrap over prompts; seeds pooled prompt by prompt).")
 PAPER_NOTE = "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here."
-_Z95 = 1.959963984540054
+POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model")
 
 
 @dataclass
 class Table:
-    name: str
+    name: str  # one of rpo.pipeline.TABLES
     title: str
     frame: pd.DataFrame  # formatted strings, written to .csv/.md/.tex
     data: pd.DataFrame  # long form: one row per cell with win_rate, ci_low, ci_high, paper (fractions)
@@ -52,13 +51,24 @@ def format_cell(win_rate, ci_low, ci_high) -> str:
     return f"{percent(win_rate)} [{percent(ci_low)}, {percent(ci_high)}]"
 
 
-def wilson_interval(wins: int, n: int) -> tuple[float, float]:
-    if n <= 0:
-        raise DataError("cannot compute an interval over 0 judged prompts")
-    p, z2 = wins / n, _Z95 ** 2
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def _value(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def run_of(row) -> Run:
+    """The rpo.pipeline.Run a collected row (its run.json) describes."""
+    seed, batch_size = _value(row["seed"]), _value(row["batch_size"])
+    return Run.from_settings(row["method"], None if seed is None else int(seed),
+                             None if batch_size is None else int(batch_size), _value(row["tau"]),
+                             _value(row["embedder"]), _value(row.get("contrast_scope")))
+
+
+def select(runs: pd.DataFrame, table: str, defaults: Defaults) -> pd.DataFrame:
+    """The rows `table` shows (rpo.pipeline.in_table), embedders by their short name."""
+    keep = [in_table(table, run_of(row), defaults) for _, row in runs.iterrows()]
+    selected = runs[keep].copy()
+    selected["embedder"] = selected["embedder"].map(lambda e: None if _value(e) is None else embedder_short(e))
+    return selected
 
 
 def _same(values) -> bool:
@@ -68,75 +78,44 @@ def _same(values) -> bool:
 def pool_runs(group: pd.DataFrame) -> dict:
     """One cell from its runs: the run itself, or seeds pooled; raise if the runs differ beyond the seed."""
     runs = ", ".join(group["run"])
-    for column in ("beta", "tau", "embedder", "batch_size", "model"):
+    for column in POOL_CHECK:
         if column in group and not _same(group[column]):
             raise DataError(f"runs {runs} land in one table cell but differ in {column!r} "
-                            f"({sorted(map(str, group[column].unique()))}); pass --main-batch-size or fix the configs")
+                            f"({sorted(map(str, group[column].unique()))}); pass the defaults "
+                            "(--config or --main-batch-size/--default-tau/--default-embedder) or fix the configs")
     if len(group) == 1:
         row = group.iloc[0]
         return {"win_rate": row["win_rate"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "runs": runs, "n_runs": 1}
     if group["seed"].isna().any() or group["seed"].nunique() != len(group):
         raise DataError(f"runs {runs} land in one table cell with the same (or no) seed: "
                         "remove the duplicate or tell them apart in run.json")
-    wins, n = int(group["wins"].sum()), int(group["n"].sum())
-    low, high = wilson_interval(wins, n)
-    return {"win_rate": wins / n, "ci_low": low, "ci_high": high, "runs": runs, "n_runs": len(group)}
+    pooled = summarize(_pooled_judgments(group), seed=_judge_seed(group))
+    return {k: pooled[k] for k in ("win_rate", "ci_low", "ci_high")} | {"runs": runs, "n_runs": len(group)}
 
 
-def _embedder_key(name) -> str | None:
-    return None if name is None or pd.isna(name) else str(name).rstrip("/").split("/")[-1]
+def _pooled_judgments(group: pd.DataFrame) -> list[dict]:
+    """Every prompt's verdict of every run, each file checked against its run's winrate.json."""
+    rows = []
+    for _, run in group.iterrows():
+        judged = read_jsonl(run["judgments"])
+        wins = sum(row.get("verdict") == "model_win" for row in judged)
+        if (len(judged), wins) != (run["n"], run["wins"]):
+            raise DataError(f"{run['judgments']}: {len(judged)} verdicts with {wins} wins, but its winrate.json "
+                            f"says n={run['n']}, wins={run['wins']}: rejudge {run['task']}/{run['run']}")
+        rows += judged
+    return rows
 
 
-def _at_tau(runs: pd.DataFrame, tau: float) -> pd.Series:
-    return runs["tau"].apply(lambda t: t is not None and not pd.isna(t) and math.isclose(float(t), tau))
-
-
-def _defaults_only(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str = DEFAULT_EMBEDDER) -> pd.DataFrame:
-    """Runs at the default tau and embedder (methods without embeddings are kept as they are)."""
-    uses_embeddings = runs["method"].isin(EMBEDDING_METHODS)
-    default_tau = _at_tau(runs, tau)
-    default_embedder = runs["embedder"].apply(_embedder_key) == _embedder_key(embedder)
-    return runs[~uses_embeddings | (default_tau & default_embedder)]
-
-
-def _micro_scope(runs: pd.DataFrame) -> pd.DataFrame:
-    """The paper's per-micro-batch contrast: global-scope runs belong to the batch-size table only."""
-    if "contrast_scope" not in runs:
-        return runs
-    return runs[runs["contrast_scope"].fillna("micro") != "global"]
-
-
-def main_batch_sizes(runs: pd.DataFrame, override: int | None = None) -> dict:
-    """The main batch size of each (task, model): `override`, else the most common one over all its runs
-    (the batch-size sweep adds a few runs per size, every other experiment uses the main size)."""
-    sizes = {}
-    for key, block in runs.groupby(["task", "model"], sort=False, dropna=False):
-        counts = block["batch_size"].dropna().value_counts()
-        if override is not None:
-            sizes[key] = override
-        elif not counts.empty:
-            sizes[key] = int(max(counts[counts == counts.max()].index))  # the larger on a tie
-    return sizes
-
-
-def _at_main_batch(runs: pd.DataFrame, mains: dict) -> pd.DataFrame:
-    """Within each (task, model, method), keep the main batch size when that method has several."""
-    kept = []
-    for (task, model), block in runs.groupby(["task", "model"], sort=False, dropna=False):
-        main = mains.get((task, model))
-        for method, group in block.groupby("method", sort=False):
-            if group["batch_size"].nunique(dropna=True) > 1:
-                chosen = group[group["batch_size"] == main]
-                if chosen.empty:
-                    raise DataError(f"{task}/{method} ({model}): runs at batch sizes "
-                                    f"{sorted(group['batch_size'].unique())} but none at the main size {main}")
-                group = chosen
-            kept.append(group)
-    return pd.concat(kept) if kept else runs.iloc[0:0]
+def _judge_seed(group: pd.DataFrame) -> int:
+    seeds = group["judge_seed"].dropna().unique() if "judge_seed" in group else []
+    if len(seeds) != 1:
+        raise DataError(f"runs {', '.join(group['run'])}: pooling needs the one judge seed their winrate.json "
+                        f"files record (key 'seed'), found {sorted(seeds)}")
+    return int(seeds[0])
 
 
 def _method_order(method: str) -> int:
-    return METHODS.index(method)
+    return list(REGISTRY).index(method)
 
 
 def _our_paper_column(task: str) -> str:
@@ -185,42 +164,48 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
     return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE, _paper_model_note(runs)])
 
 
-def table1(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
-           embedder: str = DEFAULT_EMBEDDER) -> Table:
-    """Win rate by method x task (x model) at the default tau, embedder and main batch size."""
-    runs = _micro_scope(runs)
-    mains = main_batch_sizes(runs, main_batch_size)
-    selected = _at_main_batch(_defaults_only(runs[runs["method"].isin(MAIN_METHODS)], tau, embedder), mains)
-    variants = [(METHOD_LABELS[m], m, lambda b, m=m: b["method"] == m) for m in MAIN_METHODS]
-    return _by_variant(selected, variants, "table1", "Table 1: GPT-judge win rate against the chosen response, by method",
-                       [f"RPO runs at tau={tau:g}, embedder {embedder}; each method at its main batch size."])
+def _defaults_note(defaults: Defaults) -> str:
+    parts = [f"each method at batch size {defaults.batch_size}" if defaults.batch_size is not None else ""]
+    if defaults.tau is not None or defaults.embedder is not None:
+        tau = f" at tau={defaults.tau:g}" if defaults.tau is not None else ""
+        parts.append(f"RPO{tau}" + (f" with embedder {defaults.embedder}" if defaults.embedder else ""))
+    text = "; ".join(p for p in parts if p)
+    return text[:1].upper() + text[1:] + "." if text else "Every run found (no defaults given)."
 
 
-def weighting_ablation(runs: pd.DataFrame, main_batch_size: int | None = None, tau: float = DEFAULT_TAU,
-                       embedder: str = DEFAULT_EMBEDDER) -> Table:
+def table1(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
+    """Win rate by method x task (x model), each method at its defaults."""
+    variants = [(METHOD_LABELS[m], m, lambda b, m=m: b["method"] == m) for m in TABLE1_METHODS]
+    return _by_variant(select(runs, "table1", defaults), variants, "table1",
+                       "Table 1: GPT-judge win rate against the chosen response, by method", [_defaults_note(defaults)])
+
+
+# label, key (data and paper lookup), method, embedder: None, "default" or "control"
+WEIGHTING_ROWS = (
+    ("DPO", "dpo", "dpo", None),
+    ("Uniform weights (w=1)", "rpo-uniform", "rpo-uniform", None),
+    ("Diagonal-heavy (alpha=0.8)", "rpo-diagonal", "rpo-diagonal", None),
+    ("Embedding-weighted (RPO-Paired)", "rpo-paired", "rpo-paired", "default"),
+    ("Random-embedding control", "rpo-paired-random", "rpo-paired", "control"),
+    ("RPO-Unpaired", "rpo-unpaired", "rpo-unpaired", "default"),
+    ("Random-embedding control (RPO-Unpaired)", "rpo-unpaired-random", "rpo-unpaired", "control"),
+)
+assert {row[2] for row in WEIGHTING_ROWS} == set(WEIGHTING_METHODS)
+
+
+def weighting(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
     """Uniform / diagonal / embedding-weighted / random-embedding control vs DPO (and RPO-Unpaired)."""
-    runs = _micro_scope(runs)
-    ablation_methods = ("dpo", "rpo-uniform", "rpo-diagonal", "rpo-paired", "rpo-unpaired")
-    candidates = runs[runs["method"].isin(ablation_methods)]
-    keep = ~candidates["method"].isin(EMBEDDING_METHODS) | _at_tau(candidates, tau)
-    selected = _at_main_batch(candidates[keep], main_batch_sizes(runs, main_batch_size))
-    embedders = selected["embedder"].apply(_embedder_key)
-    default = _embedder_key(embedder)
-    variants = [
-        ("DPO", "dpo", lambda b: b["method"] == "dpo"),
-        ("Uniform weights (w=1)", "rpo-uniform", lambda b: b["method"] == "rpo-uniform"),
-        ("Diagonal-heavy (alpha=0.8)", "rpo-diagonal", lambda b: b["method"] == "rpo-diagonal"),
-        ("Embedding-weighted (RPO-Paired)", "rpo-paired",
-         lambda b: (b["method"] == "rpo-paired") & (embedders.reindex(b.index) == default)),
-        ("Random-embedding control", "rpo-paired-random",
-         lambda b: (b["method"] == "rpo-paired") & (embedders.reindex(b.index) == "random")),
-        ("RPO-Unpaired", "rpo-unpaired",
-         lambda b: (b["method"] == "rpo-unpaired") & (embedders.reindex(b.index) == default)),
-        ("Random-embedding control (RPO-Unpaired)", "rpo-unpaired-random",
-         lambda b: (b["method"] == "rpo-unpaired") & (embedders.reindex(b.index) == "random")),
-    ]
-    return _by_variant(selected, variants, "ablation", "Weighting ablation: how the contrast matrix is weighted",
-                       [f"Embedding-weighted runs at tau={tau:g} ({embedder}); the control uses random prompt "
+    selected = select(runs, "weighting", defaults)
+    control = embedder_short(defaults.control_embedder) if defaults.control_embedder else None
+
+    def chooser(method, role):
+        if role is None:
+            return lambda b: b["method"] == method
+        return lambda b: (b["method"] == method) & ((b["embedder"] == control) == (role == "control"))
+
+    variants = [(label, key, chooser(method, role)) for label, key, method, role in WEIGHTING_ROWS]
+    return _by_variant(selected, variants, "weighting", "Weighting ablation: how the contrast matrix is weighted",
+                       [_defaults_note(defaults) + f" The control uses {defaults.control_embedder or 'no'} prompt "
                         "embeddings."])
 
 
@@ -243,21 +228,20 @@ def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, 
     return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE])
 
 
-def table3(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
+def table3(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
     """RPO-Paired: tau x embedder, per task."""
-    runs = _micro_scope(runs)
-    selected = _at_main_batch(runs[runs["method"] == "rpo-paired"], main_batch_sizes(runs, main_batch_size)).copy()
+    selected = select(runs, "table3", defaults)
     if selected.empty:
         raise DataError("table3: no rpo-paired runs")
     if selected["tau"].isna().any():
         raise DataError(f"table3: rpo-paired run(s) {', '.join(selected[selected['tau'].isna()]['run'])} have no 'tau' in run.json")
-    selected["embedder"] = selected["embedder"].apply(_embedder_key)
+    paper_tau, paper_embedder = paper.RPO_DEFAULTS
 
     def paper_col(task, model, embedder):
-        if embedder != DEFAULT_EMBEDDER:
+        if embedder != embedder_short(paper_embedder):
             return paper.NOT_AVAILABLE
         text, _ = _paper_for(task, model, "rpo-paired")
-        return text if text == paper.NOT_AVAILABLE else f"{text} at tau={DEFAULT_TAU}"
+        return text if text == paper.NOT_AVAILABLE else f"{text} at tau={paper_tau:g}"
 
     return _grid(selected, "table3", "Table 3: RPO-Paired win rate by temperature tau and prompt embedder",
                  "tau", lambda t: f"tau={t:g}", "embedder",
@@ -266,14 +250,13 @@ def table3(runs: pd.DataFrame, main_batch_size: int | None = None) -> Table:
                  paper_col)
 
 
-def table4(runs: pd.DataFrame, tau: float = DEFAULT_TAU, embedder: str = DEFAULT_EMBEDDER) -> Table:
+def table4(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
     """Win rate by batch size for DPO and RPO, per task (RPO at the default tau and embedder)."""
-    selected = _defaults_only(runs[runs["method"].isin(("dpo", *EMBEDDING_METHODS))], tau, embedder).copy()
+    selected = select(runs, "table4", defaults)
     if selected.empty or selected["batch_size"].isna().all():
         raise DataError("table4: no dpo / rpo-paired / rpo-unpaired runs with a batch_size")
-    is_global = selected["contrast_scope"].fillna("micro") == "global" if "contrast_scope" in selected else False
-    selected["method"] = selected["method"].map(METHOD_LABELS) + is_global.map({True: " (global scope)",
-                                                                                False: ""})
+    is_global = selected["contrast_scope"].fillna("micro") == "global"
+    selected["method"] = selected["method"].map(METHOD_LABELS) + is_global.map({True: " (global scope)", False: ""})
     return _grid(selected, "table4", "Table 4: win rate by batch size (the contrast matrix is one micro-batch)",
                  "batch_size", lambda b: f"bs={int(b)}", "method",
                  ["The paper's batch-size numbers are not known here (it reports that larger per-GPU batches help "
@@ -296,8 +279,8 @@ def table2(alpacaeval: pd.DataFrame) -> Table:
                      "label": METHOD_LABELS[row["method"]], "run": row["run"], "win_rate": row["win_rate"],
                      "ci_low": row["ci_low"], "ci_high": row["ci_high"],
                      "paper": paper.paper_win_rate("alpacaeval", row["method"])})
-    notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets (win rate "
-             "+/- 1.96 SE where the result file gives none); SE: alpaca_eval's standard error; LC: "
+    notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets (percentile "
+             "bootstrap over alpaca_eval's per-instruction preferences); SE: alpaca_eval's standard error; LC: "
              "length-controlled (the paper reports the plain rate).",
              "Paper values are the paper's AlpacaEval 2.0 numbers; its base model differs from ours. " + PAPER_NOTE]
     return Table("table2", "Table 2: AlpacaEval 2.0 win rate", pd.DataFrame(lines), pd.DataFrame(data), notes)

@@ -12,7 +12,6 @@ for the data folder is `python -m rpo.data.prepare`, which writes it atomically.
 """
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from rpo.world.lexicon import DIALOGUE_THEMES
 from rpo.world.lexicon_posts import POST_THEMES
 from rpo.world.scoring import reward, words
 from rpo.world import tasks
-from rpo.errors import ConfigError, DataError
-from rpo.io import write_json
+from rpo.errors import ConfigError
+from rpo.io import read_json_object, write_json
 
 PREFERENCE_TASKS = ("dialogue", "summarization")
 SPLITS = ("train", "test")
@@ -236,12 +235,7 @@ def generate_world(config) -> World:
 def load_world(world_json_path) -> World:
     """Regenerate the world described by a world.json written by World.write."""
     path = Path(world_json_path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read world config: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    raw = read_json_object(path)
     try:
         return generate_world(raw)
     except ConfigError as exc:

@@ -1,15 +1,18 @@
-# Config validation, path helpers and target lists. Wiring only: what a run means lives in
-# rpo.pipeline, how it trains in rpo.train.
+# Config validation, path helpers and target lists. Wiring only: what a run is, which runs a table
+# shows and what each artefact is called live in rpo.pipeline, how a run trains in rpo.train.
 import json
 import os
 import shlex
 import sys
 
 from rpo.config import validate_config
-from rpo.pipeline import EMBEDDING_LOSSES, embedder_short, experiment_runs, parse_run
+from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
+                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, table_runs,
+                          train_settings)
 
 
-validate_config(config)
+# Fills in every default (the schema's, the trainer's): below, config[...] needs no fallback.
+config = validate_config(config)
 
 # Shell commands call `python -m rpo...`: use the interpreter running Snakemake (`.venv/bin/snakemake`
 # works without an activated venv); with --sdm conda the job's env still comes first on PATH.
@@ -20,15 +23,13 @@ DATA = f"{RESULTS}/data"
 TASKS = config["data"]["tasks"]
 MODELS = list(config["models"])
 RPO = config["rpo"]
-EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO.get("control_embedder") else [])))
+EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO["control_embedder"] else [])))
 EMBEDDER_BY_SHORT = {embedder_short(e): e for e in EMBEDDERS}
-RUNS = experiment_runs(config)  # the union over tasks
-RUNS_BY_TASK = {t: [r.name for r in experiment_runs(config, t)] for t in TASKS}
-THREADS = config.get("threads", 1)
-MEM_MB = config.get("mem_mb", 4000)
-GPUS = config.get("gpus", 0)
+RUNS_BY_TASK = {t: runs_by_name(config, t) for t in TASKS}
+THREADS = config["threads"]
+MEM_MB = config["mem_mb"]
+GPUS = config["gpus"]
 LOCAL_ORACLE = config["judge"]["backend"] == "local-oracle"
-ALPACA_METHODS = (config.get("alpacaeval") or {}).get("runs", [])
 
 
 wildcard_constraints:
@@ -44,7 +45,8 @@ def quoted_json(obj):
 
 
 def run_settings(wildcards):
-    return parse_run(wildcards.run, EMBEDDERS)
+    """The run a job's {task}/{run} names, looked up in the experiment matrix."""
+    return lookup_run(RUNS_BY_TASK[wildcards.task], wildcards.run, wildcards.task)
 
 
 def model_dir(model, task, run):
@@ -52,10 +54,8 @@ def model_dir(model, task, run):
 
 
 def train_overrides(stage, extra):
-    """key=value arguments for `python -m rpo.train`: shared training keys, the stage's keys, the run's."""
-    keys = {**config["training"], **config[stage], **extra, "threads": THREADS}
-    keys.pop("reference_batch_size", None)
-    return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in sorted(keys.items()) if v is not None)
+    """key=value arguments of `python -m rpo.train` for an SFT run (train.smk's sft rule)."""
+    return as_overrides(train_settings(config, Run(extra["method"], extra["seed"])))
 
 
 def launcher(gpus=GPUS):
@@ -65,11 +65,7 @@ def launcher(gpus=GPUS):
 
 
 def preference_overrides(wildcards):
-    run = run_settings(wildcards)
-    extra = {"method": run.method, "seed": run.seed, **run.trainer_batch(config["preference"]["batch_size"])}
-    if run.method in EMBEDDING_LOSSES:
-        extra.update(tau=run.tau, embedder=run.embedder)
-    return train_overrides("preference", extra)
+    return as_overrides(train_settings(config, run_settings(wildcards)))
 
 
 def preference_inputs(wildcards):
@@ -94,75 +90,57 @@ def judge_inputs():
 
 
 def run_names(task):
-    return RUNS_BY_TASK[task]
-
-
-def winrate_files(model=None):
-    return [f"{RESULTS}/{m}/{t}/judgments/{r}.winrate.json" for m in ([model] if model else MODELS)
-            for t in TASKS for r in run_names(t)]
+    return list(RUNS_BY_TASK[task])
 
 
 def alpaca_runs():
-    return [r.name for r in RUNS if r.method in ALPACA_METHODS and _is_default(r)]
-
-
-def _is_default(run):
-    if run.method in EMBEDDING_LOSSES:
-        return (run.tau, run.embedder, run.batch_size) == (RPO["default_tau"], RPO["default_embedder"],
-                                                           config["preference"]["batch_size"])
-    return run.method == "sft" or run.batch_size == config["preference"]["batch_size"]
-
-
-def alpaca_files():
-    return [f"{RESULTS}/{m}/instructions/alpacaeval/{r}.json" for m in MODELS for r in alpaca_runs()]
-
-
-TABLES = ["table1", "table2", "table3", "table4", "weighting"]
-FIGURES = ["table1", "table2", "tau", "table4", "weighting"]
+    return [r.name for r in alpacaeval_runs(config)]
 
 
 def all_targets():
-    """Every table and figure of every model: the `all` target."""
-    tables = [t for t in TABLES if t != "table2" or alpaca_runs()]
-    figures = [f for f in FIGURES if f != "table2" or alpaca_runs()]
+    """Every run judged, every table and figure of every model: the `all` target."""
+    tables = [t for t in TABLES if table_runs(config, t)]
+    figures = [f for f, table in FIGURES.items() if table in tables]
     return (
-        [f"{RESULTS}/tables/{m}/{t}.md" for m in MODELS for t in tables]
+        [f"{RESULTS}/{m}/{t}/judgments/{r}.winrate.json" for m in MODELS for t in TASKS for r in run_names(t)]
+        + [f"{RESULTS}/tables/{m}/{t}.md" for m in MODELS for t in tables]
         + [f"{RESULTS}/figures/{m}/{f}.png" for m in MODELS for f in figures]
-        + [f"{RESULTS}/figures/weights_heatmap_{t}.png" for t in TASKS]
-        + [f"{RESULTS}/figures/{m}/curves" for m in MODELS]
+        + [f"{RESULTS}/figures/{HEATMAP}_{t}.png" for t in TASKS]
+        + [f"{RESULTS}/figures/{m}/{CURVES}" for m in MODELS]
     )
 
 
 # -- evaluation ----------------------------------------------------------------------------------
 GEN = config["generation"]
 JUDGE = config["judge"]
+ALPACAEVAL = config["alpacaeval"]
 
 
 def generation_args():
-    return (f"--n-prompts {GEN.get('n_prompts', 256)} --max-new-tokens {GEN.get('max_new_tokens', 256)}"
-            f" --top-p {GEN.get('top_p', 0.95)} --temperature {GEN.get('temperature', 1.0)}"
-            f" --batch-size {GEN.get('batch_size', 8)}"
-            f" --max-prompt-length {config['training'].get('max_prompt_length', 256)}")
+    return (f"--n-prompts {GEN['n_prompts']} --max-new-tokens {GEN['max_new_tokens']}"
+            f" --top-p {GEN['top_p']} --temperature {GEN['temperature']} --batch-size {GEN['batch_size']}"
+            f" --max-prompt-length {config['training']['max_prompt_length']}")
+
+
+def base_url_arg():
+    return f"--base-url {shlex.quote(JUDGE['base_url'])}" if JUDGE["base_url"] else ""
 
 
 # -- report --------------------------------------------------------------------------------------
-TABLE_COMMAND = {"table1": "table1", "table2": "table2", "table3": "table3", "table4": "table4",
-                 "weighting": "ablation"}
-FIGURE_COMMAND = {"table1": "fig-table1", "table2": "fig-table2", "tau": "fig-tau", "table4": "fig-batch",
-                  "weighting": "fig-ablation"}
+REPORT_DEFAULTS = Defaults.from_config(config).cli_args()
 
 
-def report_inputs(wildcards, name):
-    """Judged runs (their win rates and run.json) of one model; AlpacaEval results for table 2."""
-    model = wildcards.model
-    if name == "table2":
-        return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r}.json" for r in alpaca_runs()],
-                "models": [model_dir(model, TASKS[0], r) for r in alpaca_runs()]}
-    return {"winrates": winrate_files(model),
-            "models": [model_dir(model, t, r) for t in TASKS for r in run_names(t)]}
+def report_inputs(model, table):
+    """What one table (or the figure of it) reads: its runs' judgments (AlpacaEval results for
+    AlpacaEval's table) and their run.json."""
+    runs = table_runs(config, table)
+    if table == ALPACAEVAL_TABLE:
+        return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r.name}.json" for _, r in runs],
+                "models": [model_dir(model, TASKS[0], r.name) for _, r in runs]}
+    judged = [f"{RESULTS}/{model}/{t}/judgments/{r.name}" for t, r in runs]
+    return {"winrates": [f"{j}.winrate.json" for j in judged], "judgments": [f"{j}.jsonl" for j in judged],
+            "models": [model_dir(model, t, r.name) for t, r in runs]}
 
 
-def expected_runs(name):
-    if name == "table2":
-        return " ".join(f"instructions/{r}" for r in alpaca_runs())
-    return " ".join(f"{t}/{r}" for t in TASKS for r in run_names(t))
+def expected_runs(table):
+    return " ".join(f"{t}/{r.name}" for t, r in table_runs(config, table))

@@ -11,7 +11,7 @@ rule generate:
     params:
         args=generation_args(),
         seed=config["seeds"][0],
-        dtype=config["training"].get("dtype", "auto"),  # the trainer's precision (rpo.precision)
+        dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
@@ -37,10 +37,12 @@ rule judge:
         summary=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.winrate.json",
     params:
         wrapper=judge_wrapper(),
-        model=JUDGE.get("model", "gpt-4-0613"),
-        base_url=f"--base-url {JUDGE['base_url']}" if JUDGE.get("base_url") else "",
+        model=JUDGE["model"],
+        base_url=base_url_arg(),
         cache=f"{RESULTS}/judge_cache.sqlite",
-        concurrency=JUDGE.get("concurrency", 8),
+        concurrency=JUDGE["concurrency"],
+        max_tokens=JUDGE["max_tokens"],
+        timeout=JUDGE["timeout"],
         seed=config["seeds"][0],
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/judge_{{run}}.log",
@@ -54,8 +56,9 @@ rule judge:
         "../../envs/rpo.yaml"
     shell:
         "{params.wrapper} python -m rpo.judge --samples {input.samples} --task {wildcards.task} --backend openai"
-        " {params.base_url} --model {params.model} --cache {params.cache} --seed {params.seed}"
-        " --concurrency {params.concurrency} --no-progress --out {output.judgments} --summary {output.summary}"
+        " {params.base_url} --model {params.model:q} --cache {params.cache} --seed {params.seed}"
+        " --concurrency {params.concurrency} --max-tokens {params.max_tokens} --timeout {params.timeout}"
+        " --no-progress --out {output.judgments} --summary {output.summary}"
         " > {log} 2>&1"
 
 
@@ -67,9 +70,9 @@ rule generate_instructions:
         f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
     params:
         args=generation_args(),
-        n=(config.get("alpacaeval") or {}).get("n_prompts", 805),
+        n=config["alpacaeval"]["n_prompts"],
         seed=config["seeds"][0],
-        dtype=config["training"].get("dtype", "auto"),
+        dtype=config["training"]["dtype"],
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
@@ -95,9 +98,10 @@ rule alpacaeval:
     params:
         wrapper=judge_wrapper(),
         work=lambda wc: f"{RESULTS}/{wc.model}/instructions/alpacaeval/{wc.run}.work",
-        annotator=(config.get("alpacaeval") or {}).get("annotators_config", "alpaca_eval_gpt4_turbo_fn"),
-        base_url=f"--base-url {JUDGE['base_url']}" if JUDGE.get("base_url") else "",
+        annotator=ALPACAEVAL["annotators_config"],
+        base_url=base_url_arg(),
         cache=lambda wc: f"{RESULTS}/{wc.model}/instructions/alpacaeval/{wc.run}.work/annotations_cache.json",
+        seed=config["seeds"][0],  # seeds the bootstrap interval, as the judge's
     log:
         f"{RESULTS}/logs/{{model}}/instructions/alpacaeval_{{run}}.log",
     benchmark:
@@ -113,5 +117,5 @@ rule alpacaeval:
         " --generator {wildcards.run} --reference-out {params.work}/reference_outputs.json"
         " && {params.wrapper} python -m rpo.alpacaeval evaluate --model-outputs {params.work}/model_outputs.json"
         " --reference-outputs {params.work}/reference_outputs.json --annotators-config {params.annotator}"
-        " {params.base_url} --output-dir {params.work} --caching-path {params.cache}"
+        " {params.base_url} --output-dir {params.work} --caching-path {params.cache} --seed {params.seed}"
         " --summary {output}) > {log} 2>&1"

@@ -2,22 +2,19 @@
 
 rule table:
     input:
-        unpack(lambda wc: report_inputs(wc, wc.table)),
+        unpack(lambda wc: report_inputs(wc.model, wc.table)),
     output:
         md=report(f"{RESULTS}/tables/{{model}}/{{table}}.md", category="Tables", subcategory="{model}"),
         csv=f"{RESULTS}/tables/{{model}}/{{table}}.csv",
         tex=f"{RESULTS}/tables/{{model}}/{{table}}.tex",
     params:
-        command=lambda wc: TABLE_COMMAND[wc.table],
         results=lambda wc: f"{RESULTS}/{wc.model}",
         stem=lambda wc: f"{RESULTS}/tables/{wc.model}/{wc.table}",
         tasks=" ".join(TASKS),
         expected=lambda wc: expected_runs(wc.table),
-        batch=config["preference"]["batch_size"],
-        tau=RPO["default_tau"],
-        embedder=RPO["default_embedder"],
+        defaults=REPORT_DEFAULTS,
     wildcard_constraints:
-        table="|".join(TABLE_COMMAND),
+        table="|".join(TABLES),
     log:
         f"{RESULTS}/logs/{{model}}/tables/{{table}}.log",
     benchmark:
@@ -28,28 +25,24 @@ rule table:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.report {params.command} --results {params.results} --out {params.stem}"
-        " --tasks {params.tasks} --main-batch-size {params.batch} --default-tau {params.tau}"
-        " --default-embedder {params.embedder:q} --expected-runs {params.expected} > {log} 2>&1"
+        "python -m rpo.report table {wildcards.table} --results {params.results} --out {params.stem}"
+        " --tasks {params.tasks} {params.defaults} --expected-runs {params.expected} > {log} 2>&1"
 
 
 rule figure:
     input:
-        unpack(lambda wc: report_inputs(wc, "table2" if wc.figure == "table2" else "table1")),
+        unpack(lambda wc: report_inputs(wc.model, FIGURES[wc.figure])),
     output:
         png=report(f"{RESULTS}/figures/{{model}}/{{figure}}.png", category="Figures", subcategory="{model}"),
         pdf=f"{RESULTS}/figures/{{model}}/{{figure}}.pdf",
     params:
-        command=lambda wc: FIGURE_COMMAND[wc.figure],
         results=lambda wc: f"{RESULTS}/{wc.model}",
         stem=lambda wc: f"{RESULTS}/figures/{wc.model}/{wc.figure}",
         tasks=" ".join(TASKS),
-        expected=lambda wc: expected_runs("table2" if wc.figure == "table2" else "table1"),
-        batch=config["preference"]["batch_size"],
-        tau=RPO["default_tau"],
-        embedder=RPO["default_embedder"],
+        expected=lambda wc: expected_runs(FIGURES[wc.figure]),
+        defaults=REPORT_DEFAULTS,
     wildcard_constraints:
-        figure="|".join(FIGURE_COMMAND),
+        figure="|".join(FIGURES),
     log:
         f"{RESULTS}/logs/{{model}}/figures/{{figure}}.log",
     benchmark:
@@ -60,16 +53,15 @@ rule figure:
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.report {params.command} --results {params.results} --out {params.stem}"
-        " --tasks {params.tasks} --main-batch-size {params.batch} --default-tau {params.tau}"
-        " --default-embedder {params.embedder:q} --expected-runs {params.expected} > {log} 2>&1"
+        "python -m rpo.report figure {wildcards.figure} --results {params.results} --out {params.stem}"
+        " --tasks {params.tasks} {params.defaults} --expected-runs {params.expected} > {log} 2>&1"
 
 
 rule training_curves:
     input:
         lambda wc: [model_dir(wc.model, t, r) for t in TASKS for r in run_names(t)],
     output:
-        report(directory(f"{RESULTS}/figures/{{model}}/curves"), patterns=["{task}/{run}.png"],
+        report(directory(f"{RESULTS}/figures/{{model}}/{CURVES}"), patterns=["{task}/{run}.png"],
                category="Training curves", subcategory="{model}"),
     params:
         results=lambda wc: f"{RESULTS}/{wc.model}",
@@ -117,10 +109,10 @@ rule weights_heatmap:
     input:
         f"{RESULTS}/figures/weights_{{task}}.json",
     output:
-        png=report(f"{RESULTS}/figures/weights_heatmap_{{task}}.png", category="Figures"),
-        pdf=f"{RESULTS}/figures/weights_heatmap_{{task}}.pdf",
+        png=report(f"{RESULTS}/figures/{HEATMAP}_{{task}}.png", category="Figures"),
+        pdf=f"{RESULTS}/figures/{HEATMAP}_{{task}}.pdf",
     params:
-        stem=lambda wc: f"{RESULTS}/figures/weights_heatmap_{wc.task}",
+        stem=lambda wc: f"{RESULTS}/figures/{HEATMAP}_{wc.task}",
     log:
         f"{RESULTS}/logs/weights_heatmap_{{task}}.log",
     benchmark:

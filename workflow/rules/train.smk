@@ -33,10 +33,10 @@ rule refcache:
     output:
         f"{RESULTS}/{{model}}/{{task}}/refcache/sft_seed{{seed}}.pt",
     params:
-        max_length=config["training"].get("max_length", 512),
-        max_prompt_length=config["training"].get("max_prompt_length", 256),
-        batch_size=config["training"].get("reference_batch_size", 16),
-        dtype=config["training"].get("dtype", "auto"),  # the trainer's precision (rpo.precision)
+        max_length=config["training"]["max_length"],
+        max_prompt_length=config["training"]["max_prompt_length"],
+        batch_size=config["training"]["reference_batch_size"],
+        dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
         # one rank per GPU this job gets (a profile may give it fewer than the config's gpus)
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
