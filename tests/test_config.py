@@ -164,3 +164,28 @@ def test_every_schema_key_reaches_the_rules(tmp_path, name):
     config = profile_validated(name)
     unread = [".".join(p) for p in schema_leaves() if present(config, p) and p not in reads]
     assert not unread, f"{name}: schema keys set but never read by the workflow: {unread}"
+
+
+def test_hand_run_cli_defaults_agree_with_the_pipeline_defaults():
+    """The CLIs keep defaults for use by hand; they must be the pipeline's, not a second opinion."""
+    from rpo.generate import build_parser as generate_parser
+    from rpo.judge.__main__ import build_parser as judge_parser
+    from rpo.refcache import build_parser as refcache_parser
+    from rpo.train_config import DEFAULTS
+
+    properties = load_schema()["properties"]
+
+    def schema_default(section, key):
+        return properties[section]["properties"][key]["default"]
+
+    generate = generate_parser().parse_args(["--model", "m", "--records", "r", "--out", "o"])
+    for key in ("n_prompts", "max_new_tokens", "top_p", "temperature", "batch_size"):
+        assert getattr(generate, "n" if key == "n_prompts" else key) == schema_default("generation", key), key
+    judge = judge_parser().parse_args(["--samples", "s", "--task", "dialogue", "--out", "o", "--summary", "j"])
+    for key in ("model", "concurrency", "max_tokens", "timeout"):
+        assert getattr(judge, key) == schema_default("judge", key), key
+    refcache = refcache_parser().parse_args(["--model", "m", "--records", "r", "--out", "o"])
+    assert (refcache.max_length, refcache.max_prompt_length, refcache.dtype) == (
+        DEFAULTS["max_length"], DEFAULTS["max_prompt_length"], DEFAULTS["dtype"])
+    assert refcache.batch_size == schema_default("training", "reference_batch_size")
+    assert (generate.max_prompt_length, generate.dtype) == (DEFAULTS["max_prompt_length"], DEFAULTS["dtype"])
