@@ -80,7 +80,7 @@ def _no_loss(pc: Tensor, pr: Tensor) -> Tensor:
     return pc.sum() * 0.0 + pr.sum() * 0.0
 
 
-def sft(pc, *, chosen_lengths=None) -> LossOutput:
+def sft(pc, pr=None, *, chosen_lengths=None) -> LossOutput:
     """Mean token NLL of the chosen responses: -sum(logps) / sum(response tokens)."""
     if chosen_lengths is None:
         raise ValueError("sft needs chosen_lengths (the number of response tokens of each sequence)")
@@ -93,6 +93,29 @@ def dpo(pc, pr, rc, rr, *, beta) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
     return LossOutput(-F.logsigmoid(beta * (chosen - rejected)).mean(), cr, rj)
+
+
+def cdpo(pc, pr, rc, rr, *, beta, epsilon) -> LossOutput:
+    """Conservative DPO: labels flipped with probability epsilon,
+    (1 - eps) * -log sigmoid(beta * S_ii) + eps * -log sigmoid(-beta * S_ii), mean over pairs."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    _check(pc, pr, rc, rr, paired=True)
+    chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
+    logits = beta * (chosen - rejected)
+    return LossOutput((-(1.0 - epsilon) * F.logsigmoid(logits) - epsilon * F.logsigmoid(-logits)).mean(), cr, rj)
+
+
+def slic(pc, pr, rc=None, rr=None, *, beta, lambda_coef) -> LossOutput:
+    """SLiC-HF: max(0, beta - logp(y_w|x) + logp(y_l|x)) + lambda * -logp(y_w|x), mean over pairs.
+
+    No reference model; the logged "rewards" are the policy's summed log-probs themselves.
+    """
+    if pc.dim() != 1 or pc.shape != pr.shape:
+        raise ValueError(f"slic needs 1-D chosen and rejected log-probs of one shape, got {tuple(pc.shape)} and "
+                         f"{tuple(pr.shape)}")
+    loss = (torch.clamp(beta - pc + pr, min=0.0) - lambda_coef * pc).mean()
+    return LossOutput(loss, pc.detach(), pr.detach())
 
 
 def ipo(pc, pr, rc, rr, *, beta) -> LossOutput:
@@ -216,7 +239,7 @@ class LossSpec:
         if "reference" not in self.needs and (rc is not None or rr is not None):
             raise ConfigError(f"loss {self.name!r}: takes no reference log-probs")
         params = {**self.hyperparameters, **kwargs}
-        return self.fn(pc, pr, rc, rr, **params) if "reference" in self.needs else self.fn(pc, **params)
+        return self.fn(pc, pr, rc, rr, **params) if "reference" in self.needs else self.fn(pc, pr, **params)
 
     def resolve_hyperparameters(self, values: Mapping) -> dict:
         """This loss's hyperparameters from a mapping of configured values (None: the loss's default)."""
@@ -229,6 +252,8 @@ REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in (
     LossSpec("sft", sft, "SFT", "sft", frozenset({"lengths"})),
     LossSpec("dpo", dpo, "DPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
     LossSpec("ipo", ipo, "IPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
+    LossSpec("cdpo", cdpo, "cDPO", "paired", PAIRED_REFERENCE, {"beta": 0.1, "epsilon": 0.2}),
+    LossSpec("slic", slic, "SLiC", "paired", frozenset(), {"beta": 1.0, "lambda_coef": 0.1}),
     # KTO takes paired batches here, read as desirable + undesirable items, as HALOs does with paired data.
     LossSpec("kto", kto, "KTO", "paired", frozenset({"reference", "kl"}), {"beta": 0.1}),
     LossSpec("rpo-paired", rpo_paired, "RPO-Paired", "paired", WEIGHTED, {"beta": 0.1, "tau": 0.5}),

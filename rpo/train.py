@@ -141,7 +141,7 @@ class Trainer:
         if "kl" in needs:
             kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(kl_logps))
         if "reference" not in needs:
-            return self.loss(pc, **kw)
+            return self.loss(pc, pr, **kw)
         return self.loss(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
                          self.reference_logps("rejected", rejected_idx).to(pr), **kw)
 

@@ -62,6 +62,30 @@ def test_ipo_by_hand():
     assert call("ipo", beta=BETA).loss.item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_cdpo_by_hand_and_at_epsilon_zero_is_dpo():
+    eps = 0.2
+    expected = sum(-(1 - eps) * logsig(BETA * (w - l)) - eps * logsig(-BETA * (w - l)) for w, l in zip(RW, RL)) / 3
+    out = get_loss("cdpo")(t(PC), t(PR), t(RC), t(RR), beta=BETA, epsilon=eps)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    assert out.chosen_rewards.tolist() == pytest.approx([BETA * r for r in RW])
+    assert call("cdpo", beta=BETA, epsilon=0.0).loss.item() == pytest.approx(call("dpo", beta=BETA).loss.item(), rel=1e-15)
+    assert call("cdpo").loss.item() == pytest.approx(call("cdpo", beta=0.1, epsilon=0.2).loss.item(), rel=1e-15)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        call("cdpo", epsilon=1.5)
+
+
+def test_slic_by_hand_needs_no_reference():
+    beta, lam = 1.0, 0.1
+    expected = sum(max(0.0, beta - w + l) - lam * w for w, l in zip(PC, PR)) / 3
+    out = get_loss("slic")(t(PC), t(PR), beta=beta, lambda_coef=lam)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    # margins logp(y_w) - logp(y_l) = 1, -3, 7 against beta 1: only the second pair is inside the hinge
+    assert [max(0.0, beta - w + l) for w, l in zip(PC, PR)] == [0.0, 4.0, 0.0]
+    assert get_loss("slic")(t(PC), t(PR)).loss.item() == pytest.approx(expected, rel=1e-15)  # the defaults
+    with pytest.raises(ConfigError, match="loss 'slic': takes no reference"):
+        get_loss("slic")(t(PC), t(PR), t(RC), t(RR))
+
+
 def test_kto_by_hand_with_positive_and_clamped_kl():
     for kl_policy, kl_ref in (([-5.0, -6.0], [-6.0, -6.5]), ([-7.0, -7.0], [-6.0, -6.0])):
         z0 = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref)) / 2)
@@ -145,7 +169,7 @@ def test_identities():
 
 
 GRAD_KW = {
-    "dpo": {}, "ipo": {}, "rpo-diagonal": {}, "rpo-uniform": {},
+    "dpo": {}, "ipo": {}, "rpo-diagonal": {}, "rpo-uniform": {}, "cdpo": {},
     "kto": {"policy_kl_logps": t([-5.0, -6.0]), "reference_kl_logps": t([-6.0, -6.5])},
     "rpo-paired": {"chosen_prompt_embeddings": t(EW), "rejected_prompt_embeddings": t(EL)},
     "rpo-unpaired": {"chosen_prompt_embeddings": t(EW), "rejected_prompt_embeddings": t(EL)},
@@ -160,6 +184,13 @@ def test_gradcheck(name):
 
     inputs = (t(PC).requires_grad_(), t(PR).requires_grad_())
     assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_slic_gradcheck():
+    def f(pc, pr):
+        return get_loss("slic")(pc, pr, beta=10.0).loss  # every pair inside the hinge: away from the kink
+
+    assert torch.autograd.gradcheck(f, (t(PC).requires_grad_(), t(PR).requires_grad_()))
 
 
 def test_sft_gradcheck():
@@ -187,7 +218,8 @@ def test_errors():
         call("kto")
     with pytest.raises(ValueError, match="1-D"):
         get_loss("dpo")(t([PC]), t([PR]), t([RC]), t([RR]))
-    assert set(REGISTRY) == {"sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"}
+    assert {"sft", "dpo", "ipo", "cdpo", "slic", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal",
+            "rpo-uniform"} <= set(REGISTRY)
 
 
 def test_a_loss_takes_only_its_own_keys():
@@ -209,7 +241,9 @@ def test_registry_defaults_and_needs():
     assert {name: dict(spec.hyperparameters) for name, spec in REGISTRY.items()} == {
         "sft": {}, "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "kto": {"beta": 0.1},
         "rpo-paired": {"beta": 0.1, "tau": 0.5}, "rpo-unpaired": {"beta": 0.1, "tau": 0.5},
-        "rpo-diagonal": {"beta": 0.1, "diagonal_weight": 0.8}, "rpo-uniform": {"beta": 0.1}}
+        "rpo-diagonal": {"beta": 0.1, "diagonal_weight": 0.8}, "rpo-uniform": {"beta": 0.1},
+        "cdpo": {"beta": 0.1, "epsilon": 0.2}, "slic": {"beta": 1.0, "lambda_coef": 0.1},
+        **({"ppo": dict(REGISTRY["ppo"].hyperparameters)} if "ppo" in REGISTRY else {})}
     assert losses_needing("embeddings") == ("rpo-paired", "rpo-unpaired")
     assert losses_needing("kl") == ("kto",)
     assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired"]
