@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +19,7 @@ from rpo.judge import (
 from rpo.judge.__main__ import main as judge_main
 from rpo.judge.base import model_shown_first, outcome
 from rpo.judge.openai_backend import OpenAIJudge, estimate_cost
+from rpo.judge.protocols import paper_answer, protocol_sha256, split_paper_messages
 
 N = 12
 
@@ -43,7 +43,10 @@ def expected_verdicts(n=N):
 
 
 def prefer_good(messages):
-    """A judge that sees through the template: it picks the response containing GOOD."""
+    """A judge that sees through either protocol's request: it picks the response containing GOOD."""
+    paper = split_paper_messages(messages)
+    if paper:
+        return paper_answer(paper["task"], "A" if "GOOD" in paper["response_a"] else "B")
     text = messages[-1]["content"]
     for task in TASKS:
         parts = split_rendered(task, text)
@@ -237,7 +240,9 @@ def test_cli_summary_tokens_cost_and_no_key_in_any_file(api_key, server, tmp_pat
     served_out = sum(len(parse.split()) for parse in [json.loads(r)["raw"] for r in out.read_text().splitlines()])
     assert (summary["input_tokens"], summary["output_tokens"]) == (served_in, served_out)
     assert summary["estimated_cost_usd"] == pytest.approx(served_in * 30e-6 + served_out * 60e-6)
-    assert summary["judge_model"] == "gpt-4-0613" and summary["template_sha256"] == template_sha256("dialogue")
+    assert summary["judge_model"] == "gpt-4-0613" and summary["protocol"] == "rpo-paper"
+    assert summary["template_sha256"] == protocol_sha256("rpo-paper", "dialogue") != template_sha256("dialogue")
+    assert (summary["retried_items"], summary["failed_items"]) == (0, 0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert set(rows[0]) >= {"id", "task", "prompt", "response", "chosen", "order", "raw", "verdict"}
 

@@ -5,6 +5,12 @@
         --out results/hh/judgments/dpo_bs8_seed1.jsonl \
         --summary results/hh/judgments/dpo_bs8_seed1.winrate.json
 
+--protocol chooses the judging protocol (rpo.judge.protocols): rpo-paper (default, the public code's
+compare.py: fixed temperature 0, max_tokens 10 and seed 0, its own seeded order; --max-tokens is not
+used) or rationale (the project's one-sentence template; --max-tokens and --seed's order apply). With
+the oracle backend the protocol sets only the presentation order: it reads rewards, not prompts. The
+summary records the protocol, its template hash, and how many items needed retries or finally failed.
+
 The OpenAI backend reads OPENAI_API_KEY from the environment (never from a flag, so it stays out of
 shell history and process lists). The oracle backend takes `--reward module:function`, a callable
 reward(task, prompt, response, metadata) -> float. Outputs are written only when every item was
@@ -19,29 +25,36 @@ from pathlib import Path
 
 from rpo.errors import ConfigError, DataError
 from rpo.io import write_json, write_jsonl
-from rpo.judge.base import TASKS, Judge, JudgeAPIError, judge_samples, read_samples, template_sha256
+from rpo.judge.base import TASKS, Judge, JudgeAPIError, judge_samples, read_samples
 from rpo.judge.cache import JudgeCache
-from rpo.judge.winrate import summarize
+from rpo.judge.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_sha256
+from rpo.judge.winrate import attempt_counts, summarize
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rpo.judge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", required=True, type=Path, help="samples JSONL (rpo.generate output)")
     parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+                        help="judging protocol: rpo-paper (the public code's) or rationale (see rpo.judge.protocols)")
     parser.add_argument("--backend", default="openai", choices=("openai", "oracle"))
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: the client's)")
     parser.add_argument("--model", default="gpt-4-0613")
     parser.add_argument("--reward", default=None, help="oracle backend: module:function computing the reward")
     parser.add_argument("--cache", type=Path, default=None, help="SQLite annotation cache (openai backend)")
-    parser.add_argument("--seed", type=int, default=1, help="seeds the presentation order and the bootstrap")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seeds the bootstrap, and the order under rationale (rpo-paper's order: seed 0)")
     parser.add_argument("--out", required=True, type=Path, help="judgments JSONL")
     parser.add_argument("--summary", required=True, type=Path, help="win-rate summary JSON")
     parser.add_argument("--run", default=None, help="run name in the summary (default: the samples file stem)")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=256, help="rationale only: rpo-paper fixes 10")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per API call")
     parser.add_argument("--max-attempts", type=int, default=6)
     parser.add_argument("--backoff-base", type=float, default=1.0, help="first retry delay in seconds")
+    parser.add_argument("--failed-as-no-winner", action="store_true",
+                        help="count items that fail every attempt as no winner (the public code's reading) "
+                             "instead of failing the run")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -63,13 +76,15 @@ def make_judge(args, cache: JudgeCache | None) -> Judge:
     if args.backend == "oracle":
         from rpo.judge.oracle_backend import OracleJudge
 
-        return OracleJudge(load_reward(args.reward))
+        judge = OracleJudge(load_reward(args.reward))
+        judge.protocol = args.protocol
+        return judge
     from rpo.judge.openai_backend import OpenAIJudge
 
     return OpenAIJudge(
         args.model, base_url=args.base_url, cache=cache, max_tokens=args.max_tokens, timeout=args.timeout,
         max_attempts=args.max_attempts, backoff_base=args.backoff_base, concurrency=args.concurrency,
-        progress=not args.no_progress,
+        progress=not args.no_progress, protocol=args.protocol, failed_as_no_winner=args.failed_as_no_winner,
     )
 
 
@@ -87,7 +102,9 @@ def run(args) -> dict:
         seed=args.seed,
         judge_backend=judge.backend,
         judge_model=judge.model,
-        template_sha256=template_sha256(args.task),
+        protocol=args.protocol,
+        template_sha256=protocol_sha256(args.protocol, args.task),
+        **attempt_counts(rows),
         **judge.usage(),
     )
     write_jsonl(args.out, rows)

@@ -1,8 +1,9 @@
-"""The pairwise judging protocol: templates, verdict parsing, seeded presentation order, samples I/O.
+"""Pairwise judging: the rationale protocol's template and parsing, samples I/O, judge_samples.
 
-A judge compares two responses shown as "A" and "B". For win rates the pair is always (model response,
-dataset's chosen response); which of the two is shown as A is decided per item by a hash of
-(seed, item id), so the order is random but reproducible, and undone after judging:
+A judge compares two responses shown as "A" and "B" (first and second). For win rates the pair is
+always (model response, dataset's chosen response); which of the two is shown first is decided by the
+judge's protocol (rpo.judge.protocols: rpo-paper replays compare.py's seeded shuffle, rationale hashes
+(seed, item id)), so the order is random but reproducible, and undone after judging:
 
     rows = judge_samples(read_samples("samples.jsonl"), "dialogue", judge, seed=1)
     rows[0]["verdict"]  # "model_win" | "chosen_win" | "tie" | "unparseable"
@@ -57,6 +58,8 @@ class Judgment:
     verdict: str  # one of VERDICTS, about the responses as presented (A / B)
     raw: str  # the judge's full answer
     cached: bool = False  # answered from the annotation cache, no call made
+    retries: int = 0  # failed attempts before the answer (compare.py makes one attempt: any retry = no winner there)
+    failed: bool = False  # no answer after every attempt, counted as no winner (OpenAIJudge failed_as_no_winner)
 
 
 class Judge(abc.ABC):
@@ -64,6 +67,7 @@ class Judge(abc.ABC):
 
     backend: str = "abstract"
     model: str = ""
+    protocol: str = "rationale"  # rpo.judge.protocols.PROTOCOLS: decides the presentation order
 
     @abc.abstractmethod
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
@@ -176,7 +180,11 @@ def judge_samples(samples: Sequence[dict], task: str, judge: Judge, seed: int) -
     duplicated = sorted(i for i, count in Counter(ids).items() if count > 1)
     if duplicated:
         raise DataError(f"samples: duplicate ids {duplicated[:5]}; every judged prompt needs its own id")
-    orders = [model_shown_first(seed, i) for i in ids]
+    from rpo.judge.protocols import presentation_orders  # here: protocols builds on this module
+
+    # Computed before any call from the samples alone (rpo-paper: file positions; rationale: ids), so
+    # concurrency and cache hits cannot change them and a rerun sends the same requests.
+    orders = presentation_orders(judge.protocol, ids, seed)
     items = [
         JudgeItem(
             id=item_id,
@@ -201,6 +209,8 @@ def judge_samples(samples: Sequence[dict], task: str, judge: Judge, seed: int) -
             "judge_verdict": j.verdict,
             "verdict": outcome(j.verdict, first),
             "cached": j.cached,
+            "retries": j.retries,
+            "failed": j.failed,
         }
         for item_id, s, first, j in zip(ids, samples, orders, judgments)
     ]

@@ -1,8 +1,11 @@
 """Persistent judge-answer cache: every paid answer is committed to SQLite the moment it arrives.
 
 A crash mid-run therefore loses no answer, and a rerun pays for no call twice. The key covers
-everything that determines the answer: judge model, template text (by hash), prompt, and the two
-responses in the order they were presented. Nothing secret is stored: no API key, no endpoint URL.
+everything that determines the answer: judging protocol (rpo-paper / rationale), judge model, the
+protocol's template and call settings (by hash), prompt, and the two responses in the order they were
+presented, so an answer given under one protocol is never reused for another. Each answer also keeps
+how many attempts it took, so a rerun from the cache reports the same retry counts. Nothing secret
+is stored: no API key, no endpoint URL.
 """
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ CREATE TABLE IF NOT EXISTS answers (
     raw TEXT NOT NULL,
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1
 )
 """
 
 
-def cache_key(model: str, template_sha256: str, prompt: str, response_a: str, response_b: str) -> str:
-    return sha256_json([model, template_sha256, prompt, response_a, response_b])
+def cache_key(protocol: str, model: str, template_sha256: str, prompt: str, response_a: str,
+              response_b: str) -> str:
+    return sha256_json([protocol, model, template_sha256, prompt, response_a, response_b])
 
 
 class JudgeCache:
@@ -42,19 +47,29 @@ class JudgeCache:
         with self._lock:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(answers)")}
+            if "attempts" not in columns:  # a cache written before attempts were kept
+                self._conn.execute("ALTER TABLE answers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
 
     def get(self, key: str) -> str | None:
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: str) -> tuple[str, int] | None:
+        """(raw answer, attempts it took) or None."""
         with self._lock:
-            row = self._conn.execute("SELECT raw FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+            row = self._conn.execute("SELECT raw, attempts FROM answers WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     def put(self, key: str, raw: str, *, model: str, template_sha256: str,
-            input_tokens: int = 0, output_tokens: int = 0) -> None:
+            input_tokens: int = 0, output_tokens: int = 0, attempts: int = 1) -> None:
         with self._lock:
             # First answer wins: a duplicate put (two identical pairs in flight) keeps the stored one.
             self._conn.execute(
-                "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, template_sha256, raw, int(input_tokens), int(output_tokens), time.time()),
+                "INSERT OR IGNORE INTO answers (key, model, template_sha256, raw, input_tokens, output_tokens,"
+                " created, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, model, template_sha256, raw, int(input_tokens), int(output_tokens), time.time(),
+                 int(attempts)),
             )
 
     def __len__(self) -> int:

@@ -1,8 +1,13 @@
 """A judge behind any OpenAI-compatible chat endpoint (GPT-4 in the paper), with cache, retries, cost.
 
-Failure policy: a call is retried with exponential backoff and jitter on 429, 5xx, timeouts and
-connection errors, at most `max_attempts` times. Other items keep going; when all are done, a
-JudgeAPIError names the items that still failed. Every answer received is already in the cache, so
+The request and the reading of the answer follow the judge's protocol (rpo.judge.protocols).
+Failure policy (a deliberate improvement on the public code, which makes one attempt with a 10 s
+alarm and counts any failure as no winner): a call is retried with exponential backoff and jitter on
+429, 5xx, timeouts and connection errors, at most `max_attempts` times. Each Judgment says how many
+retries it took, so the public code's reading (any retried item = no winner) can be reconstructed.
+Other items keep going; when all are done, a JudgeAPIError names the items that still failed, or,
+with `failed_as_no_winner`, they are recorded as failed, unparseable answers (the public code's
+reading; not cached, so a rerun asks again). Every answer received is already in the cache, so
 rerunning pays only for the failed items. The API key is read from OPENAI_API_KEY only and never
 written anywhere; error messages are scrubbed of it.
 """
@@ -19,10 +24,11 @@ import openai
 from tqdm.auto import tqdm
 
 from rpo.errors import ConfigError
-from rpo.judge.base import (
-    Judge, JudgeAPIError, JudgeItem, Judgment, parse_verdict, render_prompt, scrub_api_key, template_sha256,
-)
+from rpo.judge.base import Judge, JudgeAPIError, JudgeItem, Judgment, scrub_api_key
 from rpo.judge.cache import JudgeCache, cache_key
+from rpo.judge.protocols import (
+    DEFAULT_PROTOCOL, check_protocol, parse_answer, protocol_sha256, render_messages, request_options,
+)
 
 # USD per 1M tokens (input, output). A model not listed gets no cost estimate rather than a guess.
 PRICES_PER_MILLION = {
@@ -60,12 +66,16 @@ class OpenAIJudge(Judge):
         backoff_max: float = 60.0,
         concurrency: int = 8,
         progress: bool = True,
+        protocol: str = DEFAULT_PROTOCOL,
+        failed_as_no_winner: bool = False,
     ):
         if max_attempts < 1:
             raise ConfigError(f"max_attempts: must be at least 1, got {max_attempts}")
         if concurrency < 1:
             raise ConfigError(f"concurrency: must be at least 1, got {concurrency}")
         self.model = model
+        self.protocol = check_protocol(protocol)
+        self.failed_as_no_winner = failed_as_no_winner
         self.base_url = base_url
         self.cache = cache
         self.max_tokens = max_tokens
@@ -112,6 +122,10 @@ class OpenAIJudge(Judge):
                     except ConfigError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - recorded, reported once all items are done
+                        if self.failed_as_no_winner:
+                            retries = getattr(exc, "judge_attempts", self.max_attempts) - 1
+                            results[index] = Judgment("unparseable", "", retries=retries, failed=True)
+                            continue
                         failures.append((items[index].id, scrub_api_key(f"{type(exc).__name__}: {exc}")))
             except BaseException:
                 # Ctrl-C or a config error: finish the calls in flight (their answers get cached), start no more.
@@ -126,36 +140,38 @@ class OpenAIJudge(Judge):
         return results  # type: ignore[return-value]
 
     def _judge_one(self, item: JudgeItem) -> Judgment:
-        template_hash = template_sha256(item.task)
-        key = cache_key(self.model, template_hash, item.prompt, item.response_a, item.response_b)
+        template_hash = protocol_sha256(self.protocol, item.task)
+        key = cache_key(self.protocol, self.model, template_hash, item.prompt, item.response_a, item.response_b)
         if self.cache is not None:
-            raw = self.cache.get(key)
-            if raw is not None:
+            entry = self.cache.get_entry(key)
+            if entry is not None:
                 with self._lock:
                     self._usage["cached"] += 1
-                return Judgment(verdict=parse_verdict(raw), raw=raw, cached=True)
-        text = render_prompt(item.task, item.prompt, item.response_a, item.response_b)
-        raw, input_tokens, output_tokens = self._call_with_retries(text)
+                raw, attempts = entry
+                return Judgment(parse_answer(self.protocol, item.task, raw), raw, cached=True, retries=attempts - 1)
+        messages = render_messages(self.protocol, item.task, item.prompt, item.response_a, item.response_b)
+        raw, input_tokens, output_tokens, attempts = self._call_with_retries(messages)
         if self.cache is not None:
             self.cache.put(key, raw, model=self.model, template_sha256=template_hash,
-                           input_tokens=input_tokens, output_tokens=output_tokens)
-        return Judgment(verdict=parse_verdict(raw), raw=raw)
+                           input_tokens=input_tokens, output_tokens=output_tokens, attempts=attempts)
+        return Judgment(parse_answer(self.protocol, item.task, raw), raw, retries=attempts - 1)
 
-    def _call_with_retries(self, text: str) -> tuple[str, int, int]:
+    def _call_with_retries(self, messages: list[dict]) -> tuple[str, int, int, int]:
+        """(answer, input tokens, output tokens, attempts made); a final failure carries judge_attempts."""
         client = self._get_client()
+        options = request_options(self.protocol, self.max_tokens, self.temperature)
         for attempt in range(self.max_attempts):
             try:
-                response = client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": text}],
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                )
+                response = client.chat.completions.create(model=self.model, messages=messages, **options)
                 break
-            except RETRYABLE:
+            except RETRYABLE as exc:
                 if attempt == self.max_attempts - 1:
+                    exc.judge_attempts = attempt + 1
                     raise
                 time.sleep(self._backoff(attempt))
+            except openai.OpenAIError as exc:  # not retried: a 4xx cannot succeed on a second try
+                exc.judge_attempts = attempt + 1
+                raise
         usage = response.usage
         input_tokens = usage.prompt_tokens if usage else 0
         output_tokens = usage.completion_tokens if usage else 0
@@ -164,7 +180,7 @@ class OpenAIJudge(Judge):
             self._usage["input_tokens"] += input_tokens
             self._usage["output_tokens"] += output_tokens
         raw = response.choices[0].message.content if response.choices else None
-        return raw or "", input_tokens, output_tokens
+        return raw or "", input_tokens, output_tokens, attempt + 1
 
     def _backoff(self, attempt: int) -> float:
         # Jitter spreads out threads that hit the same rate limit at the same moment.

@@ -42,3 +42,12 @@ def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = N_RESAMP
     win_rate, low, high = bootstrap_interval(wins, seed=seed, n_resamples=n_resamples, confidence=confidence)
     summary.update(win_rate=win_rate, ci_low=low, ci_high=high)
     return summary
+
+
+def attempt_counts(rows: Iterable[dict]) -> dict:
+    """retried_items: items whose answer took more than one attempt; failed_items: items with no answer
+    after every attempt (counted as no winner). The public code makes one attempt and reads any failure
+    as no winner, so its count would treat every retried item as unparseable."""
+    rows = list(rows)
+    return {"retried_items": sum(1 for r in rows if r.get("retries", 0) > 0),
+            "failed_items": sum(1 for r in rows if r.get("failed", False))}
