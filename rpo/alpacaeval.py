@@ -1,5 +1,7 @@
 """AlpacaEval 2.0 through the `alpaca_eval` package (paper: annotator alpaca_eval_gpt4_turbo_fn, GPT-4
-Turbo reference outputs, plain win rate).
+Turbo reference outputs, plain win rate). ANNOTATORS are the two the pipeline offers: the paper's
+ranking annotator and the AlpacaEval 2.0 leaderboard's weighted_alpaca_eval_gpt4_turbo (soft
+preferences from the judge's "m"/"M" log-probs); their scores are not comparable.
 
     export_model_outputs("samples/rpo.jsonl", "alpaca/rpo.json", "rpo-paired")
     export_reference_outputs("samples/rpo.jsonl", "alpaca/reference.json")
@@ -9,8 +11,9 @@ Turbo reference outputs, plain win rate).
 alpaca_eval runs in a subprocess: it reads OPENAI_API_BASE / OPENAI_API_KEY / OPENAI_CLIENT_CONFIG_PATH
 once, at import, so a fresh process is the only reliable way to point it at a given endpoint. It is
 given explicit reference outputs, a caching path and fn_metric get_winrate, so nothing is fetched from
-the Hugging Face hub. The length-controlled win rate needs hub files: it is tried afterwards and
-reported as None (with the reason) when it cannot be computed. Rates are fractions in [0, 1]
+the Hugging Face hub. The length-controlled win rate needs the hub file df_gamed.csv: it is computed
+afterwards whenever alpaca_eval can (the file is cached, or the hub is reachable); otherwise it is None
+and the result says why (lc_unavailable: short form, lc_unavailable_reason). Rates are fractions in [0, 1]
 (alpaca_eval itself prints percentages). The 95% interval is the project's one interval
 (rpo.stats.bootstrap_interval) over alpaca_eval's per-instruction scores, read from its annotations.
 """
@@ -21,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +35,16 @@ from rpo.io import read_jsonl, write_json
 from rpo.judge.base import read_samples, scrub_api_key
 from rpo.stats import bootstrap_interval
 
-DEFAULT_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"
+PAPER_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"
+LEADERBOARD_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+ANNOTATORS = (PAPER_ANNOTATOR, LEADERBOARD_ANNOTATOR)  # the schema's alpacaeval.annotators_config enum
+DEFAULT_ANNOTATOR = PAPER_ANNOTATOR
+# What the length-controlled GLM downloads (alpaca_eval.metrics.glm_winrate._get_featurized_data).
+LC_HUB_REPO, LC_HUB_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
+# rpo.data.loaders.load_eval_prompts names AlpacaEval's instructions alpaca_eval-<split>-<row>. The GLM
+# looks up each instruction's difficulty by that row, so the exports carry it (generation shuffles).
+_ALPACA_ROW = re.compile(r"^alpaca_eval-.+-(\d+)$")
+ROW_FIELD = "alpaca_eval_index"
 REFERENCE_GENERATOR = "gpt4_turbo"
 
 
@@ -41,11 +54,14 @@ class AlpacaEvalError(RuntimeError):
 
 def _export(path, out_path, field: str, generator_name: str) -> int:
     rows = read_samples(path, required=("id", field), metadata_fields=("instruction",))
-    outputs = [
-        {"instruction": row["metadata"]["instruction"], "output": row[field], "generator": generator_name,
-         "dataset": row["metadata"].get("dataset")}
-        for row in rows
-    ]
+    outputs = []
+    for row in rows:
+        output = {"instruction": row["metadata"]["instruction"], "output": row[field], "generator": generator_name,
+                  "dataset": row["metadata"].get("dataset")}
+        number = _ALPACA_ROW.match(str(row["id"]))
+        if number:
+            output[ROW_FIELD] = int(number.group(1))
+        outputs.append(output)
     # alpaca_eval pairs model and reference outputs by instruction text: a repeat would pair wrongly.
     repeated = [text for text, count in Counter(o["instruction"] for o in outputs).items() if count > 1]
     if repeated:
@@ -85,22 +101,55 @@ def resolve_annotator(annotators_config) -> str:
                       f"built into alpaca_eval (see {_evaluators_dir()})")
 
 
-def _length_controlled(annotations_path: Path) -> tuple[float | None, str | None]:
+def _hub_file_cached() -> bool:
+    from alpaca_eval import constants
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(LC_HUB_REPO, LC_HUB_FILE, cache_dir=constants.DEFAULT_CACHE_DIR,
+                                   repo_type="dataset")
+    return isinstance(found, str)
+
+
+def length_controlled(annotations_path) -> dict:
+    """alpaca_eval's length-controlled win rate, or None with why not: lc_win_rate, lc_unavailable (the
+    short form a table cell shows), lc_unavailable_reason (the full sentence)."""
+    import pandas as pd
+    from huggingface_hub import constants as hub
+
+    where = f"{LC_HUB_REPO} {LC_HUB_FILE}"
+    cached = _hub_file_cached()
+    if not cached and hub.HF_HUB_OFFLINE:
+        return {"lc_win_rate": None, "lc_unavailable": f"offline, no {LC_HUB_FILE}",
+                "lc_unavailable_reason": f"alpaca_eval needs {where} from the hub; not in the HF cache and "
+                                         "HF_HUB_OFFLINE=1"}
+    annotations = pd.read_json(annotations_path)
+    if ROW_FIELD not in annotations or annotations[ROW_FIELD].isna().any():
+        return {"lc_win_rate": None, "lc_unavailable": "not AlpacaEval's instructions",
+                "lc_unavailable_reason": "alpaca_eval's length-controlled GLM reads each instruction's difficulty "
+                                         "from AlpacaEval's 805 by row; these instructions are not all AlpacaEval's "
+                                         "(ids not alpaca_eval-<split>-<row>)"}
+    # the GLM takes an annotation's row in AlpacaEval from the frame's (unnamed) index
+    annotations.index = pd.Index(annotations.pop(ROW_FIELD).astype(int).to_list())
     try:
-        import pandas as pd
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
-        metrics = get_length_controlled_winrate(pd.read_json(annotations_path), save_weights_dir=None)
-        return metrics["length_controlled_winrate"] / 100.0, None
-    except Exception as exc:  # noqa: BLE001 - offline or degenerate data: the plain rate still stands
-        return None, f"{type(exc).__name__}: {exc}"[:500]
+        metrics = get_length_controlled_winrate(annotations, save_weights_dir=None)
+        return {"lc_win_rate": metrics["length_controlled_winrate"] / 100.0, "lc_unavailable": None,
+                "lc_unavailable_reason": None}
+    except Exception as exc:  # noqa: BLE001 - hub unreachable or a degenerate fit: the plain rate still stands
+        error = f"{type(exc).__name__}: {exc}"[:400]
+        if not cached and not _hub_file_cached():
+            return {"lc_win_rate": None, "lc_unavailable": f"hub unreachable, no {LC_HUB_FILE}",
+                    "lc_unavailable_reason": f"alpaca_eval could not fetch {where} from the hub: {error}"}
+        return {"lc_win_rate": None, "lc_unavailable": "GLM fit failed",
+                "lc_unavailable_reason": f"alpaca_eval's length-controlled GLM failed: {error}"}
 
 
 def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_ANNOTATOR, *, output_dir,
                     caching_path, base_url: str | None = None, timeout_s: float | None = None,
                     seed: int = 1) -> dict:
-    """Annotate model vs reference outputs with alpaca_eval; return win_rate, its bootstrap interval
-    (ci_low, ci_high; `seed` seeds it), standard_error, n, lc_win_rate.
+    """Annotate model vs reference outputs with alpaca_eval; return the annotator, win_rate, its bootstrap
+    interval (ci_low, ci_high; `seed` seeds it), standard_error, n, lc_win_rate (or why it is None).
 
     base_url, when given, points alpaca_eval's OpenAI client at that endpoint (OPENAI_API_BASE; a set
     OPENAI_CLIENT_CONFIG_PATH is dropped for the run so it cannot override it). The key comes from
@@ -179,7 +228,6 @@ def _read_results(results_dir: Path, generator: str, annotator: str, seed: int) 
     if not math.isclose(mean, win_rate, abs_tol=1e-9):
         raise DataError(f"{annotations_path}: per-instruction scores average {mean}, but alpaca_eval's "
                         f"leaderboard says win rate {win_rate}")
-    lc_win_rate, lc_error = _length_controlled(annotations_path)
     return {
         "annotator": annotator,
         "generator": generator,
@@ -193,8 +241,7 @@ def _read_results(results_dir: Path, generator: str, annotator: str, seed: int) 
         "n_losses": int(row["n_wins_base"]),
         "n_draws": int(row["n_draws"]),
         "n_unparseable": int(preferences.isna().sum()),
-        "lc_win_rate": lc_win_rate,
-        "lc_error": lc_error,
+        **length_controlled(annotations_path),
         "annotations": str(annotations_path),
     }
 
@@ -240,7 +287,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     write_json(args.summary, result)
-    lc = "n/a" if result["lc_win_rate"] is None else f"{100 * result['lc_win_rate']:.2f}%"
+    lc = (f"n/a, {result['lc_unavailable_reason']}" if result["lc_win_rate"] is None
+          else f"{100 * result['lc_win_rate']:.2f}%")
     print(f"{result['generator']}: AlpacaEval win rate {100 * result['win_rate']:.2f}% over {result['n']} "
           f"instructions (length-controlled: {lc})")
     return 0

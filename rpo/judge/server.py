@@ -2,7 +2,10 @@
 
 The HTTP part is generic: answers come from `reply(messages) -> text`. Requests that carry `tools`
 (function calling, as alpaca_eval's *_fn annotators send) get the text back as the arguments of a
-tool call to the requested function. Faults can be queued; each request consumes the next one:
+tool call to the requested function. A request with `logprobs: true` gets OpenAI-format token
+log-probs: a plain-text answer is one token of log-prob 0 (certain); a reply function can instead
+return `Reply(text, top_logprobs)` to say how likely each candidate token was (alpaca_eval's
+weighted annotators read exactly that). Faults can be queued; each request consumes the next one:
 
     with ChatServer(lambda messages: "More helpful: A") as server:
         server.fail(429, times=2)      # HTTP 429 for the next two requests
@@ -30,6 +33,27 @@ class _Fault:
     status: int | None = None  # answer with this HTTP error status
     stall_s: float = 0.0  # wait this long before answering normally
     garbage: bool = False  # answer with text that has no verdict
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer plus its candidate first tokens' log-probs (token -> logprob), for logprobs requests."""
+    text: str
+    top_logprobs: dict[str, float]
+
+
+def _token(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": float(logprob), "bytes": list(token.encode("utf-8"))}
+
+
+def _logprobs(answer, top_n) -> dict:
+    """OpenAI's choices[0].logprobs for a one-token answer: the top `top_n` candidates, likeliest first."""
+    if not isinstance(answer, Reply):
+        answer = Reply(answer, {answer: 0.0})
+    ranked = sorted(answer.top_logprobs.items(), key=lambda item: -item[1])[:max(int(top_n or 0), 1)]
+    # the sampled token is the answer's text; a candidate list that lacks it ranks it below the rest
+    chosen = _token(answer.text, answer.top_logprobs.get(answer.text, ranked[-1][1]))
+    return {"content": [{**chosen, "top_logprobs": [_token(t, lp) for t, lp in ranked]}], "refusal": None}
 
 
 def _count_tokens(text: str | None) -> int:
@@ -92,7 +116,8 @@ class ChatServer:
 
     def _completion(self, body: dict, garbage: bool = False) -> dict:
         messages = body.get("messages") or []
-        text = GARBAGE if garbage else self.reply(messages)
+        answer = GARBAGE if garbage else self.reply(messages)
+        text = answer.text if isinstance(answer, Reply) else answer
         message: dict = {"role": "assistant", "content": text}
         finish = "stop"
         if body.get("tools"):
@@ -108,7 +133,8 @@ class ChatServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "test-model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": _logprobs(answer, body.get("top_logprobs")) if body.get("logprobs") else None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
