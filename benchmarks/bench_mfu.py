@@ -160,7 +160,7 @@ def build_trainer(root: Path, sizes: dict, args) -> Trainer:
     max_length, max_prompt = sizes["prompt_len"] + sizes["response_len"], sizes["prompt_len"]
     compute_reference_cache(model, data, cache, max_length=max_length, max_prompt_length=max_prompt,
                             batch_size=2 * args.pairs, device=args.device)
-    embed_prompts(data, "tfidf-svd", emb)
+    embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=max_length, max_prompt_length=max_prompt)
     trainer = Trainer(resolve_config({
         "model": str(model), "data": str(data), "out": str(root / "run"), "method": args.method,
         "reference_cache": str(cache), "embeddings": str(emb), "embedder": "tfidf-svd", "optimizer": "adamw",

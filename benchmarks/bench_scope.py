@@ -87,7 +87,7 @@ def main() -> None:
     model = build_model(spec, root / "model", corpus=[r.prompt + r.chosen + r.rejected for r in records])
     cache = compute_reference_cache(model, data, root / "ref.pt", max_length=256, max_prompt_length=128)
     emb = root / "emb.pt"
-    embed_prompts(data, "tfidf-svd", emb)
+    embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=256, max_prompt_length=128)
 
     def trainer(name, scope, batch_size, accumulation):
         return Trainer(resolve_config({

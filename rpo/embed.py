@@ -6,7 +6,10 @@ Embedders (all return float32 rows of unit L2 norm):
   tfidf-svd          TF-IDF + truncated SVD fitted on the texts being embedded (no model weights)
   random             a fixed random vector per distinct text: a control with no semantic signal
 
-CLI: python -m rpo.embed --records X.jsonl --embedder NAME --out X.pt
+The text embedded is each record's prompt as training cuts it, re-decoded (`embedded_prompt`).
+
+CLI: python -m rpo.embed --records X.jsonl --embedder NAME --model MODEL_DIR --max-length L
+         --max-prompt-length P --out X.pt
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rpo.data.records import ASSISTANT, USER, PreferenceRecord, read_records
+from rpo.data.tokenize import TRUNCATION_SIDES, default_truncation, pair_prompt_ids
 from rpo.errors import CacheMismatchError, ConfigError, DataError
-from rpo.io import atomic_path, read_jsonl, sha256_file
+from rpo.io import atomic_path, sha256_file
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
@@ -65,7 +70,7 @@ class TfidfSvdEmbedder:
     """Word TF-IDF projected by truncated SVD; fitted afresh on each call's texts.
 
     The dimension is min(dim, n_texts - 1, n_features - 1) (at least 1), so it depends on the
-    batch of texts; embed_prompts calls encode once on all distinct prompts of a file.
+    batch of texts; embed_prompts calls encode once on all distinct prompt texts of a file.
     """
 
     name = "tfidf-svd"
@@ -176,49 +181,85 @@ def get_embedder(name: str, *, dim: int | None = None, seed: int = 0, device: st
     return SentenceTransformerEmbedder(name, model)
 
 
-def _read_prompts(records_path: Path) -> tuple[list[str], list[str]]:
-    rows = read_jsonl(records_path)
-    if not rows:
-        raise DataError(f"{records_path}: no records to embed")
-    ids, prompts = [], []
-    for row_no, row in enumerate(rows, start=1):
-        for field in ("id", "prompt"):
-            if field not in row:
-                raise DataError(f"{records_path}, row {row_no}: missing field {field!r}")
-            if not isinstance(row[field], str):
-                raise DataError(f"{records_path}, row {row_no}: field {field!r} must be a string, "
-                                f"got {type(row[field]).__name__}")
-        ids.append(row["id"])
-        prompts.append(row["prompt"])
-    return ids, prompts
+def _tokenizer_sha256(model_path) -> str | None:
+    # The reference cache's key for the tokenisation (rpo.refcache.cache_meta), so both refuse alike.
+    file = Path(model_path) / "tokenizer.json"
+    return sha256_file(file) if file.is_file() else None
 
 
-def embed_prompts(records_path, embedder_name: str, out_path, batch_size: int = 64) -> Path:
-    """Embed each record's prompt (each distinct prompt once) and write one file, atomically.
+def text_settings(model_path, max_length: int, max_prompt_length: int, truncation: str) -> dict:
+    """What the embedded text depends on besides the records; stored in the file, checked on load."""
+    return {"tokenizer_sha256": _tokenizer_sha256(model_path), "max_length": max_length,
+            "max_prompt_length": max_prompt_length, "truncation": truncation}
 
-    The file holds {"embeddings": float32 [n_records, d], "ids": [...], "meta": {"data_sha256",
-    "embedder", "dim"}}; row i belongs to record i.
+
+def embedded_prompt(tokenizer, record: PreferenceRecord, max_length: int, max_prompt_length: int,
+                    truncation: str) -> str:
+    """The text the public code embeds: the record's prompt as its training cuts it, re-decoded.
+
+    The cut is training's (rpo.data.tokenize.pair_prompt_ids: only when the prompt plus the longer
+    response exceeds max_length); chosen and rejected share that prompt, so one text per record. Decoding drops special tokens as the public code
+    does, except the prompt markers: its LLaMA/Mistral tokenizers hold them as plain text, ours
+    (the small BPE) as special tokens, and dropping them would embed a prompt the public code never sees.
     """
+    ids = pair_prompt_ids(tokenizer, record.prompt, [record.chosen, record.rejected], max_length,
+                          max_prompt_length, truncation)
+    vocab = tokenizer.get_vocab()
+    markers = {vocab[m.strip()] for m in (USER, ASSISTANT) if m.strip() in vocab}
+    dropped = set(tokenizer.all_special_ids) - markers
+    return tokenizer.decode([i for i in ids if i not in dropped], skip_special_tokens=False)
+
+
+def _check_lengths(max_length, max_prompt_length) -> None:
+    for key, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"embeddings: training key {key} must be a positive integer, got {value!r}")
+
+
+def embed_prompts(records_path, embedder_name: str, out_path, *, model_path, max_length: int,
+                  max_prompt_length: int, truncation: str | None = None, batch_size: int = 64) -> Path:
+    """Embed each record's prompt as training cuts it (`embedded_prompt`, each distinct text once), atomically.
+
+    `model_path` is the policy's model folder (its tokenizer cuts the prompt; the base model's is the SFT
+    model's); truncation None is the records' own (rpo.data.tokenize.default_truncation). The file holds
+    {"embeddings": float32 [n_records, d], "ids": [...], "meta": {"data_sha256", "embedder", "dim",
+    "tokenizer_sha256", "max_length", "max_prompt_length", "truncation"}}; row i belongs to record i.
+    """
+    from transformers import AutoTokenizer
+
     records_path = Path(records_path)
-    ids, prompts = _read_prompts(records_path)
+    _check_lengths(max_length, max_prompt_length)
+    records = read_records(records_path)
+    if not records:
+        raise DataError(f"{records_path}: no records to embed")
+    truncation = truncation or default_truncation(records)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as exc:
+        raise ConfigError(f"embeddings: cannot load the tokenizer of model folder {model_path}: {exc}") from exc
+    texts = [embedded_prompt(tokenizer, r, max_length, max_prompt_length, truncation) for r in records]
     embedder = get_embedder(embedder_name)
-    distinct = list(dict.fromkeys(prompts))
+    distinct = list(dict.fromkeys(texts))
     vectors = embedder.encode(distinct, batch_size=batch_size)
     if vectors.shape[0] != len(distinct):
         raise RuntimeError(f"embedder {embedder.name!r} returned {vectors.shape[0]} rows "
                            f"for {len(distinct)} texts")
-    row_of = {prompt: i for i, prompt in enumerate(distinct)}
-    embeddings = torch.from_numpy(vectors[[row_of[p] for p in prompts]]).to(torch.float32).contiguous()
+    row_of = {text: i for i, text in enumerate(distinct)}
+    embeddings = torch.from_numpy(vectors[[row_of[t] for t in texts]]).to(torch.float32).contiguous()
     meta = {"data_sha256": sha256_file(records_path), "embedder": embedder.name,
-            "dim": int(embeddings.shape[1])}
+            "dim": int(embeddings.shape[1]), **text_settings(model_path, max_length, max_prompt_length, truncation)}
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        torch.save({"embeddings": embeddings, "ids": ids, "meta": meta}, tmp)
+        torch.save({"embeddings": embeddings, "ids": [r.id for r in records], "meta": meta}, tmp)
     return out_path
 
 
-def load_embeddings(path, records_path, embedder_name: str | None = None) -> torch.Tensor:
-    """The [n_records, d] embeddings at `path`, refused if they belong to other data or embedder."""
+def load_embeddings(path, records_path, embedder_name: str | None, expected_text: dict) -> torch.Tensor:
+    """The [n_records, d] embeddings at `path`, refused if they belong to other data, embedder or text.
+
+    `expected_text` is `text_settings(...)` of the run (truncation None: the records' own): the tokenizer,
+    lengths and truncation decide which prompt text was embedded, so they must be the file's.
+    """
     path, records_path = Path(path), Path(records_path)
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -238,6 +279,13 @@ def load_embeddings(path, records_path, embedder_name: str | None = None) -> tor
         raise CacheMismatchError(
             f"{path}: embeddings were computed with embedder {meta.get('embedder')!r}, "
             f"but {embedder_name!r} was asked for (data {records_path})")
+    expected = dict(expected_text)
+    expected["truncation"] = expected["truncation"] or default_truncation(read_records(records_path))
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            raise CacheMismatchError(
+                f"{path}: embeddings were computed with {key} {meta.get(key)!r}, but {want!r} was asked for "
+                f"(data {records_path}); the embedded prompt text would differ: recompute them with rpo.embed")
     embeddings = stored["embeddings"]
     if embeddings.ndim != 2 or embeddings.shape[0] != len(stored["ids"]):
         raise DataError(f"{path}: embeddings of shape {tuple(embeddings.shape)} do not match "
@@ -249,10 +297,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rpo.embed", description=__doc__.splitlines()[0])
     parser.add_argument("--records", required=True, help="preference records JSONL (rows with id, prompt)")
     parser.add_argument("--embedder", default=MINILM, help=f"embedder name (default {MINILM})")
+    parser.add_argument("--model", required=True, help="the policy's model folder, whose tokenizer cuts the prompt")
+    parser.add_argument("--max-length", type=int, required=True, help="training max_length")
+    parser.add_argument("--max-prompt-length", type=int, required=True, help="training max_prompt_length")
+    parser.add_argument("--truncation", choices=list(TRUNCATION_SIDES), default=None,
+                        help="prompt truncation side (default: the records' metadata)")
     parser.add_argument("--out", required=True, help="output .pt file")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    out = embed_prompts(args.records, args.embedder, args.out, batch_size=args.batch_size)
+    out = embed_prompts(args.records, args.embedder, args.out, model_path=args.model, max_length=args.max_length,
+                        max_prompt_length=args.max_prompt_length, truncation=args.truncation,
+                        batch_size=args.batch_size)
     meta = torch.load(out, map_location="cpu", weights_only=True)
     print(f"{out}: {meta['embeddings'].shape[0]} rows, dim {meta['meta']['dim']}, "
           f"embedder {meta['meta']['embedder']}")

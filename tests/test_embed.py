@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from rpo.embed import embed_prompts, get_embedder, load_embeddings
+from rpo.data.records import read_records
+from rpo.data.tokenize import prompt_ids
+from rpo.embed import embed_prompts, embedded_prompt, get_embedder, load_embeddings, text_settings
 from rpo.errors import CacheMismatchError, ConfigError, DataError
+from rpo.models import build_model
 
 torch.set_num_threads(2)
 
@@ -23,11 +26,36 @@ PROMPTS = [BREAD, BREAD_TOO, HOCKEY, TAXES,
            "\n<|user|>\nHow many legs does a spider have?\n<|assistant|>\n"]
 
 
-def write_records(path, prompts):
-    rows = [{"id": f"r{i}", "prompt": p, "chosen": "yes", "rejected": "no", "metadata": {}}
+LONG = " ".join(f"turn {i} of a long talk about bread and tea." for i in range(12))
+LENGTHS = {"max_length": 64, "max_prompt_length": 32}
+
+
+def write_records(path, prompts, rejected="no"):
+    rows = [{"id": f"r{i}", "prompt": p, "chosen": "yes", "rejected": rejected, "metadata": {}}
             for i, p in enumerate(prompts)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def small_model(folder, corpus):
+    spec = {"kind": "small", "arch": "gpt2", "n_layers": 1, "d_model": 16, "n_heads": 2, "vocab_size": 400,
+            "max_position": 256}
+    return build_model(spec, folder, corpus=corpus, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_model(tmp_path_factory.mktemp("embed") / "base", PROMPTS + [LONG, "yes no"])
+
+
+def embed(records, name, out, model, **kw):
+    return embed_prompts(records, name, out, model_path=model, **{**LENGTHS, **kw})
+
+
+def load(out, records, name, model, truncation=None, **kw):
+    lengths = {**LENGTHS, **kw}
+    return load_embeddings(out, records, name, text_settings(model, lengths["max_length"],
+                                                             lengths["max_prompt_length"], truncation))
 
 
 def assert_unit_rows(vectors, n_rows):
@@ -78,14 +106,14 @@ def test_random_same_text_same_vector_across_calls_and_processes():
     np.testing.assert_array_equal(np.load(BytesIO(out.stdout))[0], first[1])
 
 
-def test_embed_prompts_one_row_per_record_duplicates_identical(tmp_path):
+def test_embed_prompts_one_row_per_record_duplicates_identical(tmp_path, model):
     prompts = [BREAD, HOCKEY, BREAD, TAXES, HOCKEY]
     records = write_records(tmp_path / "train.jsonl", prompts)
-    out = embed_prompts(records, "random", tmp_path / "emb" / "train.random.pt")
+    out = embed(records, "random", tmp_path / "emb" / "train.random.pt", model)
     stored = torch.load(out, weights_only=True)
     assert stored["ids"] == [f"r{i}" for i in range(5)]
     assert stored["meta"]["embedder"] == "random" and stored["meta"]["dim"] == 64
-    embeddings = load_embeddings(out, records, "random")
+    embeddings = load(out, records, "random", model)
     assert embeddings.dtype == torch.float32 and embeddings.shape == (5, 64)
     assert torch.equal(embeddings[0], embeddings[2]) and torch.equal(embeddings[1], embeddings[4])
     assert not torch.equal(embeddings[0], embeddings[1])
@@ -93,47 +121,50 @@ def test_embed_prompts_one_row_per_record_duplicates_identical(tmp_path):
     np.testing.assert_array_equal(embeddings.numpy(), expected)
 
 
-def test_embed_prompts_fits_tfidf_on_distinct_prompts(tmp_path):
+def test_embed_prompts_fits_tfidf_on_distinct_prompts(tmp_path, model):
     records = write_records(tmp_path / "train.jsonl", PROMPTS + PROMPTS[:2])
-    embeddings = load_embeddings(embed_prompts(records, "tfidf-svd", tmp_path / "e.pt"), records)
+    embeddings = load(embed(records, "tfidf-svd", tmp_path / "e.pt", model), records, None, model)
     distinct = get_embedder("tfidf-svd").encode(PROMPTS)
     np.testing.assert_allclose(embeddings[: len(PROMPTS)].numpy(), distinct, atol=1e-6)
     assert torch.equal(embeddings[len(PROMPTS)], embeddings[0])
 
 
-def test_embed_prompts_minilm(tmp_path):
+def test_embed_prompts_minilm(tmp_path, model):
     records = write_records(tmp_path / "train.jsonl", [BREAD, BREAD_TOO, BREAD])
-    out = embed_prompts(records, "sentence-transformers/all-MiniLM-L6-v2", tmp_path / "e.pt")
-    embeddings = load_embeddings(out, records, "all-MiniLM-L6-v2")
+    out = embed(records, "sentence-transformers/all-MiniLM-L6-v2", tmp_path / "e.pt", model)
+    embeddings = load(out, records, "all-MiniLM-L6-v2", model)
     assert embeddings.shape == (3, 384)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_load_embeddings_refuses_changed_data_or_other_embedder(tmp_path):
+def test_load_embeddings_refuses_changed_data_or_other_embedder(tmp_path, model):
     records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY])
-    out = embed_prompts(records, "random", tmp_path / "e.pt")
+    out = embed(records, "random", tmp_path / "e.pt", model)
     with pytest.raises(CacheMismatchError, match="'random'.*'tfidf-svd'"):
-        load_embeddings(out, records, "tfidf-svd")
+        load(out, records, "tfidf-svd", model)
     write_records(records, [BREAD, TAXES])
     with pytest.raises(CacheMismatchError, match="sha256") as caught:
-        load_embeddings(out, records)
+        load(out, records, None, model)
     assert str(out) in str(caught.value) and str(records) in str(caught.value)
 
 
-def test_bad_records_name_file_and_row(tmp_path):
+def test_bad_records_name_file_and_row(tmp_path, model):
     records = tmp_path / "bad.jsonl"
-    records.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" + json.dumps({"id": "b"}) + "\n")
+    row = {"id": "a", "prompt": "x", "chosen": "y", "rejected": "n"}
+    records.write_text(json.dumps(row) + "\n" + json.dumps({"id": "b"}) + "\n")
     with pytest.raises(DataError, match=r"bad\.jsonl, row 2: missing field 'prompt'"):
-        embed_prompts(records, "random", tmp_path / "e.pt")
-    records.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
+        embed(records, "random", tmp_path / "e.pt", model)
+    records.write_text(json.dumps({**row, "id": 1}) + "\n")
     with pytest.raises(DataError, match=r"row 1: field 'id' must be a string"):
-        embed_prompts(records, "random", tmp_path / "e.pt")
+        embed(records, "random", tmp_path / "e.pt", model)
     records.write_text("")
     with pytest.raises(DataError, match="no records"):
-        embed_prompts(records, "random", tmp_path / "e.pt")
+        embed(records, "random", tmp_path / "e.pt", model)
+    with pytest.raises(ConfigError, match="training key max_prompt_length must be a positive integer"):
+        embed(records, "random", tmp_path / "e.pt", model, max_prompt_length=0)
     assert not (tmp_path / "e.pt").exists()
     with pytest.raises(DataError, match="does not exist"):
-        load_embeddings(tmp_path / "missing.pt", records)
+        load(tmp_path / "missing.pt", records, None, model)
 
 
 def test_unknown_hub_embedder_fails_fast_with_config_error():
@@ -145,11 +176,54 @@ def test_unknown_hub_embedder_fails_fast_with_config_error():
         get_embedder("random", dim=-3)
 
 
-def test_cli_writes_the_file(tmp_path):
+def test_cli_writes_the_file(tmp_path, model):
     records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY, BREAD])
     out = tmp_path / "cli.pt"
     result = subprocess.run([sys.executable, "-m", "rpo.embed", "--records", str(records),
-                             "--embedder", "random", "--out", str(out)],
+                             "--embedder", "random", "--model", str(model), "--max-length", "64",
+                             "--max-prompt-length", "32", "--out", str(out)],
                             capture_output=True, text=True, check=True)
     assert "3 rows, dim 64" in result.stdout
-    assert load_embeddings(out, records, "random").shape == (3, 64)
+    assert load(out, records, "random", model).shape == (3, 64)
+
+
+def test_embedded_text_is_the_prompt_as_training_cuts_it(tmp_path, model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompt = "\n<|user|>\n" + LONG[:len(LONG) // 3] + "\n<|assistant|>\n"
+    full = prompt_ids(tokenizer, prompt, None, "keep_end")
+    assert 32 < len(full) < 64 - 3  # longer than max_prompt_length, but fits max_length with a short answer
+    short, long_rejected = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
+    write_records(short, [BREAD, prompt])
+    write_records(long_rejected, [BREAD, prompt], rejected=LONG)
+    texts = [embedded_prompt(tokenizer, r, 64, 32, "keep_end") for r in read_records(short)]
+    # A short prompt round-trips exactly: the markers (special tokens of our BPE) are kept.
+    assert texts[0] == BREAD
+    # The public code cuts only when prompt + the longer response exceed max_length.
+    assert texts[1] == prompt
+    cut = embedded_prompt(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_end")
+    assert cut != prompt and prompt.endswith(cut) and cut.endswith("<|assistant|>\n")
+    assert cut == tokenizer.decode(prompt_ids(tokenizer, prompt, 32, "keep_end"))
+    start = embedded_prompt(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_start")
+    assert start.startswith("\n<|user|>\nturn 0") and start.endswith("<|assistant|>\n") and start != prompt
+    # The file embeds exactly those texts.
+    embeddings = load(embed(long_rejected, "random", tmp_path / "e.pt", model), long_rejected, "random", model)
+    np.testing.assert_array_equal(embeddings.numpy(), get_embedder("random").encode([BREAD, cut]))
+
+
+def test_load_embeddings_refuses_other_tokenizer_lengths_or_truncation(tmp_path, model):
+    records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY])
+    out = embed(records, "random", tmp_path / "e.pt", model)
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["max_length"] == 64 and meta["max_prompt_length"] == 32 and meta["truncation"] == "keep_end"
+    assert meta["tokenizer_sha256"] == text_settings(model, 64, 32, "keep_end")["tokenizer_sha256"] is not None
+    other = small_model(tmp_path / "other", ["a different corpus entirely", "with other words"])
+    with pytest.raises(CacheMismatchError, match="tokenizer_sha256.*recompute"):
+        load(out, records, "random", other)
+    with pytest.raises(CacheMismatchError, match="max_length 64.*128"):
+        load(out, records, "random", model, max_length=128)
+    with pytest.raises(CacheMismatchError, match="max_prompt_length 32.*16"):
+        load(out, records, "random", model, max_prompt_length=16)
+    with pytest.raises(CacheMismatchError, match="truncation 'keep_end'.*'keep_start'"):
+        load(out, records, "random", model, truncation="keep_start")

@@ -61,8 +61,10 @@ def test_select_prompts_is_seeded_unique_and_capped():
     by_prompt = {r["prompt"]: r for r in select_prompts(records, n=100, seed=3)}
     assert len(by_prompt) == 10  # capped at the number of unique prompts
     assert by_prompt["post 4"]["id"] == "r8" and by_prompt["post 4"]["chosen"] == "good 8"  # first pair kept
+    assert by_prompt["post 4"]["rejected"] == "bad 8"  # with chosen, it decides the prompt cut (as in training)
     evals = select_prompts([EvalPrompt("e0", "say hi", "hi!", {"instruction": "say hi"})], n=1, seed=0)
-    assert evals == [{"id": "e0", "prompt": "say hi", "chosen": "hi!", "metadata": {"instruction": "say hi"}}]
+    assert evals == [{"id": "e0", "prompt": "say hi", "chosen": "hi!", "rejected": None,
+                      "metadata": {"instruction": "say hi"}}]
     with pytest.raises(ConfigError, match="n: must be a positive"):
         select_prompts(records, n=0, seed=1)
 
@@ -106,8 +108,9 @@ def test_output_rows(model_dir, tmp_path):
     assert [r["chosen"] for r in rows] == ["ref 0", "ref 1", "ref 2"]
     assert rows[1]["metadata"] == {"truncation": "keep_start", "instruction": "x"}
     assert rows[0]["model"] == str(model_dir)
-    assert rows[0]["sampling"] == {"do_sample": True, "max_new_tokens": 5, "max_prompt_length": 256, "seed": 1,
-                                   "batch_size": 2, "top_p": 0.9, "temperature": 0.7}
+    assert rows[0]["sampling"] == {"do_sample": True, "max_new_tokens": 5, "max_length": None, "max_prompt_length": 256,
+                                   "train_max_length": None,
+                                   "seed": 1, "batch_size": 2, "top_p": 0.9, "temperature": 0.7, "new_token_budget": 5}
     assert all(row["response"] == row["response"].strip() for row in rows)
     from transformers import AutoTokenizer
 
@@ -115,6 +118,39 @@ def test_output_rows(model_dir, tmp_path):
     single_tokens = {tokenizer.decode([t], skip_special_tokens=True).strip() for t in range(len(tokenizer))}
     one_token = run(model_dir, tmp_path, prompts, name="one.jsonl", max_new_tokens=1)
     assert all(row["response"] in single_tokens for row in one_token)  # only the new token, nothing of the prompt
+
+
+def test_max_length_budgets_prompt_plus_response_over_the_padded_batch(model_dir, tmp_path, monkeypatch):
+    """The public code's HF generate(max_length=L) on a left-padded batch: every row of a batch gets
+    L minus the batch's padded width, so no sequence (pads included) exceeds L."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = ["the cat sat on the mat and looked at the dog", "bread", "a summary of the post", "the dog"]
+    prompts = prompt_rows(texts)
+    widths = [len(prompt_ids(tokenizer, p["prompt"], None, "keep_end")) for p in prompts]
+    seen = []
+    original = GPT2LMHeadModel.generate
+
+    def spy(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        seen.append((kwargs["input_ids"].shape[1], kwargs["max_new_tokens"], kwargs["eos_token_id"], output.shape[1]))
+        assert "stop_strings" not in kwargs
+        return output
+
+    monkeypatch.setattr(GPT2LMHeadModel, "generate", spy)
+    max_length = max(widths) + 7
+    rows = run(model_dir, tmp_path, prompts, max_length=max_length, max_new_tokens=999, max_prompt_length=max(widths))
+    batch_widths = [max(widths[0:2]), max(widths[2:4])]
+    assert [(w, b) for w, b, _, _ in seen] == [(w, max_length - w) for w in batch_widths]
+    assert all(eos == tokenizer.eos_token_id and total <= max_length for _, _, eos, total in seen)
+    budgets = [row["sampling"]["new_token_budget"] for row in rows]
+    assert budgets == [max_length - batch_widths[0]] * 2 + [max_length - batch_widths[1]] * 2
+    assert budgets[1] < max_length - widths[1]  # the short prompt pays for its batch's padding
+    assert all(row["sampling"]["max_length"] == max_length and row["sampling"]["max_new_tokens"] is None
+               for row in rows)
+    with pytest.raises(ConfigError, match="generation.max_length: 8 leaves no room .* max_prompt_length 8"):
+        run(model_dir, tmp_path, prompts, max_length=8, max_prompt_length=8)
 
 
 def test_prompt_truncation_sides(model_dir):
@@ -137,7 +173,7 @@ def test_a_cut_keep_start_prompt_is_sampled_as_trained_ending_with_the_assistant
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = prompt_rows([" ".join(CORPUS[:4])])
+    prompts = prompt_rows([" ".join(CORPUS[:2])])  # longer than max_prompt_length, within n_positions
     prompts[0]["metadata"] = {"truncation": "keep_start"}
     max_prompt_length = 12
     seen = []
@@ -148,13 +184,22 @@ def test_a_cut_keep_start_prompt_is_sampled_as_trained_ending_with_the_assistant
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(GPT2LMHeadModel, "generate", spy)
-    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length)
-    trained = tokenize_example(tokenizer, prompts[0]["prompt"], "x", 64, max_prompt_length, "keep_start")
-    trained_prompt = [i for i, label in zip(trained["input_ids"], trained["labels"]) if label == -100]
+    n_prompt = len(tokenizer(prompts[0]["prompt"], add_special_tokens=False)["input_ids"])
+    assert n_prompt > max_prompt_length
     marker = tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"]
-    assert len(tokenizer(prompts[0]["prompt"], add_special_tokens=False)["input_ids"]) > max_prompt_length
-    assert seen == [trained_prompt]  # one prompt, batch of one: no left padding
+
+    def trained_prompt(max_length):
+        trained = tokenize_example(tokenizer, prompts[0]["prompt"], prompts[0]["chosen"], max_length,
+                                   max_prompt_length, "keep_start")
+        return [i for i, label in zip(trained["input_ids"], trained["labels"]) if label == -100]
+
+    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length,
+        train_max_length=n_prompt)  # the pair does not fit: training cuts the prompt
+    assert seen == [trained_prompt(n_prompt)]  # one prompt, batch of one: no left padding
     assert len(seen[0]) == max_prompt_length and seen[0][-len(marker):] == marker
+    # The pair fits training's max_length: training keeps the whole prompt, and so does generation.
+    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length, train_max_length=512)
+    assert seen[1] == trained_prompt(512) and len(seen[1]) == n_prompt
 
 
 def test_cli_with_preference_and_eval_records(model_dir, tmp_path):

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from rpo.data.records import (ASSISTANT, USER, EvalPrompt, PreferenceRecord, UnpairedItem, format_turns,
-                              read_eval_prompts, read_records, sft_examples, unpaired_items,
+                              read_eval_prompts, read_records, sft_examples, unpaired_batches, unpaired_items,
                               validate_record, write_eval_prompts, write_records)
 from rpo.errors import DataError
 
@@ -129,12 +129,20 @@ def test_unpaired_items_keep_every_response_once_and_are_deterministic():
     assert [item.desirable for item in items] != [True, False] * 20
 
 
-def test_unpaired_batches_mix_prompts_and_counts():
-    records = make_records([(f"prompt {i}", f"good {i}", f"bad {i}") for i in range(32)])
+def test_unpaired_batches_take_half_from_each_queue():
+    records = make_records([(f"prompt {i}", f"good {i}", f"bad {i}") for i in range(30)])
     items = unpaired_items(records, seed=0)
-    batches = [items[start:start + 8] for start in range(0, len(items), 8)]
-    chosen_counts = {sum(item.desirable for item in batch) for batch in batches}
-    assert len(chosen_counts) > 1  # the number of chosen items per batch varies
+    batches = unpaired_batches(records, 4, seed=0)
+    assert len(batches) == 30 // 4  # 2 items a side are left over: the short batch is dropped
+    assert all(len(c) == 4 and len(r) == 4 for c, r in batches)
+    # The queues keep the shuffled order of the flat list.
+    assert [i for c, _ in batches for i in c] == [x.record_index for x in items if x.desirable][:28]
+    assert [j for _, r in batches for j in r] == [x.record_index for x in items if not x.desirable][:28]
+    assert any(set(c) != set(r) for c, r in batches)
+    assert unpaired_batches(records, 4, seed=0) == batches
+    assert unpaired_batches(records, 4, seed=1) != batches
+    with pytest.raises(ValueError, match="per_side must be >= 1"):
+        unpaired_batches(records, 0, seed=0)
 
 
 def test_sft_examples_take_first_pair_of_each_unique_prompt():

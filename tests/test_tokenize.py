@@ -4,7 +4,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from rpo.data.records import format_turns
-from rpo.data.tokenize import collate, tokenize_example
+from rpo.data.tokenize import collate, tokenize_example, tokenize_pair
 from rpo.errors import ConfigError
 
 PAD, EOS, BOS = 0, 1, 2
@@ -44,20 +44,20 @@ def test_no_truncation_masks_prompt_and_appends_eos(word_tokenizer):
 
 
 def test_keep_end_keeps_the_last_prompt_tokens(word_tokenizer):
-    out = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 32, 4, "keep_end")
+    out = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 8, 4, "keep_end")  # 6 + 4 > 8: the prompt is cut
     assert out["input_ids"] == [12, 13, 14, 15, 16, 17, 18, EOS]
     assert out["labels"] == [-100] * 4 + [16, 17, 18, EOS]
 
 
 def test_keep_start_keeps_the_first_prompt_tokens(word_tokenizer):
-    out = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 32, 4, "keep_start")
+    out = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 8, 4, "keep_start")
     assert out["input_ids"] == [10, 11, 12, 13, 16, 17, 18, EOS]
     assert out["labels"] == [-100] * 4 + [16, 17, 18, EOS]
 
 
 def test_keep_start_keeps_the_closing_assistant_marker(word_tokenizer):
     prompt = format_turns([("user", PROMPT)])  # ids 4, 10..15, 5
-    out = tokenize_example(word_tokenizer, prompt, RESPONSE, 32, 4, "keep_start")
+    out = tokenize_example(word_tokenizer, prompt, RESPONSE, 10, 4, "keep_start")
     assert out["input_ids"] == [4, 10, 11, 5, 16, 17, 18, EOS]
     assert out["labels"] == [-100] * 4 + [16, 17, 18, EOS]
 
@@ -68,6 +68,20 @@ def test_response_cut_after_prompt_so_total_fits(word_tokenizer):
     assert out["labels"] == [-100, -100, -100, -100, 16, 17]
     exact = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 8, 4, "keep_start")
     assert exact["input_ids"] == [10, 11, 12, 13, 16, 17, 18, EOS]
+
+
+def test_the_prompt_is_cut_only_when_the_pair_does_not_fit(word_tokenizer):
+    """The public code's rule: max_prompt_length applies only when prompt + longest response > max_length."""
+    whole = tokenize_example(word_tokenizer, PROMPT, RESPONSE, 32, 4, "keep_end")
+    assert whole["input_ids"] == [10, 11, 12, 13, 14, 15, 16, 17, 18, EOS]
+    # A long rejected response decides the cut for the chosen one too: one prompt per pair.
+    chosen, rejected = tokenize_pair(word_tokenizer, PROMPT, [RESPONSE, "w6 w7 w8 w9 w9 w9"], 12, 4, "keep_end")
+    assert chosen["input_ids"] == [12, 13, 14, 15, 16, 17, 18, EOS]
+    assert rejected["input_ids"] == [12, 13, 14, 15, 16, 17, 18, 19, 19, 19, EOS]
+    # Still too long after the prompt cut: every response is cut to max_length - max_prompt_length,
+    # also where the prompt was already shorter than max_prompt_length (DPO's tokenize_batch_element).
+    short = tokenize_pair(word_tokenizer, "w0 w1", ["w6 w7 w8 w9 w9 w9 w9", RESPONSE], 8, 4, "keep_end")
+    assert [s["input_ids"] for s in short] == [[10, 11, 16, 17, 18, 19], [10, 11, 16, 17, 18, EOS]]
 
 
 def test_role_markers_are_single_tokens_in_formatted_prompt(word_tokenizer):

@@ -1,6 +1,8 @@
 """Turn (prompt, response) text into training ids with the prompt masked out, and pad batches.
 
-`prompt_ids` is the one prompt cut: training, the reference cache and generation all use it.
+`prompt_ids` is the one prompt cut and `pair_prompt_ids` the one rule for when it applies (the public
+code's: only when prompt + longest response exceed max_length); training, the reference cache, the
+prompt embeddings and generation all use them.
 """
 from __future__ import annotations
 
@@ -57,27 +59,47 @@ def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None, truncation
     return (body[: max(max_prompt_length - len(tail), 0)] + tail)[-max_prompt_length:]
 
 
-def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int,
-                     truncation: str) -> dict:
-    """Return {"input_ids", "labels"}: prompt ids (label -100) then response ids ending with EOS.
+def pair_prompt_ids(tokenizer, prompt: str, responses: Sequence[str], max_length: int, max_prompt_length: int,
+                    truncation: str) -> list[int]:
+    """The prompt as training cuts it for these responses (the public code's DPO tokenisation): whole,
+    unless the prompt plus the longest response with its EOS exceeds `max_length`; then cut to
+    `max_prompt_length` by `prompt_ids`. Training, the reference cache, the prompt embeddings and
+    generation all decide the cut here, so each sees the prompt the policy trains on."""
+    _check_lengths(max_length, max_prompt_length)
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) + 1
+    ids = prompt_ids(tokenizer, prompt, None, truncation)
+    if len(ids) + longest > max_length:
+        ids = prompt_ids(tokenizer, prompt, max_prompt_length, truncation)
+    return ids
 
-    Prompt and response are tokenised separately, without special tokens, and concatenated, so the
-    boundary between them is exact. The prompt is cut to `max_prompt_length` first (`prompt_ids`);
-    then the response is cut so the whole fits `max_length` (a cut response loses its EOS, as in
-    DPO's code).
+
+def tokenize_pair(tokenizer, prompt: str, responses: Sequence[str], max_length: int, max_prompt_length: int,
+                  truncation: str) -> list[dict]:
+    """One {"input_ids", "labels"} per response: prompt ids (label -100), then the response ids ending
+    with EOS.
+
+    Prompt and responses are tokenised separately, without special tokens, and concatenated, so the
+    boundary is exact. As in the public code (DPO's tokenize_batch_element): the prompt is cut
+    (`pair_prompt_ids`) only when it and the longest response exceed `max_length`; if they still do,
+    every response is cut to `max_length - max_prompt_length` tokens (a cut response loses its EOS).
     """
     _check_truncation(truncation)
     _check_lengths(max_length, max_prompt_length)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("tokenizer: has no eos_token_id; set eos_token before tokenising")
-    prompt_part = prompt_ids(tokenizer, prompt, max_prompt_length, truncation)
-    response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [eos]
-    response_ids = response_ids[: max_length - len(prompt_part)]
-    return {
-        "input_ids": prompt_part + response_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_part) + response_ids,
-    }
+    response_ids = [list(tokenizer(r, add_special_tokens=False)["input_ids"]) + [eos] for r in responses]
+    prompt_part = pair_prompt_ids(tokenizer, prompt, responses, max_length, max_prompt_length, truncation)
+    if len(prompt_part) + max(map(len, response_ids)) > max_length:
+        response_ids = [ids[: max_length - max_prompt_length] for ids in response_ids]
+    return [{"input_ids": prompt_part + ids, "labels": [IGNORE_INDEX] * len(prompt_part) + ids}
+            for ids in response_ids]
+
+
+def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int,
+                     truncation: str) -> dict:
+    """`tokenize_pair` of a prompt with one response (an SFT example, a KL pair)."""
+    return tokenize_pair(tokenizer, prompt, [response], max_length, max_prompt_length, truncation)[0]
 
 
 def default_truncation(records: Sequence[PreferenceRecord]) -> str:
@@ -92,14 +114,15 @@ def kl_partner(index: int, n: int) -> int:
 
 def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
     """Tokenise every record's chosen, rejected and mismatched (KL) sequence once."""
-    def tok(prompt, response):
-        return tokenize_example(tokenizer, prompt, response, max_length, max_prompt_length, truncation)
+    def tok(prompt, responses):
+        return tokenize_pair(tokenizer, prompt, responses, max_length, max_prompt_length, truncation)
 
     n = len(records)
+    pairs = [tok(r.prompt, [r.chosen, r.rejected]) for r in records]  # the pair decides the prompt cut
     return {
-        "chosen": [tok(r.prompt, r.chosen) for r in records],
-        "rejected": [tok(r.prompt, r.rejected) for r in records],
-        "kl": [tok(r.prompt, records[kl_partner(i, n)].chosen) for i, r in enumerate(records)],
+        "chosen": [chosen for chosen, _ in pairs],
+        "rejected": [rejected for _, rejected in pairs],
+        "kl": [tok(r.prompt, [records[kl_partner(i, n)].chosen])[0] for i, r in enumerate(records)],
     }
 
 

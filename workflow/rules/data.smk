@@ -46,19 +46,25 @@ rule base_model:
 
 rule embeddings:
     input:
-        f"{DATA}/{{task}}/train.jsonl",
+        records=f"{DATA}/{{task}}/train.jsonl",
+        # the base model's tokenizer is the SFT model's: it cuts the prompt as training does
+        model=f"{RESULTS}/{{model}}/base",
     output:
-        f"{RESULTS}/embeddings/{{task}}/{{emb}}.pt",
+        f"{RESULTS}/{{model}}/embeddings/{{task}}/{{emb}}.pt",
     params:
         embedder=lambda wc: EMBEDDER_BY_SHORT[wc.emb],
+        max_length=config["training"]["max_length"],
+        max_prompt_length=config["training"]["max_prompt_length"],
     log:
-        f"{RESULTS}/logs/embeddings/{{task}}/{{emb}}.log",
+        f"{RESULTS}/logs/{{model}}/embeddings/{{task}}/{{emb}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/embeddings/{{task}}/{{emb}}.tsv"
+        f"{RESULTS}/benchmarks/{{model}}/embeddings/{{task}}/{{emb}}.tsv"
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
     conda:
         "../../envs/rpo.yaml"
     shell:
-        "python -m rpo.embed --records {input} --embedder {params.embedder:q} --out {output} > {log} 2>&1"
+        "python -m rpo.embed --records {input.records} --embedder {params.embedder:q} --model {input.model}"
+        " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length} --out {output}"
+        " > {log} 2>&1"
