@@ -27,10 +27,18 @@ class LossOutput:
     chosen_rewards: Tensor  # beta * chosen log-ratios, detached
     rejected_rewards: Tensor  # beta * rejected log-ratios, detached
     weights: Tensor | None = None  # the M x N contrast weights w_ij, where the loss uses them
+    metrics: dict | None = None  # extra detached scalars the trainer logs (ppo: PPO_METRICS)
 
 
 def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of the labelled tokens of each sequence, and their count.
+    """Summed log-prob of the labelled tokens of each sequence, and their count."""
+    logps, mask = token_logps(logits, labels)
+    return logps.sum(-1), mask.sum(-1)
+
+
+def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs [B, T] (0 off the mask) and the mask of scored tokens: column t is the
+    log-prob of token t + 1 (the logits at t predict it), the last column is never scored.
 
     labels == -100 marks prompt and padding tokens. cross_entropy avoids materialising a full
     log-softmax copy of the [B, T, V] logits, which matters at vocab 32k+.
@@ -43,11 +51,13 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
     ).view(labels.shape)
     mask = labels != -100
-    return -(token_nll * mask).sum(-1), mask.sum(-1)
+    return -(token_nll * mask), mask
 
 
 def rpo_weights(chosen_embeddings: Tensor, rejected_embeddings: Tensor, tau: float) -> Tensor:
-    """w_ij = softmax_j(-(1 - cos(e_i, e'_j)) / tau): a constant, no gradient flows through it."""
+    """w_ij = softmax_j(-(1 - cos(e_i, e'_j)) / tau): a constant, no gradient flows through it.
+
+    Computed in float64 (a named deviation: the public code casts the embeddings to the bf16 policy dtype first)."""
     with torch.no_grad():
         e_w = F.normalize(chosen_embeddings.double(), dim=-1)
         e_l = F.normalize(rejected_embeddings.double(), dim=-1)
@@ -205,6 +215,89 @@ def rpo_diagonal(pc, pr, rc, rr, *, beta, diagonal_weight) -> LossOutput:
     return LossOutput(loss, cr, rj)
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)  # clamp: an empty mask gives 0, not NaN
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over the masked entries (biased variance, as the public code), 0 off it."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def gae_advantages(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """A_t = sum_k (gamma*lam)^k delta_{t+k}, delta_t = r_t + gamma*V_{t+1} - V_t over [B, T] tokens.
+
+    Values and rewards are zeroed off the mask first, so V after the last response token is 0 (the
+    episode ends there) and right padding contributes nothing.
+    """
+    values, rewards = values * mask, rewards * mask
+    advantages, gae = torch.zeros_like(values), values.new_zeros(values.shape[0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else 0.0
+        gae = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * gae
+        advantages[:, t] = gae
+    return advantages * mask
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """The critic's target G_t = sum_{k>t} gamma^(k-t-1) r_k: rewards strictly after token t, as the
+    public code's "discounted future rewards" (so G is 0 at the rewarded last token)."""
+    rewards = rewards * mask
+    returns, future = torch.zeros_like(rewards), rewards.new_zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        returns[:, t] = future
+        future = rewards[:, t] + gamma * future
+    return returns * mask
+
+
+def terminal_rewards(episode_rewards: Tensor, mask: Tensor) -> Tensor:
+    """[B, T] rewards: each sequence's reward on its last response token, 0 elsewhere."""
+    rewards = torch.zeros(mask.shape, dtype=episode_rewards.dtype, device=mask.device)
+    scored = mask.any(1)
+    last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
+    rewards[scored.nonzero(as_tuple=True)[0], last[scored]] = episode_rewards[scored]
+    return rewards
+
+
+PPO_METRICS = ("loss/policy", "loss/critic", "clipfrac/policy", "loss/policykl")
+
+
+def ppo(pc, pr=None, *, reference_token_logps=None, response_mask=None, values=None, episode_rewards=None,
+        gamma, lam, cliprange, critic_coef, kl_coef) -> LossOutput:
+    """Offline PPO, one epoch (shared/paper.md): pc [B, T] per-token policy log-probs, the reference's
+    as the "old" ones, values [B, T] from the policy's value head, episode_rewards [B] (+1 chosen,
+    -1 rejected) on each last response token. Advantages (GAE on detached values) are whitened over
+    the batch's response tokens; ratio = exp(pc - ref); loss = masked mean of max(-A*ratio,
+    -A*clamp(ratio, cliprange, 1/cliprange)) + critic_coef * 0.5 * masked mean (V - G)^2
+    + kl_coef * masked mean (ref - pc). Chosen and rejected episodes are rows of pc; pr stays None."""
+    if pr is not None:
+        raise ValueError("ppo takes every episode as a row of pc (rewards say chosen or rejected), not pr")
+    if reference_token_logps is None or response_mask is None or values is None or episode_rewards is None:
+        raise ValueError("ppo needs reference_token_logps, response_mask, values and episode_rewards")
+    if not pc.shape == reference_token_logps.shape == values.shape == response_mask.shape:
+        raise ValueError(f"ppo: per-token shapes differ: policy {tuple(pc.shape)}, reference "
+                         f"{tuple(reference_token_logps.shape)}, values {tuple(values.shape)}, mask {tuple(response_mask.shape)}")
+    if not 0.0 < cliprange <= 1.0:
+        raise ValueError(f"cliprange must be in (0, 1] (the ratio is clamped to [cliprange, 1/cliprange]), got {cliprange}")
+    mask = response_mask.to(pc.dtype)
+    rewards = terminal_rewards(episode_rewards.to(pc.dtype), response_mask.bool())
+    with torch.no_grad():
+        advantages = masked_whiten(gae_advantages(values.detach(), rewards, mask, gamma, lam), mask)
+        returns = discounted_returns(rewards, mask, gamma)
+    critic = 0.5 * masked_mean((values - returns) ** 2, mask)
+    ratio = torch.exp(pc - reference_token_logps)
+    surrogate = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, cliprange, 1.0 / cliprange)
+    policy = masked_mean(torch.max(surrogate, clipped), mask)
+    kl = masked_mean(reference_token_logps - pc, mask)
+    metrics = {"loss/policy": policy.detach(), "loss/critic": critic.detach(),
+               "clipfrac/policy": masked_mean((clipped > surrogate).to(pc.dtype), mask), "loss/policykl": kl.detach()}
+    empty = pc.new_zeros(0)
+    return LossOutput(policy + critic_coef * critic + kl_coef * kl, empty, empty, metrics=metrics)
+
+
 # -- the registry ----------------------------------------------------------------------------------
 # What each loss is and needs, in one place: the trainer (batching, inputs, hyperparameters), the
 # pipeline (which runs take an embedder), the report (labels, method order) and the config schema
@@ -216,6 +309,10 @@ INPUTS = {
     "embeddings": ("chosen_prompt_embeddings", "rejected_prompt_embeddings"),
     "kl": ("policy_kl_logps", "reference_kl_logps"),
     "lengths": ("chosen_lengths",),
+    # Per-token inputs (ppo): the cache's per-token reference log-probs on the response mask, the
+    # value head's estimates and each episode's +1/-1 reward.
+    "reference_tokens": ("reference_token_logps", "response_mask"),
+    "values": ("values", "episode_rewards"),
 }
 
 
@@ -261,6 +358,9 @@ REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in (
     LossSpec("rpo-diagonal", rpo_diagonal, "RPO-Diagonal", "paired", PAIRED_REFERENCE,
              {"beta": 0.1, "diagonal_weight": 0.8}),
     LossSpec("rpo-uniform", rpo_uniform, "RPO-Uniform", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
+    # Offline PPO of the public code: chosen and rejected items are independent episodes.
+    LossSpec("ppo", ppo, "PPO", "unpaired", frozenset({"reference_tokens", "values"}),
+             {"gamma": 0.99, "lam": 0.95, "cliprange": 0.5, "critic_coef": 0.01, "kl_coef": 0.1}),
 )}
 for _spec in REGISTRY.values():
     assert _spec.batching in BATCHINGS and _spec.needs <= set(INPUTS), _spec

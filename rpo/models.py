@@ -161,6 +161,8 @@ def _build_small(spec: dict, corpus, seed: int):
 
 # ----------------------------------------------------------------------------- hub and GGUF models
 def _ensure_pad_token(model, tokenizer) -> None:
+    # The public code pads with EOS; a tokenizer that has its own pad token (our small BPE's) keeps it,
+    # since padded positions are masked either way and changing it would change saved models.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model is not None and getattr(model.config, "pad_token_id", None) is None:
@@ -278,15 +280,35 @@ def response_logps(model, input_ids, attention_mask, labels):
     """
     from rpo.losses import sequence_logps
 
+    output, window = _scored_forward(model, input_ids, attention_mask, labels)
+    return sequence_logps(output.logits, window)
+
+
+def response_token_logps(model, input_ids, attention_mask, labels, with_values: bool = False):
+    """Per-token response log-probs [B, K] and their mask over the scored window of response_logps
+    (its row sums are response_logps' numbers), and with_values the value head's estimates [B, K]
+    at the same positions (the state before each scored token; rpo.ppo.attach_value_head)."""
+    from rpo.losses import token_logps
+
+    extra = {"output_hidden_states": True} if with_values else {}
+    output, window = _scored_forward(model, input_ids, attention_mask, labels, **extra)
+    logps, mask = token_logps(output.logits, window)
+    return logps, mask, output.value_estimates[:, -window.shape[1]:] if with_values else None
+
+
+def _scored_forward(model, input_ids, attention_mask, labels, **kwargs):
+    """The forward over positions first-1 .. T-1 (first: the earliest response token) and the labels
+    of that window."""
     scored = labels != -100
     first = int(scored.float().argmax(1)[scored.any(1)].min()) if scored.any() else labels.shape[1] - 1
     first = max(first, 1)
     keep = labels.shape[1] - first + 1  # logits at positions first-1 .. T-1
     try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
     except TypeError:  # architectures without logits_to_keep
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -keep:]
-    return sequence_logps(logits, labels[:, first - 1:])
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        output.logits = output.logits[:, -keep:]
+    return output, labels[:, first - 1:]
 
 
 def model_fingerprint(path) -> str:

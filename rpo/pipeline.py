@@ -83,7 +83,7 @@ class Run:
 # Table 1 compares methods at their defaults on every task; the weighting variants, the tau x
 # embedder grid, the random-embedding control and the batch-size ablation are ablations, which the
 # paper ran on HH only: `ablation_tasks` says where they run (default: every task).
-TABLE1_METHODS = ("sft", "dpo", "ipo", "kto", "rpo-unpaired", "rpo-paired")
+TABLE1_METHODS = ("sft", "ppo", "dpo", "ipo", "kto", "rpo-unpaired", "rpo-paired")  # the paper lists PPO second
 TAU_METHODS = ("rpo-paired",)
 BATCH_METHODS = ("dpo", *EMBEDDING_LOSSES)
 WEIGHTING_METHODS = ("dpo", "rpo-uniform", "rpo-diagonal", "rpo-paired", "rpo-unpaired")

@@ -3,7 +3,10 @@
 The preference trainer reads this file instead of holding a second model: one forward pass per
 sequence for the whole run instead of one per step. The file records what it was computed from
 (data hash, model fingerprint, tokenisation settings, precision) and `load_reference_cache` refuses a
-stale one or one of another precision than the trainer's.
+stale one or one of another precision than the trainer's. Besides the summed log-probs of each side
+it holds the per-token log-probs of the chosen and rejected responses (ppo's "old" log-probs), a
+by-product of the same forward: `token_logps[side]` all response tokens in record order,
+`token_counts[side]` each record's count; loading splits them into `tokens[side][record]`.
 
     python -m rpo.refcache --model results/dialogue/models/sft_seed1 \
         --records results/dialogue/data/train.jsonl --out results/dialogue/refcache/sft_seed1.pt
@@ -26,22 +29,30 @@ from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order,
                              shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
-from rpo.models import load_model, model_fingerprint, response_logps
+from rpo.models import load_model, model_fingerprint, response_token_logps
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
 
 SIDES = ("chosen", "rejected", "kl")
+TOKEN_SIDES = ("chosen", "rejected")  # per-token log-probs are kept for these (ppo's episodes)
 
 
 @torch.no_grad()
 def batch_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None) -> torch.Tensor:
     """Summed response log-probs of one batch, as float32 on the CPU, under `precision`'s autocast
     (None: the rule's for dtype auto on the model's device)."""
+    return batch_token_logps(model, examples, pad_token_id, precision)[0]
+
+
+@torch.no_grad()
+def batch_token_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None):
+    """(summed log-probs, every response token's log-prob row by row, response token counts) of one
+    batch, float32 on the CPU; the sums are the row sums of the same per-token values."""
     device = next(model.parameters()).device
     precision = precision or resolve_precision("auto", device)
     batch = {k: v.to(device) for k, v in collate(examples, pad_token_id).items()}
     with precision.autocast(device):
-        logps, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return logps.float().cpu()
+        logps, mask, _ = response_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return logps.sum(-1).float().cpu(), logps[mask].float().cpu(), mask.sum(-1).cpu()
 
 
 def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[str, int]]:
@@ -50,8 +61,9 @@ def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[
 
 
 def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, batch_size: int,
-                  env: DistEnv, precision: Precision | None = None) -> dict[str, torch.Tensor]:
-    """Every side's log-probs, each rank computing a share of the batches; the whole result on every rank.
+                  env: DistEnv, precision: Precision | None = None) -> dict:
+    """Every side's log-probs (and TOKEN_SIDES' per-token ones), each rank computing a share of the
+    batches; the whole result on every rank.
 
     Whole batches are shared out (not examples), so each batch has the composition and padding it has
     in one process and yields the same numbers. Cost of a batch: its padded token count.
@@ -63,10 +75,18 @@ def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, ba
     local = {}
     for k in tqdm(mine, desc="reference log-probs", disable=not env.is_main, leave=False):
         side, start = plan[k]
-        local[k] = batch_logps(model, sequences[side][start:start + batch_size], pad_token_id, precision)
+        local[k] = batch_token_logps(model, sequences[side][start:start + batch_size], pad_token_id, precision)
+        if side not in TOKEN_SIDES:  # nothing reads them: keep the file small
+            local[k] = local[k][0], torch.zeros(0), torch.zeros(0, dtype=torch.long)
     results = gather_in_order(local, len(plan), env)
-    return {side: torch.cat([r for (s, _), r in zip(plan, results) if s == side] or [torch.zeros(0)])
-            for side in SIDES}
+
+    def side_cat(side, part, empty):
+        return torch.cat([r[part] for (s, _), r in zip(plan, results) if s == side] or [empty])
+
+    cache = {side: side_cat(side, 0, torch.zeros(0)) for side in SIDES}
+    cache["token_logps"] = {side: side_cat(side, 1, torch.zeros(0)) for side in TOKEN_SIDES}
+    cache["token_counts"] = {side: side_cat(side, 2, torch.zeros(0, dtype=torch.long)) for side in TOKEN_SIDES}
+    return cache
 
 
 def cache_meta(records_path, model_path, max_length, max_prompt_length, truncation) -> dict:
@@ -129,6 +149,9 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
             f"runs in {precision.name}; recompute it with `python -m rpo.refcache --dtype <training.dtype>` on the "
             "kind of device the training uses, or train with the training.dtype the cache was computed with"
         )
+    if "token_logps" in cache:  # per record, for lookups by record index (rpo.ppo)
+        cache["tokens"] = {side: torch.split(cache["token_logps"][side], cache["token_counts"][side].tolist())
+                           for side in TOKEN_SIDES}
     return cache
 
 

@@ -27,40 +27,41 @@ import torch
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from rpo.data.records import read_records, sft_examples, unpaired_items
+from rpo.data.records import read_records, sft_examples, unpaired_batches
 from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_objects,
                              gather_varlen, gradient_sync, init_distributed, load_full_state_dicts,
                              local_micro_batches, rank_device, shutdown_distributed, step_micro_batches, steps_in_plan,
                              unwrap, wrap_model)
-from rpo.embed import load_embeddings
+from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, sha256_json, write_json
-from rpo.losses import get_loss
+from rpo import ppo
+from rpo.losses import PPO_METRICS, get_loss
 from rpo.models import load_model, response_logps
 from rpo.train_config import RESUME_FREE_KEYS, load_config, resolve_config
 from rpo.precision import resolve_precision
 from rpo.refcache import load_reference_cache
 
 METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
-               "rewards/accuracies")
+               "rewards/accuracies") + PPO_METRICS  # each logged where its loss reports it
 
 
 def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
     """Every micro-batch of the run as (chosen record indices, rejected record indices), in order.
 
     Derived from the seed alone, so a resumed run finds its place by step number. Incomplete
-    trailing micro-batches are dropped so every contrast matrix has the configured size.
+    trailing micro-batches are dropped so every contrast matrix has the configured size. An
+    unpaired micro-batch holds batch_size/2 chosen and batch_size/2 rejected items (records.unpaired_batches).
     """
     bs, plan, batching = cfg["batch_size"], [], get_loss(cfg["method"]).batching
+    if batching == "unpaired" and bs % 2:
+        raise ConfigError(f"training key batch_size is {bs}: {cfg['method']} takes batch_size/2 chosen and "
+                          "batch_size/2 rejected items per micro-batch, so it must be even")
     for epoch in range(cfg["epochs"]):
         generator = torch.Generator().manual_seed(cfg["seed"] + epoch)
         if batching == "unpaired":
-            items = unpaired_items(records, seed=cfg["seed"] + epoch)
-            for s in range(0, len(items) - bs + 1, bs):
-                chunk = items[s:s + bs]
-                plan.append(([i.record_index for i in chunk if i.desirable],
-                             [i.record_index for i in chunk if not i.desirable]))
+            plan.extend(unpaired_batches(records, bs // 2, seed=cfg["seed"] + epoch))
             continue
         pool = [i for i, _, _ in sft_examples(records)] if batching == "sft" else list(range(len(records)))
         order = [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
@@ -83,23 +84,24 @@ class Trainer:
         model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),
                                            dtype=cfg["dtype"])
         self.device = next(model.parameters()).device
+        self.loss = get_loss(cfg["method"])
+        model = ppo.attach_value_head(model) if "values" in self.loss.needs else model  # before wrapping: rpo.ppo
         self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"])
         self.precision = resolve_precision(cfg["dtype"], self.device)
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
-        self.loss = get_loss(cfg["method"])
         self.ref = self.embeddings = None
-        if "reference" in self.loss.needs:
+        if self.loss.needs & {"reference", "reference_tokens"}:
             self.ref = load_reference_cache(cfg["reference_cache"], cfg["data"], cfg["model"],
                                             max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
                                             truncation=self.truncation, precision=self.precision)
         if "embeddings" in self.loss.needs:
-            self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"])
+            self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"], text_settings(
+                cfg["model"], cfg["max_length"], cfg["max_prompt_length"], self.truncation))
         self.plan = micro_batch_plan(cfg, self.records)
         accum = cfg["gradient_accumulation_steps"]
         self.total_steps = steps_in_plan(len(self.plan), accum, self.env.world_size)
-        if cfg["max_steps"]:
-            self.total_steps = min(self.total_steps, cfg["max_steps"])
+        self.total_steps = min(self.total_steps, cfg["max_steps"] or self.total_steps)
         if self.total_steps < 1:
             raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
                               f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} "
@@ -146,6 +148,8 @@ class Trainer:
                          self.reference_logps("rejected", rejected_idx).to(pr), **kw)
 
     def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
+        if "values" in self.loss.needs:  # ppo: per-token log-probs and values, not summed log-probs
+            return ppo.micro_batch_loss(self, chosen_idx, rejected_idx)
         logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
         m = len(chosen_idx)
         pc, pr = logps[:m], logps[m:]
@@ -326,6 +330,7 @@ class Trainer:
     def save_final(self, metrics_path: Path, resumed: bool) -> None:
         # FSDP: the gathered full weights, not this rank's shards (None: the model's own state)
         model_state = full_state_dicts(self.model)[0] if self.cfg["fsdp"] else None
+        model_state = ppo.without_value_head(unwrap(self.model), model_state)  # it is training machinery
         if self.env.is_main:
             cfg, world = self.cfg, self.env.world_size
             with atomic_path(cfg["out"]) as tmp:
@@ -342,8 +347,8 @@ class Trainer:
 
 
 def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
-    stats.setdefault("loss", []).append(out.loss.item())
-    stats.setdefault("logps/chosen", []).append(pc.detach().mean().item())
+    for key, value in {"loss": out.loss.detach(), "logps/chosen": pc.detach().mean(), **(out.metrics or {})}.items():
+        stats.setdefault(key, []).append(float(value))
     if out.chosen_rewards.numel() == 0 and out.rejected_rewards.numel() == 0:
         return  # sft: no rewards
     cr, rr = out.chosen_rewards.float(), out.rejected_rewards.float()
@@ -359,10 +364,8 @@ def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), **cuda}
 
 
 def _set_rng_state(state: dict) -> None:

@@ -60,7 +60,7 @@ def resolve_config(config: dict) -> dict:
             raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
     if cfg["optimizer"] not in ("rmsprop", "adamw"):
         raise ConfigError(f"training config key 'optimizer' must be rmsprop or adamw, got {cfg['optimizer']!r}")
-    if "reference" in spec.needs and not cfg["reference_cache"]:
+    if spec.needs & {"reference", "reference_tokens"} and not cfg["reference_cache"]:
         raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
     if "embeddings" in spec.needs and not cfg["embeddings"]:
         raise ConfigError(f"training config key 'embeddings' is required for method {cfg['method']}")
@@ -70,6 +70,9 @@ def resolve_config(config: dict) -> dict:
     if scope == "global" and spec.batching == "sft":
         raise ConfigError("training config key 'contrast_scope': global has no meaning for sft (no contrast "
                           "matrix; its token mean is per micro-batch); use micro")
+    if scope == "global" and "values" in spec.needs:
+        raise ConfigError(f"training config key 'contrast_scope': global has no meaning for {spec.name} (no "
+                          "contrast matrix; its advantages are whitened per micro-batch); use micro")
     if cfg["dtype"] not in DTYPES:
         raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
     if not isinstance(cfg["fsdp"], bool):

@@ -49,7 +49,7 @@ def paths(tmp_path_factory):
     cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=16,
                                     dtype="float64")  # the precision of the runs below (config: dtype float64)
     emb = root / "emb.pt"
-    embed_prompts(data, "tfidf-svd", emb)
+    embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=64, max_prompt_length=32)
     return {"root": str(root), "data": str(data), "model": str(model), "cache": str(cache), "emb": str(emb)}
 
 

@@ -246,7 +246,9 @@ def test_registry_defaults_and_needs():
         **({"ppo": dict(REGISTRY["ppo"].hyperparameters)} if "ppo" in REGISTRY else {})}
     assert losses_needing("embeddings") == ("rpo-paired", "rpo-unpaired")
     assert losses_needing("kl") == ("kto",)
-    assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired"]
+    assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired", "ppo"]
+    assert dict(REGISTRY["ppo"].hyperparameters) == {"gamma": 0.99, "lam": 0.95, "cliprange": 0.5,
+                                                     "critic_coef": 0.01, "kl_coef": 0.1}
 
 
 def test_sequence_logps_masks_prompt_and_padding():
@@ -259,3 +261,143 @@ def test_sequence_logps_masks_prompt_and_padding():
     expected1 = log_probs[1, 0, 1] + log_probs[1, 1, 2] + log_probs[1, 2, 5] + log_probs[1, 3, 6]
     assert logps.tolist() == pytest.approx([expected0.item(), expected1.item()], rel=1e-12)
     assert counts.tolist() == [2, 4]
+
+
+# -- ppo: GAE, discounted returns, whitening and the clipped surrogate, by hand ------------------------
+from rpo.losses import discounted_returns, gae_advantages, masked_whiten, terminal_rewards  # noqa: E402
+
+G, LAM = 0.99, 0.95
+# Two episodes over a window of 5 token columns: row 0 a chosen response on columns 1-3 (column 0 is a
+# prompt position), row 1 a rejected response on columns 0-1 then right padding.
+MASK = [[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+VALUES = [[9.0, 0.2, -0.1, 0.4, 7.0], [-0.3, 0.5, 5.0, 5.0, 5.0]]  # off-mask values must not matter
+SCORES = [1.0, -1.0]
+PPO_PC = [[0.0, -1.0, -2.0, -0.5, 0.0], [-1.5, -0.2, 0.0, 0.0, 0.0]]
+PPO_REF = [[0.0, -1.0 - math.log(3.0), -1.8, -0.5, 0.0], [-1.0, -0.2 - math.log(0.3), 0.0, 0.0, 0.0]]
+
+
+def hand_episode(values, mask, score):
+    """(rewards, advantages, returns) of one row in plain python: the reward on the last response
+    token, delta_t = r_t + G*V_{t+1} - V_t with V = 0 off the mask, A_t = delta_t + G*LAM*A_{t+1},
+    return_t = sum over tokens AFTER t of G^(k-t-1) r_k."""
+    n = len(mask)
+    v = [x * m for x, m in zip(values, mask)]
+    last = max(i for i in range(n) if mask[i])
+    r = [score if i == last else 0.0 for i in range(n)]
+    adv, gae = [0.0] * n, 0.0
+    for i in reversed(range(n)):
+        gae = r[i] + G * (v[i + 1] if i + 1 < n else 0.0) - v[i] + G * LAM * gae
+        adv[i] = gae * mask[i]
+    ret = [sum(G ** (k - i - 1) * r[k] for k in range(i + 1, n)) * mask[i] for i in range(n)]
+    return r, adv, ret
+
+
+def hand_whiten(x, mask):
+    kept = [a for row, mrow in zip(x, mask) for a, m in zip(row, mrow) if m]
+    mean = sum(kept) / len(kept)
+    var = sum((a - mean) ** 2 for a in kept) / len(kept)  # biased, as the public code
+    return [[(a - mean) / math.sqrt(var + 1e-8) * m for a, m in zip(row, mrow)] for row, mrow in zip(x, mask)]
+
+
+def test_gae_returns_and_terminal_rewards_by_hand():
+    mask = t(MASK)
+    rewards = terminal_rewards(t(SCORES), mask.bool())
+    adv = gae_advantages(t(VALUES), rewards, mask, G, LAM)
+    ret = discounted_returns(rewards, mask, G)
+    for row in range(2):
+        r, a, g = hand_episode(VALUES[row], MASK[row], SCORES[row])
+        assert rewards[row].tolist() == r
+        assert adv[row].tolist() == pytest.approx(a, rel=1e-12, abs=1e-12)
+        assert ret[row].tolist() == pytest.approx(g, rel=1e-12, abs=1e-12)
+    # spelled out for row 0: V = (0, .2, -.1, .4, 0), r_3 = 1
+    d3, d2, d1 = 1 - 0.4, G * 0.4 + 0.1, G * -0.1 - 0.2
+    assert adv[0, 1].item() == pytest.approx(d1 + G * LAM * (d2 + G * LAM * d3), rel=1e-12)
+    assert ret[0].tolist() == pytest.approx([0.0, G, 1.0, 0.0, 0.0], abs=1e-15)  # 0 at the rewarded token
+
+
+def test_masked_whiten_by_hand():
+    x = [[5.0, 1.0, 2.0, 4.0, -9.0], [0.5, -1.0, 3.0, 3.0, 3.0]]
+    got = masked_whiten(t(x), t(MASK))
+    assert got.tolist() == [pytest.approx(row, rel=1e-12, abs=1e-12) for row in hand_whiten(x, MASK)]
+    kept = got[t(MASK).bool()]
+    assert kept.mean().item() == pytest.approx(0.0, abs=1e-12) and (got[~t(MASK).bool()] == 0).all()
+
+
+def hand_ppo(pc, ref, values, mask, scores, cliprange=0.5, critic_coef=0.01, kl_coef=0.1):
+    episodes = [hand_episode(v, m, s) for v, m, s in zip(values, mask, scores)]
+    adv = hand_whiten([a for _, a, _ in episodes], mask)
+    n = sum(map(sum, mask))
+    cells = [(i, j) for i in range(len(mask)) for j in range(len(mask[0])) if mask[i][j]]
+    policy = clipped = critic = kl = 0.0
+    for i, j in cells:
+        ratio = math.exp(pc[i][j] - ref[i][j])
+        plain, clip = -adv[i][j] * ratio, -adv[i][j] * min(max(ratio, cliprange), 1 / cliprange)
+        policy += max(plain, clip) / n
+        clipped += (clip > plain) / n
+        critic += 0.5 * (values[i][j] - episodes[i][2][j]) ** 2 / n
+        kl += (ref[i][j] - pc[i][j]) / n
+    return policy + critic_coef * critic + kl_coef * kl, policy, critic, clipped, kl
+
+
+def ppo_call(pc=PPO_PC, values=VALUES, **kw):
+    as_t = lambda x: x if isinstance(x, torch.Tensor) else t(x)  # noqa: E731
+    return get_loss("ppo")(as_t(pc), reference_token_logps=t(PPO_REF), response_mask=t(MASK).bool(),
+                           values=as_t(values), episode_rewards=t(SCORES), **kw)
+
+
+def test_ppo_loss_by_hand_with_clipping():
+    out = ppo_call()
+    loss, policy, critic, clipfrac, kl = hand_ppo(PPO_PC, PPO_REF, VALUES, MASK, SCORES)
+    assert out.loss.item() == pytest.approx(loss, rel=1e-12)
+    m = out.metrics
+    assert m["loss/policy"].item() == pytest.approx(policy, rel=1e-12)
+    assert m["loss/critic"].item() == pytest.approx(critic, rel=1e-12)
+    assert m["loss/policykl"].item() == pytest.approx(kl, rel=1e-12)
+    # ratio 1/3 at (0, 1) and 1/0.3 at (1, 1): the clamp to [0.5, 2] binds where the sign of A says so
+    assert m["clipfrac/policy"].item() == pytest.approx(clipfrac) and 0 < clipfrac < 1
+    assert out.chosen_rewards.numel() == out.rejected_rewards.numel() == 0
+    other = ppo_call(cliprange=0.2, critic_coef=1.0, kl_coef=0.0, gamma=0.5, lam=1.0)
+    assert other.loss.item() != pytest.approx(out.loss.item())
+
+
+def test_ppo_clipped_surrogate_elementwise():
+    """One token per episode: the term is max(-A*r, -A*clamp(r, 0.5, 2)) for each sign of A and r."""
+    for ratio in (0.3, 0.8, 1.5, 3.0):
+        for score in (1.0, -1.0):
+            # two episodes so the whitened advantages are +-1: the episode with score s has A = sign
+            pc = [[0.0, math.log(ratio)], [0.0, math.log(ratio)]]
+            out = get_loss("ppo")(t(pc), reference_token_logps=t([[0.0, 0.0], [0.0, 0.0]]),
+                                  response_mask=t([[0, 1], [0, 1]]).bool(), values=t([[0.0, 0.0], [0.0, 0.0]]),
+                                  episode_rewards=t([score, -score]), kl_coef=0.0, critic_coef=0.0)
+            terms = [max(-a * ratio, -a * min(max(ratio, 0.5), 2.0)) for a in (1.0, -1.0)]  # A ~ +-1 (eps 1e-8)
+            assert out.loss.item() == pytest.approx(sum(terms) / 2, rel=1e-6)
+
+
+def test_ppo_gradcheck_float64():
+    """The policy path gradchecks; values get only the critic's gradient (advantages use detached values):
+    d loss / d V_t = critic_coef * (V_t - G_t) / n on the mask."""
+    def fn(pc):
+        return get_loss("ppo")(pc, reference_token_logps=t(PPO_REF), response_mask=t(MASK).bool(), values=t(VALUES),
+                               episode_rewards=t(SCORES)).loss
+
+    assert torch.autograd.gradcheck(fn, (t(PPO_PC).requires_grad_(True),))
+    values = t(VALUES).requires_grad_(True)
+    pc = t(PPO_PC).requires_grad_(True)
+    ppo_call(pc=pc, values=values).loss.backward()
+    n = sum(map(sum, MASK))
+    for row in range(2):
+        returns = hand_episode(VALUES[row], MASK[row], SCORES[row])[2]
+        expected = [0.01 * (v - g) / n * m for v, g, m in zip(VALUES[row], returns, MASK[row])]
+        assert values.grad[row].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert (pc.grad[~t(MASK).bool()] == 0).all()
+
+
+def test_ppo_takes_only_its_inputs():
+    with pytest.raises(ConfigError, match="loss 'ppo': unknown key\\(s\\) beta"):
+        ppo_call(beta=0.1)
+    with pytest.raises(ConfigError, match="loss 'ppo': takes no reference log-probs"):
+        get_loss("ppo")(t(PPO_PC), None, t([1.0]), t([1.0]))
+    with pytest.raises(ValueError, match="per-token shapes differ"):
+        ppo_call(values=[[0.0] * 4, [0.0] * 4])
+    with pytest.raises(ValueError, match="cliprange"):
+        ppo_call(cliprange=2.0)

@@ -93,11 +93,14 @@ def build_tree(root):
     for run, rate, lc in (("sft_seed1", 0.12, None), ("dpo_bs8_seed1", 0.25, 0.22),
                           ("rpo-paired_tau0.5_minilm_bs8_seed1", 0.331, 0.30)):
         (alpaca / f"{run}.json").write_text(json.dumps({"run": run, "win_rate": rate, "standard_error": 0.015, "n": 805,
+                                                        "annotator": "alpaca_eval_gpt4_turbo_fn",
                                                         "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
-    # as rpo.alpacaeval writes it: generator instead of run, no LC rate
-    (alpaca / "kto_bs8_seed1.json").write_text(json.dumps({"generator": "kto_bs8_seed1", "win_rate": 0.2,
-                                                             "standard_error": 0.01, "n": 805, "ci_low": 0.175,
-                                                             "ci_high": 0.226, "lc_win_rate": None}))
+    # as rpo.alpacaeval writes it: generator instead of run, no LC rate and why, the leaderboard's annotator
+    (alpaca / "kto_bs8_seed1.json").write_text(json.dumps({
+        "generator": "kto_bs8_seed1", "win_rate": 0.2, "standard_error": 0.01, "n": 800, "ci_low": 0.175,
+        "ci_high": 0.226, "annotator": "weighted_alpaca_eval_gpt4_turbo", "lc_win_rate": None,
+        "lc_unavailable": "offline, no df_gamed.csv", "lc_unavailable_reason": "alpaca_eval needs tatsu-lab/alpaca_eval "
+        "df_gamed.csv from the hub; not in the HF cache and HF_HUB_OFFLINE=1"}))
     prompts = [f"\n<|user|>\nQuestion number {i} about {'cooking' if i % 2 else 'taxes and the law of the land'}?"
                f"\n<|assistant|>\n" for i in range(6)]
     embeddings = np.random.default_rng(0).standard_normal((6, 16))
@@ -163,8 +166,8 @@ def test_bad_inputs_name_file_and_key(tree, tmp_path):
     with pytest.raises(DataError, match=r"dpo_bs8_seed1\.winrate\.json: key 'win_rate' must be a fraction"):
         collect_runs(copy)
     config = copy / "summarization" / "models" / "sft_seed1" / "run.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "method": "ppo"}))
-    with pytest.raises(DataError, match=r"sft_seed1/run\.json: key 'method' is 'ppo'"):
+    config.write_text(json.dumps({**json.loads(config.read_text()), "method": "orpo"}))
+    with pytest.raises(DataError, match=r"sft_seed1/run\.json: key 'method' is 'orpo'"):
         collect_runs(copy, tasks=["summarization"])
     dpo_config = copy / "dialogue" / "models" / "dpo_bs4_seed1" / "run.json"
     original = dpo_config.read_text()
@@ -227,12 +230,34 @@ def test_without_defaults_runs_that_differ_are_not_pooled(runs):
 
 
 def test_table2_alpacaeval(tree):
-    frame = table2(collect_alpacaeval(tree)).frame
+    table = table2(collect_alpacaeval(tree))
+    frame = table.frame
     assert row_of(frame, method="DPO")["paper"] == "30.84"
     paired = row_of(frame, method="RPO-Paired")
     assert (paired["win rate"], paired["paper"], paired["LC win rate"], paired["SE"]) == ("33.1 [30.1, 36.1]", "38.88", "30.0", "1.5")
-    assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a"]
-    assert row_of(frame, method="KTO")[["win rate", "paper"]].tolist() == ["20.0 [17.5, 22.6]", "n/a"]
+    assert (paired["annotator"], paired["n"]) == ("alpaca_eval_gpt4_turbo_fn", 805)
+    # an old result without the reason says so, never a bare n/a
+    assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a (not recorded)"]
+    kto = row_of(frame, method="KTO")
+    assert kto[["win rate", "paper", "annotator", "n"]].tolist() == [
+        "20.0 [17.5, 22.6]", "n/a", "weighted_alpaca_eval_gpt4_turbo", 800]
+    assert kto["LC win rate"] == "n/a (offline, no df_gamed.csv)"
+    assert ("LC n/a (offline, no df_gamed.csv): alpaca_eval needs tatsu-lab/alpaca_eval df_gamed.csv from the hub; "
+            "not in the HF cache and HF_HUB_OFFLINE=1 (runs: kto_bs8_seed1)") in table.notes
+    assert any("generated for 800 of the 805 instructions" in note and "partial batch of 32" in note
+               for note in table.notes)
+    assert set(table.data["annotator"]) == {"alpaca_eval_gpt4_turbo_fn", "weighted_alpaca_eval_gpt4_turbo"}
+
+
+def test_collect_alpacaeval_needs_the_annotator(tree, tmp_path):
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(tree, copy)
+    path = copy / "instructions" / "alpacaeval" / "sft_seed1.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "annotator"}))
+    with pytest.raises(DataError, match=r"sft_seed1\.json: missing key 'annotator'"):
+        collect_alpacaeval(copy)
 
 
 def test_table3_tau_by_embedder(runs):
@@ -333,3 +358,16 @@ def test_cli_curves_for_every_trained_run(tmp_path):
     (root / "dialogue" / "models" / runs[1] / "metrics.jsonl").unlink()
     with pytest.raises(DataError, match=r"missing training log .*kto_bs8_seed1/metrics\.jsonl"):
         load_metrics(root, "dialogue", runs[1])
+
+
+def test_notes_name_the_judging_protocol(tree, tmp_path):
+    """Summaries without the key predate it (rationale); a table mixing protocols says so."""
+    assert set(collect_runs(tree)["protocol"]) == {"rationale"}
+    copy = shutil.copytree(tree, tmp_path / "r")
+    for path in (copy / "dialogue" / "judgments").glob("*.winrate.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "protocol": "rpo-paper"}))
+    dialogue_only = table1(collect_runs(copy, tasks=["dialogue"]), DEFAULTS).notes
+    assert [n for n in dialogue_only if n.startswith("Judging protocol")] == [
+        "Judging protocol: rpo-paper; rpo-paper is the public code's compare.py (rpo/judge/protocols.py)."]
+    mixed = table1(collect_runs(copy), DEFAULTS).notes
+    assert any(n.startswith("Judging protocols: rationale, rpo-paper (MIXED") for n in mixed)

@@ -96,7 +96,11 @@ def outputs(tmp_path_factory):
 
 def test_two_rank_reference_cache_equals_one_process(outputs):
     one, two = (torch.load(folder / "ref.pt", weights_only=True) for folder in outputs)
-    assert list(one) == list(two) == ["chosen", "rejected", "kl", "meta"]
+    assert list(one) == list(two) == ["chosen", "rejected", "kl", "token_logps", "token_counts", "meta"]
+    for side in refcache.TOKEN_SIDES:  # ppo's per-token log-probs: the same on one rank and two
+        assert torch.equal(one["token_logps"][side], two["token_logps"][side])
+        assert torch.equal(one["token_counts"][side], two["token_counts"][side])
+        assert one["token_counts"][side].sum() == one["token_logps"][side].numel()
     for side in refcache.SIDES:
         assert one[side].shape == (N_RECORDS,) and torch.isfinite(one[side]).all()
         assert one[side].unique().numel() > N_RECORDS // 2  # real per-example values, not a constant

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from rpo.data.records import PreferenceRecord, write_records
 from rpo.embed import embed_prompts
 from rpo.errors import CacheMismatchError, ConfigError, TrainingDivergedError
-from rpo.losses import REGISTRY, LossOutput
+from rpo.losses import PPO_METRICS, REGISTRY, LossOutput
 from rpo.models import build_model
 from rpo.precision import Precision
 from rpo.refcache import compute_reference_cache, load_reference_cache
@@ -51,7 +51,7 @@ def world(tmp_path_factory):
     (root / "spec.json").write_text(json.dumps(spec))
     cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=8)
     emb = root / "emb.pt"
-    embed_prompts(data, "tfidf-svd", emb)
+    embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=64, max_prompt_length=32)
     return {"root": root, "data": data, "model": model, "cache": cache, "emb": emb}
 
 
@@ -74,7 +74,9 @@ def test_every_method_trains_and_saves_a_loadable_model(world, tmp_path, method)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in rows)
-    if method != "sft":
+    if method == "ppo":  # its own metrics, named as the public code names them; no rewards/*
+        assert all(set(PPO_METRICS) <= set(r) and all(math.isfinite(r[k]) for k in PPO_METRICS) for r in rows)
+    elif method != "sft":
         # (an unpaired micro-batch may hold only chosen or only rejected items: no reward that step)
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set().union(*rows)
     run = json.loads((out / "run.json").read_text())
@@ -104,13 +106,22 @@ def test_first_dpo_step_sees_policy_equal_to_cached_reference(world, tmp_path):
 
 
 def test_unpaired_batches_draw_chosen_and_rejected_independently(world, tmp_path):
-    cfg = config(world, tmp_path, "rpo-unpaired", batch_size=6)
     from rpo.data.records import read_records
-    plan = micro_batch_plan(cfg, read_records(world["data"]))
-    assert len(plan) == 48 // 6
-    assert all(len(c) + len(r) == 6 for c, r in plan)
-    assert any(len(c) != len(r) for c, r in plan)  # chosen/rejected counts vary per batch
-    assert any(set(c) != set(r) for c, r in plan)  # and their prompts differ
+    records = read_records(world["data"])
+    cfg = config(world, tmp_path, "rpo-unpaired", batch_size=6, epochs=2)
+    plan = micro_batch_plan(cfg, records)
+    assert len(plan) == 2 * (24 // 3)  # 24 records a queue, 3 a side: no short batch to drop
+    assert all(len(c) == 3 and len(r) == 3 for c, r in plan)  # every matrix is (n/2) x (n/2)
+    for epoch in (plan[:8], plan[8:]):  # each epoch uses every chosen and every rejected item once
+        assert sorted(i for c, _ in epoch for i in c) == list(range(24))
+        assert sorted(j for _, r in epoch for j in r) == list(range(24))
+    assert any(set(c) != set(r) for c, r in plan)  # a batch's chosen and rejected prompts differ
+    assert plan[:8] != plan[8:]  # each epoch reshuffles
+    assert micro_batch_plan(cfg, records) == plan
+    assert micro_batch_plan({**cfg, "seed": cfg["seed"] + 7}, records) != plan
+    assert len(micro_batch_plan({**cfg, "batch_size": 10, "epochs": 1}, records)) == 24 // 5  # 4 a side left over
+    with pytest.raises(ConfigError, match="training key batch_size is 5: rpo-unpaired .* must be even"):
+        micro_batch_plan({**cfg, "batch_size": 5}, records)
 
 
 def test_resume_after_interruption_is_bit_identical(world, tmp_path):
@@ -200,3 +211,86 @@ def test_config_errors_name_the_key(world, tmp_path):
         config(world, tmp_path, "rpo-paired", embeddings=None)
     with pytest.raises(ConfigError, match="'batch_size' must be a positive integer"):
         config(world, tmp_path, "dpo", batch_size=0)
+
+
+# -- ppo: the value head, per-token reference log-probs, resumption -----------------------------------
+def test_ppo_saves_the_model_without_its_value_head(world, tmp_path):
+    trainer = Trainer(config(world, tmp_path, "ppo", max_steps=3))
+    assert trainer.model.v_head.weight.requires_grad  # a submodule: the optimizer trains it
+    assert any(p is trainer.model.v_head.weight for g in trainer.optimizer.param_groups for p in g["params"])
+    head_before = trainer.model.v_head.weight.detach().clone()
+    out = trainer.fit()
+    assert not torch.equal(trainer.model.v_head.weight, head_before)  # the critic loss reached it
+    saved = weights(out)
+    assert set(saved) == set(weights(world["model"]))  # the keys of any other run, no v_head.*
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not hasattr(model, "v_head")
+    assert not torch.equal(saved["transformer.wte.weight"], weights(world["model"])["transformer.wte.weight"])
+
+
+def test_ppo_first_step_sees_the_reference_as_old_policy(world, tmp_path):
+    """At step 1 the policy IS the reference: every ratio is 1, the KL term 0, nothing is clipped, and
+    the policy loss is -mean(A) = 0 (whitened advantages have mean 0 over the response tokens)."""
+    trainer = Trainer(config(world, tmp_path, "ppo"))
+    chosen, rejected = trainer.plan[0]
+    assert len(chosen) == len(rejected) == 2  # unpaired: n/2 chosen and n/2 rejected episodes
+    out, pc, pr, _ = trainer.micro_batch_loss(chosen, rejected)
+    assert abs(out.metrics["loss/policykl"].item()) < 1e-5 and out.metrics["clipfrac/policy"].item() == 0
+    assert abs(out.metrics["loss/policy"].item()) < 1e-5
+    assert torch.allclose(pc, trainer.reference_logps("chosen", chosen), atol=1e-4)
+    assert torch.allclose(pr, trainer.reference_logps("rejected", rejected), atol=1e-4)
+
+
+def test_ppo_refuses_global_scope_and_a_cache_without_tokens(world, tmp_path):
+    with pytest.raises(ConfigError, match="global has no meaning for ppo"):
+        config(world, tmp_path, "ppo", contrast_scope="global", gradient_accumulation_steps=2)
+    stale = {k: v for k, v in torch.load(world["cache"], weights_only=True).items()
+             if k not in ("token_logps", "token_counts")}
+    torch.save(stale, tmp_path / "old.pt")
+    trainer = Trainer(config(world, tmp_path, "ppo", reference_cache=str(tmp_path / "old.pt")))
+    with pytest.raises(CacheMismatchError, match="no per-token log-probs"):
+        trainer.micro_batch_loss(*trainer.plan[0])
+
+
+def test_ppo_resume_with_the_value_head_is_bit_identical(world, tmp_path):
+    full_trainer = Trainer(config(world, tmp_path / "a", "ppo", max_steps=5, save_every=2))
+    full = full_trainer.fit()
+    cfg_b = config(world, tmp_path / "b", "ppo", max_steps=5, save_every=2, stop_after_steps=3)
+    assert Trainer(cfg_b).fit() is None
+    state = torch.load(Path(cfg_b["checkpoint_dir"]) / "state.pt", weights_only=False)
+    assert "v_head.weight" in state["model"]  # the checkpoint carries the critic
+    resumed_trainer = Trainer({**cfg_b, "stop_after_steps": None})
+    resumed = resumed_trainer.fit()
+    a, b = weights(full), weights(resumed)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(full_trainer.model.v_head.weight, resumed_trainer.model.v_head.weight)
+    rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    ref = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss/critic"] for r in rows] == [r["loss/critic"] for r in ref]
+
+
+def test_reference_cache_sums_unchanged_and_holds_per_token_logps(world):
+    """The summed log-probs are the numbers response_logps gives (the path every other loss reads),
+    and the per-token ones are the same forward's tokens, one tensor per record."""
+    from rpo.data.tokenize import collate, tokenize_records
+    from rpo.models import load_model, response_logps
+    from rpo.refcache import load_reference_cache as load
+    cache = load(world["cache"], world["data"], world["model"], max_length=64, max_prompt_length=32,
+                 truncation="keep_end", precision=Precision(torch.float32))
+    model, tok = load_model(world["model"], device="cpu")
+    from rpo.data.records import read_records
+    seqs = tokenize_records(read_records(world["data"]), tok, 64, 32, "keep_end")
+    for side in ("chosen", "rejected", "kl"):
+        for start in range(0, 24, 8):  # the cache's batches (batch_size 8): same padding, same numbers
+            batch = collate(seqs[side][start:start + 8], tok.pad_token_id)
+            with torch.no_grad():
+                summed, counts = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            assert torch.equal(cache[side][start:start + 8], summed.float()), side
+            if side != "kl":
+                assert cache["token_counts"][side][start:start + 8].tolist() == counts.tolist()
+    for side in ("chosen", "rejected"):
+        assert len(cache["tokens"][side]) == 24
+        sums = torch.stack([t.double().sum() for t in cache["tokens"][side]])
+        assert torch.allclose(sums, cache[side].double(), atol=1e-4) and (cache["token_counts"][side] > 1).all()
+        assert all((t < 0).all() for t in cache["tokens"][side])

@@ -7,7 +7,8 @@
   python -m rpo.report curves  --results results/small --out results/figures/small/curves
   python -m rpo.report curve   --results results/small --task dialogue --run dpo_bs8_seed1 --out STEM
   python -m rpo.report weights-example --records train.jsonl --embeddings minilm.pt \
-      --embedder all-MiniLM-L6-v2 --tau 0.5 --batch-size 8 --out example.json
+      --embedder all-MiniLM-L6-v2 --model results/small/base --max-length 512 --max-prompt-length 256 \
+      --tau 0.5 --batch-size 8 --out example.json
   python -m rpo.report heatmap --weights example.json --out results/figures/weights_heatmap_dialogue
 
 Table and figure names are rpo.pipeline's (TABLES, FIGURES), as are the runs each table shows: the
@@ -73,12 +74,13 @@ def write_curves(results, tasks, out_dir: Path) -> list[Path]:
 def write_weight_example(args) -> Path:
     """The first micro-batch the paired RPO trainer sees with this seed, and its weights w_ij."""
     from rpo.data.records import read_records
-    from rpo.embed import load_embeddings
+    from rpo.embed import load_embeddings, text_settings
     from rpo.io import write_json
     from rpo.train import micro_batch_plan
 
     records = read_records(args.records)
-    embeddings = load_embeddings(args.embeddings, args.records, args.embedder)
+    embeddings = load_embeddings(args.embeddings, args.records, args.embedder,
+                                 text_settings(args.model, args.max_length, args.max_prompt_length, None))
     plan = micro_batch_plan({"method": "rpo-paired", "batch_size": args.batch_size, "epochs": 1,
                              "seed": args.seed}, records)
     if not plan:
@@ -129,6 +131,9 @@ def parse_args(argv=None):
     p.add_argument("--records", type=Path, required=True)
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--embedder", required=True)
+    p.add_argument("--model", type=Path, required=True, help="model folder whose tokenizer the embeddings used")
+    p.add_argument("--max-length", type=int, required=True)
+    p.add_argument("--max-prompt-length", type=int, required=True)
     p.add_argument("--tau", type=float, required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)

@@ -107,9 +107,10 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
     exactly those runs.
 
     Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, contrast_scope, n,
-    wins, ties, losses, unparseable, win_rate, ci_low, ci_high, judge_seed (the bootstrap's seed)
-    and judgments (the per-prompt verdicts beside the winrate.json). Raises DataError naming every
-    judgment without a run.json, every run.json without a judgment and every expected run missing.
+    wins, ties, losses, unparseable, win_rate, ci_low, ci_high, judge_seed (the bootstrap's seed),
+    protocol (the judging protocol, rpo.judge.protocols) and judgments (the per-prompt verdicts beside
+    the winrate.json). Raises DataError naming every judgment without a run.json, every run.json
+    without a judgment and every expected run missing.
     """
     results_dir = Path(results_dir)
     wanted = None if expected_runs is None else _split_expected(expected_runs, tasks)
@@ -139,7 +140,10 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
             _check_fraction(result, ("win_rate", "ci_low", "ci_high"), path)
             config = read_run_config(trained[run], run, task)
             rows.append({"task": task, "run": run, **config, **{k: result[k] for k in WINRATE_KEYS},
-                         "judge_seed": result.get("seed"), "judgments": str(judgments_dir / f"{run}.jsonl")})
+                         "judge_seed": result.get("seed"),
+                         # summaries written before the key existed were all judged with the rationale template
+                         "protocol": result.get("protocol", "rationale"),
+                         "judgments": str(judgments_dir / f"{run}.jsonl")})
     present = {(row["task"], row["run"]) for row in rows}
     for task, run in sorted((wanted or set()) - present):
         problems.append(f"expected run {task}/{run} is missing (no {results_dir / task / 'judgments' / (run + '.winrate.json')})")
@@ -147,7 +151,8 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
         raise DataError(f"{results_dir}: incomplete run outputs:\n  " + "\n  ".join(problems))
     if not rows:
         raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
-    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "judgments"])
+    return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "protocol",
+                                       "judgments"])
 
 
 def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
@@ -182,8 +187,13 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
         _require(result, ALPACAEVAL_KEYS, path)
         if result.get("run", run) != run:
             raise DataError(f"{path}: key 'run' is {result['run']!r} but the file is named for {run!r}")
+        if not result.get("annotator"):
+            raise DataError(f"{path}: missing key 'annotator' (which alpaca_eval annotator scored it); rerun "
+                            "`python -m rpo.alpacaeval evaluate`, which records it")
         result.setdefault("lc_win_rate", None)
         _check_fraction(result, ("win_rate", "standard_error", "ci_low", "ci_high", "lc_win_rate"), path)
+        # why there is no length-controlled rate (rpo.alpacaeval.length_controlled); absent in old results
+        lc_why = {key: result.get(key) for key in ("lc_unavailable", "lc_unavailable_reason")}
         found = _find_run_config(results_dir, run)
         if found is None:
             problems.append(f"AlpacaEval result {path} has no run config models/{run}/run.json under "
@@ -191,7 +201,7 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
             continue
         config = read_run_config(found[1], run)
         rows.append({"task": ALPACAEVAL_TASK, "run": run, "trained_on": found[0], **config,
-                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "lc_win_rate")}})
+                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "annotator", "lc_win_rate")}, **lc_why})
     present = {row["run"] for row in rows}
     for run in sorted((wanted or set()) - present):
         problems.append(f"expected AlpacaEval run {run} is missing (no {folder / (run + '.json')})")

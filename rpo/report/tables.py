@@ -141,6 +141,18 @@ def _paper_model_note(runs: pd.DataFrame) -> str:
             + PAPER_NOTE)
 
 
+def _protocol_note(runs: pd.DataFrame) -> list[str]:
+    """The judging protocol(s) of the runs shown (none for frames that do not carry the column)."""
+    if "protocol" not in runs:
+        return []
+    protocols = sorted(runs["protocol"].dropna().unique().tolist())
+    if not protocols:
+        return []
+    many = " (MIXED: cells judged under different protocols are not comparable)" if len(protocols) > 1 else ""
+    return [f"Judging protocol{'s' if len(protocols) > 1 else ''}: {', '.join(protocols)}{many}; rpo-paper is "
+            "the public code's compare.py (rpo/judge/protocols.py)."]
+
+
 def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], name: str, title: str, notes: list[str]) -> Table:
     """Rows (model, variant), columns per task: ours and the paper's value."""
     tasks = list(dict.fromkeys(runs["task"]))
@@ -161,7 +173,8 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
                 lines.append(line)
     if not lines:
         raise DataError(f"{name}: no runs for any of {', '.join(v[0] for v in variants)}")
-    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE, _paper_model_note(runs)])
+    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE, _paper_model_note(runs)]
+                 + _protocol_note(runs))
 
 
 def _defaults_note(defaults: Defaults) -> str:
@@ -225,7 +238,8 @@ def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, 
         if paper_col is not None:
             line["paper"] = paper_col(task, model, key)
         lines.append(line)
-    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE])
+    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data),
+                 notes + [CI_NOTE, TASK_NOTE] + _protocol_note(runs))
 
 
 def table3(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
@@ -263,25 +277,49 @@ def table4(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
                   "RPO and that batch 2 is about DPO)."], None)
 
 
+ANNOTATOR_NOTE = ("Annotator: alpaca_eval_gpt4_turbo_fn is the paper's (GPT-4 Turbo ranks the two outputs by a "
+                  "function call); weighted_alpaca_eval_gpt4_turbo is the AlpacaEval 2.0 leaderboard's (a soft "
+                  "preference from the judge's 'm'/'M' log-probs). Their scores are not comparable, and the paper "
+                  "column only with the paper's annotator.")
+INSTRUCTIONS_NOTE = ("n: instructions annotated. The paper's public code generated for 800 of the 805 instructions "
+                     "(its data loader drops a final partial batch of 32); the paper profile generates for all 805.")
+
+
+def _lc_cell(row) -> tuple[str, str | None]:
+    """The LC cell, and the note that explains an n/a (the full reason rpo.alpacaeval recorded)."""
+    lc = row.get("lc_win_rate")
+    if lc is not None and not pd.isna(lc):
+        return percent(lc), None
+    short, reason = _value(row.get("lc_unavailable")), _value(row.get("lc_unavailable_reason"))
+    if short is None:
+        return f"{paper.NOT_AVAILABLE} (not recorded)", ("LC n/a (not recorded): the result predates "
+                                                         "rpo.alpacaeval recording why; rerun its evaluate")
+    return f"{paper.NOT_AVAILABLE} ({short})", f"LC n/a ({short}): {reason or short}"
+
+
 def table2(alpacaeval: pd.DataFrame) -> Table:
-    """AlpacaEval 2.0 win rate per run, beside the paper's values."""
-    lines, data = [], []
-    ordered = alpacaeval.assign(order=alpacaeval["method"].map(_method_order)).sort_values(["model", "order", "run"])
+    """AlpacaEval 2.0 win rate per run and annotator, beside the paper's values."""
+    lines, data, lc_notes = [], [], {}
+    ordered = alpacaeval.assign(order=alpacaeval["method"].map(_method_order)).sort_values(
+        ["model", "order", "run", "annotator"])
     for _, row in ordered.iterrows():
-        paper_text = paper.paper_cell("alpacaeval", row["method"])
-        lc = row.get("lc_win_rate")
+        lc_text, lc_note = _lc_cell(row)
+        if lc_note is not None:
+            lc_notes.setdefault(lc_note, []).append(row["run"])
         lines.append({"model": row["model"], "method": METHOD_LABELS[row["method"]], "run": row["run"],
+                      "annotator": row["annotator"], "n": int(row["n"]),
                       "win rate": format_cell(row["win_rate"], row["ci_low"], row["ci_high"]),
-                      "SE": percent(row["standard_error"]),
-                      "LC win rate": paper.NOT_AVAILABLE if lc is None or pd.isna(lc) else percent(lc),
-                      "paper": paper_text})
+                      "SE": percent(row["standard_error"]), "LC win rate": lc_text,
+                      "paper": paper.paper_cell("alpacaeval", row["method"])})
         data.append({"task": "instructions", "model": row["model"], "method": row["method"],
-                     "label": METHOD_LABELS[row["method"]], "run": row["run"], "win_rate": row["win_rate"],
-                     "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-                     "paper": paper.paper_win_rate("alpacaeval", row["method"])})
+                     "label": METHOD_LABELS[row["method"]], "run": row["run"], "annotator": row["annotator"],
+                     "n": int(row["n"]), "win_rate": row["win_rate"], "ci_low": row["ci_low"],
+                     "ci_high": row["ci_high"], "paper": paper.paper_win_rate("alpacaeval", row["method"])})
     notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets (percentile "
-             "bootstrap over alpaca_eval's per-instruction preferences); SE: alpaca_eval's standard error; LC: "
-             "length-controlled (the paper reports the plain rate).",
+             "bootstrap over alpaca_eval's per-instruction preferences, soft ones included); SE: alpaca_eval's "
+             "standard error; LC: length-controlled (the paper reports the plain rate).",
+             ANNOTATOR_NOTE, INSTRUCTIONS_NOTE,
+             *(f"{note} (runs: {', '.join(runs)})" for note, runs in lc_notes.items()),
              "Paper values are the paper's AlpacaEval 2.0 numbers; its base model differs from ours. " + PAPER_NOTE]
     return Table("table2", "Table 2: AlpacaEval 2.0 win rate", pd.DataFrame(lines), pd.DataFrame(data), notes)
 

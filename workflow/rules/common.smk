@@ -68,6 +68,11 @@ def preference_overrides(wildcards):
     return as_overrides(train_settings(config, run_settings(wildcards)))
 
 
+def embeddings_path(model, task, embedder):
+    # Per model: the text embedded is the prompt as that model's tokenizer cuts it (rpo.embed).
+    return f"{RESULTS}/{model}/embeddings/{task}/{embedder_short(embedder)}.pt"
+
+
 def preference_inputs(wildcards):
     run = run_settings(wildcards)
     inputs = {
@@ -76,7 +81,7 @@ def preference_inputs(wildcards):
         "refcache": f"{RESULTS}/{wildcards.model}/{wildcards.task}/refcache/sft_seed{run.seed}.pt",
     }
     if run.method in EMBEDDING_LOSSES:
-        inputs["embeddings"] = f"{RESULTS}/embeddings/{wildcards.task}/{embedder_short(run.embedder)}.pt"
+        inputs["embeddings"] = embeddings_path(wildcards.model, wildcards.task, run.embedder)
     return inputs
 
 
@@ -117,9 +122,12 @@ ALPACAEVAL = config["alpacaeval"]
 
 
 def generation_args():
-    return (f"--n-prompts {GEN['n_prompts']} --max-new-tokens {GEN['max_new_tokens']}"
+    # --max-length, when set, replaces --max-new-tokens (rpo.generate): the public code's total budget
+    max_length = f" --max-length {GEN['max_length']}" if GEN["max_length"] is not None else ""
+    return (f"--n-prompts {GEN['n_prompts']} --max-new-tokens {GEN['max_new_tokens']}{max_length}"
             f" --top-p {GEN['top_p']} --temperature {GEN['temperature']} --batch-size {GEN['batch_size']}"
-            f" --max-prompt-length {config['training']['max_prompt_length']}")
+            f" --max-prompt-length {config['training']['max_prompt_length']}"
+            f" --train-max-length {config['training']['max_length']}")
 
 
 def base_url_arg():

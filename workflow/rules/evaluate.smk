@@ -41,6 +41,7 @@ rule judge:
         base_url=base_url_arg(),
         cache=f"{RESULTS}/judge_cache.sqlite",
         concurrency=JUDGE["concurrency"],
+        protocol=JUDGE["protocol"],
         max_tokens=JUDGE["max_tokens"],
         timeout=JUDGE["timeout"],
         seed=config["seeds"][0],
@@ -56,7 +57,7 @@ rule judge:
         "../../envs/rpo.yaml"
     shell:
         "{params.wrapper} python -m rpo.judge --samples {input.samples} --task {wildcards.task} --backend openai"
-        " {params.base_url} --model {params.model:q} --cache {params.cache} --seed {params.seed}"
+        " {params.base_url} --model {params.model:q} --protocol {params.protocol} --cache {params.cache} --seed {params.seed}"
         " --concurrency {params.concurrency} --max-tokens {params.max_tokens} --timeout {params.timeout}"
         " --no-progress --out {output.judgments} --summary {output.summary}"
         " > {log} 2>&1"
@@ -70,6 +71,7 @@ rule generate_instructions:
         f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
     params:
         args=generation_args(),
+        # all 805 at paper scale (the public code: 800); given after generation_args, so argparse keeps it
         n=config["alpacaeval"]["n_prompts"],
         seed=config["seeds"][0],
         dtype=config["training"]["dtype"],

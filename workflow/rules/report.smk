@@ -82,7 +82,9 @@ rule training_curves:
 rule weights_example:
     input:
         records=f"{DATA}/{{task}}/train.jsonl",
-        embeddings=f"{RESULTS}/embeddings/{{task}}/{embedder_short(RPO['default_embedder'])}.pt",
+        # one example per task: the first model's embeddings (models differ only by their tokenizer's cut)
+        embeddings=embeddings_path(MODELS[0], "{task}", RPO["default_embedder"]),
+        model=f"{RESULTS}/{MODELS[0]}/base",
     output:
         f"{RESULTS}/figures/weights_{{task}}.json",
     params:
@@ -90,6 +92,8 @@ rule weights_example:
         tau=RPO["default_tau"],
         batch=config["preference"]["batch_size"],
         seed=config["seeds"][0],
+        max_length=config["training"]["max_length"],
+        max_prompt_length=config["training"]["max_prompt_length"],
     log:
         f"{RESULTS}/logs/weights_example_{{task}}.log",
     benchmark:
@@ -101,8 +105,9 @@ rule weights_example:
         "../../envs/rpo.yaml"
     shell:
         "python -m rpo.report weights-example --records {input.records} --embeddings {input.embeddings}"
-        " --embedder {params.embedder:q} --tau {params.tau} --batch-size {params.batch} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --embedder {params.embedder:q} --model {input.model} --max-length {params.max_length}"
+        " --max-prompt-length {params.max_prompt_length}"
+        " --tau {params.tau} --batch-size {params.batch} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule weights_heatmap:
