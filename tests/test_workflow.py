@@ -80,10 +80,10 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "workflow/paper.yaml"), timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # 3 models x (HH: 5 plain methods + 2 x (3 taus x 3 embedders + random)
+    # 3 models x (HH: 6 plain methods (PPO included) + 2 x (3 taus x 3 embedders + random)
     #                 + 2 methods x 3 more batch sizes + 2 methods x 1 global-scope size;
-    #             TL;DR: the 5 methods of Table 1 at their defaults)
-    assert _job_line(out, "preference").split()[-1] == str(3 * ((5 + 2 * 10 + 6 + 2) + 5))
+    #             TL;DR: the 6 preference methods of Table 1 at their defaults)
+    assert _job_line(out, "preference").split()[-1] == str(3 * ((6 + 2 * 10 + 6 + 2) + 6))
     for needle in ("mistral-7b", "llama2-13b", "rpo-paired_tau0.75_t5large_bs8_seed1",
                    "rpo-unpaired_tau0.25_distilroberta_bs8_seed1", "dpo_bs16_seed1",
                    "rpo-paired_tau0.5_minilm_bs64_global_seed1"):
