@@ -365,9 +365,11 @@ def test_notes_name_the_judging_protocol(tree, tmp_path):
     assert set(collect_runs(tree)["protocol"]) == {"rationale"}
     copy = shutil.copytree(tree, tmp_path / "r")
     for path in (copy / "dialogue" / "judgments").glob("*.winrate.json"):
-        path.write_text(json.dumps({**json.loads(path.read_text()), "protocol": "rpo-paper"}))
+        path.write_text(json.dumps({**json.loads(path.read_text()), "protocol": "rpo-paper",
+                                    "template_sha256": "ab" * 32}))
     dialogue_only = table1(collect_runs(copy, tasks=["dialogue"]), DEFAULTS).notes
     assert [n for n in dialogue_only if n.startswith("Judging protocol")] == [
-        "Judging protocol: rpo-paper; rpo-paper is the public code's compare.py (rpo/judge/protocols.py)."]
+        "Judging protocol: rpo-paper; rpo-paper is the public code's compare.py (rpo/judge/protocols.py). "
+        "Template sha256: rpo-paper/dialogue abababababab."]
     mixed = table1(collect_runs(copy), DEFAULTS).notes
     assert any(n.startswith("Judging protocols: rationale, rpo-paper (MIXED") for n in mixed)

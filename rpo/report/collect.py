@@ -143,6 +143,7 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
                          "judge_seed": result.get("seed"),
                          # summaries written before the key existed were all judged with the rationale template
                          "protocol": result.get("protocol", "rationale"),
+                         "template_sha256": result.get("template_sha256"),
                          "judgments": str(judgments_dir / f"{run}.jsonl")})
     present = {(row["task"], row["run"]) for row in rows}
     for task, run in sorted((wanted or set()) - present):
@@ -152,7 +153,7 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
     if not rows:
         raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
     return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "protocol",
-                                       "judgments"])
+                                       "template_sha256", "judgments"])
 
 
 def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:

@@ -149,8 +149,13 @@ def _protocol_note(runs: pd.DataFrame) -> list[str]:
     if not protocols:
         return []
     many = " (MIXED: cells judged under different protocols are not comparable)" if len(protocols) > 1 else ""
+    hashes = []
+    if "template_sha256" in runs:  # the exact template per protocol and task, as each summary records it
+        for (protocol, task), block in runs.dropna(subset=["template_sha256"]).groupby(["protocol", "task"]):
+            hashes.append(f"{protocol}/{task} {', '.join(sorted(h[:12] for h in block['template_sha256'].unique()))}")
+    sha = f" Template sha256: {'; '.join(hashes)}." if hashes else ""
     return [f"Judging protocol{'s' if len(protocols) > 1 else ''}: {', '.join(protocols)}{many}; rpo-paper is "
-            "the public code's compare.py (rpo/judge/protocols.py)."]
+            f"the public code's compare.py (rpo/judge/protocols.py).{sha}"]
 
 
 def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], name: str, title: str, notes: list[str]) -> Table:
