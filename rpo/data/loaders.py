@@ -147,6 +147,12 @@ def parse_hh_transcript(text, which: str) -> list[tuple[str, str]]:
     return turns
 
 
+def hh_transcript(turns) -> str:
+    """The inverse of parse_hh_transcript: [(role, text)] -> "\\n\\nHuman: ...\\n\\nAssistant: ..."."""
+    names = {role: name for name, role in _HH_ROLES.items()}
+    return "".join(f"\n\n{names[role]}: {text}" for role, text in turns)
+
+
 def _shared_history(chosen_turns, rejected_turns):
     history = chosen_turns[:-1]
     if history != rejected_turns[:-1]:
