@@ -1,7 +1,6 @@
 """World -> the hub's raw formats (rpo.data.export) -> the hub loaders -> the same records."""
 import gzip
 import json
-from pathlib import Path
 
 import datasets
 import pytest
