@@ -13,9 +13,10 @@ gradient_accumulation_steps, W = world size); rank r takes the r-th run of A of 
 function of the seed, so every rank knows every micro-batch of the step and a resumed run finds its
 place by step number.
 
-FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block; checkpoints and
-the final model hold gathered full weights. Tested on CPU/gloo only (gradients, resume, final save);
-on GPUs (nccl) it is untested.
+FSDP (`fsdp: true`) shards with FSDP2 `fully_shard`, one unit per transformer block; on more than
+one rank checkpoints stay sharded (rpo.checkpoint), the final model holds gathered full weights.
+Tested on CPU/gloo only (gradients, resume, sharded checkpoints, final save); on GPUs (nccl) it is
+untested.
 """
 from __future__ import annotations
 
@@ -193,6 +194,20 @@ def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: 
         return
     unwrap(model).load_state_dict(model_state)
     optimizer.load_state_dict(optimizer_state)
+
+
+def sharded_state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """This rank's shards of the FSDP model and optimizer state (DTensors), the layout that
+    torch.distributed.checkpoint saves from and loads into without any rank gathering the whole."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer)
+
+
+def load_sharded_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 
 # -- collectives -----------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ compare what the ranks saved with single-process runs here.
 """
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,7 @@ from rpo.train import Trainer, main, resolve_config
 THEMES = ["soup", "kites", "clocks", "moss", "boats", "lamps", "owls", "salt"]
 GLOBAL_METHODS = ("rpo-paired", "rpo-unpaired", "dpo", "kto")
 TOLERANCE = 1e-10
+LONG_FSDP = dict(fsdp=True, contrast_scope="global", epochs=10, save_every=100)
 
 
 def make_records(n=32):
@@ -97,7 +102,15 @@ def _two_rank_worker(rank, paths, port, results):
         base = dict(max_steps=3, epochs=2, save_every=10, **kw)
         Trainer(config(paths, f"full-{tag}", "rpo-paired", **base)).fit()
         assert Trainer(config(paths, f"split-{tag}", "rpo-paired", stop_after_steps=1, **base)).fit() is None
+        ckpt = Path(paths["root"]) / f"split-{tag}.ckpt"
+        save(f"ckpt-{tag}", sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*")))
+        if rank == 0 and tag == "fsdp":  # what a save killed mid-way leaves behind: never to be read
+            (ckpt / "step-2.tmp").mkdir()
+            (ckpt / "step-2.tmp" / "meta.pt").write_bytes(b"half a file")
+        dist.barrier()
         Trainer(config(paths, f"split-{tag}", "rpo-paired", **base)).fit()
+    # the uninterrupted twin of the run a test kills under torchrun (20 steps; save_every is resume-free)
+    Trainer(config(paths, "long-fsdp", "rpo-paired", **LONG_FSDP)).fit()
     # the command line as torchrun runs it (process group from the environment, torn down at the end),
     # leaving a two-rank checkpoint behind for the world-size check
     left = config(paths, "left", "dpo", stop_after_steps=1, epochs=2)
@@ -172,6 +185,43 @@ def test_two_ranks_train_and_resume_bit_exactly(two_ranks, paths, tag):
     run = json.loads((root / f"split-{tag}" / "run.json").read_text())
     assert (run["world_size"], run["global_batch_size"], run["resumed"]) == (2, 16, True)
     assert run["contrast_scope"] == ("global" if tag == "fsdp" else "micro")
+
+
+def test_fsdp_checkpoints_are_sharded(two_ranks):
+    """After step 1 of 3: a DCP folder with each rank's shards and the run state, no gathered state.pt."""
+    listing = torch.load(two_ranks / "ckpt-fsdp.pt")
+    assert "state.pt" not in listing and "step-1/.metadata" in listing and "step-1/meta.pt" in listing
+    assert {f"step-1/__{r}_0.distcp" for r in (0, 1)} <= set(listing)  # both ranks wrote shards
+    assert not any(name.endswith(".tmp") for name in listing)
+    assert "state.pt" in torch.load(two_ranks / "ckpt-ddp.pt")  # DDP keeps the unsharded format
+
+
+def test_killed_fsdp_rank_resumes_from_the_sharded_checkpoint(two_ranks, paths):
+    cfg = config(paths, "killed", "rpo-paired", **{**LONG_FSDP, "save_every": 1})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    def torchrun(**popen):
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "rpo.train",
+                                 *(f"{k}={json.dumps(v)}" for k, v in cfg.items() if v is not None)], env=env,
+                                stdout=subprocess.DEVNULL, **popen)
+
+    victim, ckpt = torchrun(stderr=subprocess.DEVNULL), Path(cfg["checkpoint_dir"])
+    deadline = time.time() + 180
+    while not any(p.name[5:].isdigit() for p in ckpt.glob("step-*")) and time.time() < deadline \
+            and victim.poll() is None:
+        time.sleep(0.05)
+    ranks = [int(pid) for pid in Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()]
+    assert len(ranks) == 2 and victim.poll() is None, "no checkpoint while both ranks ran"
+    os.kill(ranks[1], signal.SIGKILL)  # one rank dies, possibly mid-save; torchrun tears down the other
+    assert victim.wait(timeout=120) != 0
+    assert not (Path(cfg["out"]) / "model.safetensors").exists(), "run finished before it could be killed"
+    rerun = torchrun(stderr=subprocess.PIPE)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()[-3000:]
+    assert json.loads((Path(cfg["out"]) / "run.json").read_text())["resumed"] is True
+    a, b = weights(Path(paths["root"]) / "long-fsdp"), weights(cfg["out"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ddp_and_fsdp_train_to_the_same_weights(two_ranks, paths):
