@@ -234,6 +234,8 @@ def train_settings(config: dict, run: Run) -> dict:
     if run.method in EMBEDDING_LOSSES:
         settings.update(tau=run.tau, embedder=run.embedder)
     settings["threads"] = config["threads"]
+    if config["logging"]["report_to"]:  # only when set: the runs' params (and so Snakemake's reruns) stay as they were
+        settings["report_to"] = config["logging"]["report_to"]
     return {k: v for k, v in sorted(settings.items()) if v is not None}
 
 

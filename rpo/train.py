@@ -8,7 +8,8 @@ Each micro-batch is one forward pass over its chosen sequences followed by its r
 per-device code) each micro-batch, the losses of a step's micro-batches (all ranks) averaged;
 `global` every micro-batch of the step on every rank (rpo.distributed; SFT refuses it).
 Reference log-probs come from the cache (rpo.refcache); this process never holds a reference model.
-Only rank 0 writes metrics, checkpoints and the final model; metrics are global (all ranks).
+Only rank 0 writes metrics, checkpoints and the final model (a sharded FSDP checkpoint: every rank its
+shards, rpo.checkpoint); metrics are global (all ranks).
 """
 from __future__ import annotations
 
@@ -17,31 +18,29 @@ import itertools
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_batches
 from rpo.data.tokenize import collate, default_truncation, tokenize_records
-from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_objects,
-                             gather_varlen, gradient_sync, init_distributed, load_full_state_dicts,
-                             local_micro_batches, rank_device, shutdown_distributed, step_micro_batches, steps_in_plan,
-                             unwrap, wrap_model)
+from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_varlen,
+                             gradient_sync, init_distributed, local_micro_batches, rank_device, shutdown_distributed,
+                             step_micro_batches, steps_in_plan, unwrap, wrap_model)
 from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
-from rpo.io import atomic_path, sha256_json, write_json
-from rpo import ppo
+from rpo.io import atomic_path, write_json
+from rpo import checkpoint, ppo
 from rpo.losses import PPO_METRICS, get_loss
 from rpo.models import load_model, response_logps
-from rpo.train_config import RESUME_FREE_KEYS, load_config, resolve_config
+from rpo.train_config import load_config, resolve_config
 from rpo.precision import resolve_precision
 from rpo.refcache import load_reference_cache
+from rpo.tracking import Trackers
 
 METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
                "rewards/accuracies") + PPO_METRICS  # each logged where its loss reports it
@@ -266,40 +265,12 @@ class Trainer:
         return {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                 "tokens_per_s": tokens_per_s}
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def _fingerprint(self) -> str:
-        return sha256_json({k: v for k, v in self.cfg.items() if k not in RESUME_FREE_KEYS})
-
+    # -- checkpoints (formats, atomicity and the resume checks: rpo.checkpoint) ------------------
     def save_checkpoint(self) -> None:
-        # The metrics file beside it is append-only and trimmed to the checkpoint's step on resume.
-        model_state, optimizer_state = full_state_dicts(self.model, self.optimizer)
-        rng = gather_objects(_rng_state(), self.env)  # one state per rank
-        if self.env.is_main:
-            with atomic_path(Path(self.cfg["checkpoint_dir"]) / "state.pt") as tmp:
-                torch.save({"model": model_state, "optimizer": optimizer_state,
-                            "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng,
-                            "config_sha256": self._fingerprint(), "world_size": self.env.world_size}, tmp)
-        barrier(self.env)
+        checkpoint.save(self)
 
     def maybe_resume(self) -> bool:
-        state_path = Path(self.cfg["checkpoint_dir"]) / "state.pt"
-        if not state_path.exists():
-            return False
-        # mmap: ranks share the file's pages instead of each holding a copy of the full state
-        state = torch.load(state_path, weights_only=False, mmap=True, map_location="cpu")
-        if state["config_sha256"] != self._fingerprint():
-            raise ConfigError(f"{state_path} belongs to a run with another config; delete "
-                              f"{self.cfg['checkpoint_dir']} to start over")
-        if state.get("world_size", 1) != self.env.world_size:  # a step's micro-batches depend on it
-            raise ConfigError(f"{state_path} was written by {state.get('world_size', 1)} process(es), this run has "
-                              f"{self.env.world_size}; resume with as many or delete {self.cfg['checkpoint_dir']}")
-        load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-        _set_rng_state(state["rng"][self.env.rank])
-        if self.env.is_main:
-            _truncate_metrics(Path(self.cfg["checkpoint_dir"]) / "metrics.jsonl", self.step)
-        return True
+        return checkpoint.resume(self)
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -309,17 +280,20 @@ class Trainer:
         metrics_path = Path(cfg["checkpoint_dir"]) / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         steps_here = 0
+        cadence = checkpoint.Cadence(cfg["save_every"], cfg["save_every_minutes"], self.env, self.device)
         with open(metrics_path if self.env.is_main else os.devnull, "a", encoding="utf-8") as metrics, \
+                Trackers(cfg, self.step, self.env.is_main) as trackers, \
                 tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg['method']} {Path(cfg['out']).name}",
                      disable=None if self.env.is_main else True) as bar:
             while self.step < self.total_steps:
                 row = self.train_step()
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+                trackers.log(row)  # the live view (report_to); metrics.jsonl above stays the record
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 steps_here += 1
-                if self.step % cfg["save_every"] == 0 and self.step < self.total_steps:
+                if cadence.due(self.step) and self.step < self.total_steps:
                     self.save_checkpoint()
                 if cfg["stop_after_steps"] and steps_here >= cfg["stop_after_steps"] and self.step < self.total_steps:
                     self.save_checkpoint()
@@ -361,26 +335,6 @@ def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
         diff = cr - rr if paired else (cr[:, None] - rr[None, :]).flatten()
         stats.setdefault("rewards/margins", []).append(diff.mean().item())
         stats.setdefault("rewards/accuracies", []).append((diff > 0).float().mean().item())
-
-
-def _rng_state() -> dict:
-    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), **cuda}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows written after the checkpoint, so a resumed run logs each step once."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def main(argv=None) -> None:

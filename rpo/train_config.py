@@ -12,6 +12,7 @@ import yaml
 from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names
 from rpo.precision import DTYPES
+from rpo.tracking import check_report_to
 
 DEFAULTS = {
     "model": None, "data": None, "out": None, "method": None,  # required
@@ -19,13 +20,15 @@ DEFAULTS = {
     "batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
     "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
     "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
-    "seed": 1, "save_every": 50, "dtype": "auto", "device": None, "threads": None,
+    "seed": 1, "save_every": 50, "save_every_minutes": None, "dtype": "auto", "device": None, "threads": None,
     "contrast_scope": "micro", "fsdp": False,
+    "report_to": [], "logging_dir": None,  # live metrics (rpo.tracking); logging_dir None: {out}.logs
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
-RESUME_FREE_KEYS = ("save_every", "threads", "device", "stop_after_steps", "checkpoint_dir")
+RESUME_FREE_KEYS = ("save_every", "save_every_minutes", "threads", "device", "stop_after_steps", "checkpoint_dir",
+                    "report_to", "logging_dir")
 
 
 def resolve_config(config: dict) -> dict:
@@ -55,6 +58,10 @@ def resolve_config(config: dict) -> dict:
     for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"training config key '{key}' must be a positive integer, got {cfg[key]!r}")
+    minutes = cfg["save_every_minutes"] = _as_number(cfg["save_every_minutes"])
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise ConfigError(f"training config key 'save_every_minutes' must be > 0 (or null: by steps only), "
+                          f"got {minutes!r}")
     for key in ("lr", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
@@ -78,6 +85,9 @@ def resolve_config(config: dict) -> dict:
     if not isinstance(cfg["fsdp"], bool):
         raise ConfigError(f"training config key 'fsdp' must be true or false, got {cfg['fsdp']!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
+    cfg["report_to"] = check_report_to(cfg["report_to"])
+    # Beside the output folder, not in it or in the checkpoint: both are replaced or removed at the end.
+    cfg["logging_dir"] = cfg["logging_dir"] or str(cfg["out"]).rstrip("/") + ".logs"
     return cfg
 
 

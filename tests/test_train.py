@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rpo import checkpoint
 from rpo.data.records import PreferenceRecord, write_records
 from rpo.embed import embed_prompts
 from rpo.errors import CacheMismatchError, ConfigError, TrainingDivergedError
@@ -156,6 +157,41 @@ def test_killed_process_resumes_to_identical_weights(world, tmp_path):
     subprocess.run(cmd + common + [f"out={tmp_path / 'run'}"], check=True, env=env, capture_output=True)
     a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_every_minutes_saves_by_the_clock(world, tmp_path, monkeypatch):
+    readings = iter(range(0, 10_000, 40))  # each look at the clock is 40 s after the last
+    monkeypatch.setattr(checkpoint, "_now", lambda: next(readings))
+    saved = []
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved.append(self.step))
+    Trainer(config(world, tmp_path / "a", "dpo", max_steps=5, save_every=100, save_every_minutes=1)).fit()
+    assert saved == [2, 4]  # 80 s after the start, then 80 s after the save at step 2
+    saved.clear()
+    Trainer(config(world, tmp_path / "b", "dpo", max_steps=5, save_every=100)).fit()
+    assert saved == []  # by steps only
+    with pytest.raises(ConfigError, match="'save_every_minutes' must be > 0"):
+        config(world, tmp_path, "dpo", save_every_minutes=0)
+
+
+def _fake_sharded(folder: Path, files=(checkpoint.META, checkpoint.DCP_METADATA, "__0_0.distcp")) -> Path:
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_a_partial_sharded_checkpoint_is_never_resumed(tmp_path):
+    root = tmp_path / "run.ckpt"
+    _fake_sharded(root / "step-9.tmp", files=("__0_0.distcp",))  # a save killed before its rename
+    with pytest.warns(UserWarning, match=r"step-9\.tmp: ignored"):
+        assert checkpoint.latest(root) is None
+    done = _fake_sharded(root / "step-4")
+    with pytest.warns(UserWarning, match=r"step-9\.tmp: ignored"):
+        assert checkpoint.latest(root) == done  # the last complete one, not the newer partial one
+    damaged = _fake_sharded(root / "step-6", files=(checkpoint.DCP_METADATA,))
+    message = rf"{re.escape(str(damaged))}: incomplete sharded checkpoint \(no meta.pt\); delete .* to resume from an older"
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=message):
+        checkpoint.latest(root)
 
 
 def test_stale_reference_cache_is_refused(world, tmp_path):
