@@ -15,7 +15,7 @@ from rpo.errors import ConfigError
 from rpo.pipeline import Run, train_settings
 from rpo.tracking import REPORTERS, Trackers, trl_name
 from rpo.train import Trainer
-from test_train import config, world  # noqa: F401  (world: the tiny model, data and reference cache)  # noqa: F401 (a pytest fixture)
+from test_train import config, world  # noqa: F401  (world: the tiny model, data and reference cache)
 
 ROOT = Path(__file__).resolve().parent.parent
 
