@@ -26,6 +26,7 @@ from rpo.data.records import ASSISTANT, USER, PreferenceRecord, read_records
 from rpo.data.tokenize import TRUNCATION_SIDES, default_truncation, pair_prompt_ids
 from rpo.errors import CacheMismatchError, ConfigError, DataError
 from rpo.io import atomic_path, sha256_file
+from rpo.models import tokenizer_fingerprint
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
@@ -181,15 +182,9 @@ def get_embedder(name: str, *, dim: int | None = None, seed: int = 0, device: st
     return SentenceTransformerEmbedder(name, model)
 
 
-def _tokenizer_sha256(model_path) -> str | None:
-    # The reference cache's key for the tokenisation (rpo.refcache.cache_meta), so both refuse alike.
-    file = Path(model_path) / "tokenizer.json"
-    return sha256_file(file) if file.is_file() else None
-
-
 def text_settings(model_path, max_length: int, max_prompt_length: int, truncation: str) -> dict:
     """What the embedded text depends on besides the records; stored in the file, checked on load."""
-    return {"tokenizer_sha256": _tokenizer_sha256(model_path), "max_length": max_length,
+    return {"tokenizer_sha256": tokenizer_fingerprint(model_path), "max_length": max_length,
             "max_prompt_length": max_prompt_length, "truncation": truncation}
 
 

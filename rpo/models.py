@@ -311,6 +311,13 @@ def _scored_forward(model, input_ids, attention_mask, labels, **kwargs):
     return output, labels[:, first - 1:]
 
 
+def tokenizer_fingerprint(path) -> str | None:
+    """sha256 of the folder's tokenizer.json (None without one): what the tokenisation depends on, which
+    model_fingerprint does not cover. The reference cache and the prompt embeddings key on it alike."""
+    file = Path(path) / "tokenizer.json"
+    return sha256_file(file) if file.is_file() else None
+
+
 def model_fingerprint(path) -> str:
     """sha256 over config.json and the weight files (by relative name and content).
 

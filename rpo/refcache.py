@@ -29,7 +29,7 @@ from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order,
                              shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
-from rpo.models import load_model, model_fingerprint, response_token_logps
+from rpo.models import load_model, model_fingerprint, response_token_logps, tokenizer_fingerprint
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
 
 SIDES = ("chosen", "rejected", "kl")
@@ -93,9 +93,7 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
     return {
         "data_sha256": sha256_file(records_path),
         "model_fingerprint": model_fingerprint(model_path),
-        # Log-probs depend on the tokenisation too, which the model fingerprint does not cover.
-        "tokenizer_sha256": sha256_file(Path(model_path) / "tokenizer.json")
-        if (Path(model_path) / "tokenizer.json").exists() else None,
+        "tokenizer_sha256": tokenizer_fingerprint(model_path),
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
         "truncation": truncation,
