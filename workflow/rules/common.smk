@@ -121,10 +121,10 @@ JUDGE = config["judge"]
 ALPACAEVAL = config["alpacaeval"]
 
 
-def generation_args():
+def generation_args(n_prompts):
     # --max-length, when set, replaces --max-new-tokens (rpo.generate): the public code's total budget
     max_length = f" --max-length {GEN['max_length']}" if GEN["max_length"] is not None else ""
-    return (f"--n-prompts {GEN['n_prompts']} --max-new-tokens {GEN['max_new_tokens']}{max_length}"
+    return (f"--n-prompts {n_prompts} --max-new-tokens {GEN['max_new_tokens']}{max_length}"
             f" --top-p {GEN['top_p']} --temperature {GEN['temperature']} --batch-size {GEN['batch_size']}"
             f" --max-prompt-length {config['training']['max_prompt_length']}"
             f" --train-max-length {config['training']['max_length']}")

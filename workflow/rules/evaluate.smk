@@ -9,7 +9,7 @@ rule generate:
     output:
         f"{RESULTS}/{{model}}/{{task}}/samples/{{run}}.jsonl",
     params:
-        args=generation_args(),
+        args=generation_args(GEN["n_prompts"]),
         seed=config["seeds"][0],
         dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
@@ -70,9 +70,8 @@ rule generate_instructions:
     output:
         f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
     params:
-        args=generation_args(),
-        # all 805 at paper scale (the public code: 800); given after generation_args, so argparse keeps it
-        n=config["alpacaeval"]["n_prompts"],
+        # all 805 at paper scale (the public code: 800)
+        args=generation_args(config["alpacaeval"]["n_prompts"]),
         seed=config["seeds"][0],
         dtype=config["training"]["dtype"],
         launcher=lambda wc, resources: launcher(resources.gpu),
@@ -88,7 +87,7 @@ rule generate_instructions:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} --dtype {params.dtype} {params.args} --n-prompts {params.n} > {log} 2>&1"
+        " --seed {params.seed} --dtype {params.dtype} {params.args} > {log} 2>&1"
 
 
 rule alpacaeval:
