@@ -16,9 +16,6 @@ from rpo.world.lexicon_posts import POST_FRAME
 SMALL = {"seed": 3, "dialogue_clusters": 2, "dialogue_train_pairs": 8, "dialogue_test_pairs": 5,
          "dialogue_max_turns": 3, "summarization_clusters": 2, "summarization_train_pairs": 7,
          "summarization_test_pairs": 4, "instruction_prompts": 3}
-# The world's post labels vs tldr_prompt_text's (the one known gap of the round trip; see export.py).
-LABELS = (("\nsubreddit: r/", "\nSUBREDDIT: r/"), ("\ntitle: ", "\nTITLE: "), ("\npost: ", "\nPOST: "),
-          ("\ntl;dr:", "\nTL;DR:"))
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +80,8 @@ def test_summarization_keeps_pairs_order_and_post_fields(world, exported, cache)
         for before, after in zip(original, loaded):
             # the info fields rebuild the world's post exactly ...
             assert format_turns([("user", POST_FRAME.format(**post_fields(before.prompt, "t")))]) == before.prompt
-            # ... and the loader's prompt differs from it in the four label spellings only
-            expected = before.prompt
-            for world_label, tldr_label in LABELS:
-                expected = expected.replace(world_label, tldr_label, 1)
-            assert after.prompt == expected != before.prompt
+            # ... and the loader's prompt (tldr_prompt_text) is the world's, byte for byte
+            assert after.prompt == before.prompt
     rows = [json.loads(line) for line in (out / "summarize_from_feedback" / "comparisons" / "train.jsonl").open()]
     assert {row["choice"] for row in rows} == {0, 1}  # the chosen summary sits in both positions
 

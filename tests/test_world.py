@@ -239,7 +239,7 @@ def _summary_case(world):
     record = world.records("summarization", "test")[0]
     meta = record.metadata
     theme = by_name(POST_THEMES)[meta["theme"]]
-    post = record.prompt.split("post: ")[1].split("\ntl;dr:")[0]
+    post = record.prompt.split("POST: ")[1].split("\nTL;DR:")[0]
     return record, theme, meta, post
 
 

@@ -16,10 +16,8 @@ world must not depend on the loaders (docs/design.md, dependency direction).
 Round trip: loaded records keep the world's order, prompt (see below), chosen and rejected; ids
 become the loaders' f"{source}-{split}-{index}" (index = position in the world's split file, so
 "dialogue-train-00007" -> "hh-train-7"); the world's metadata (rewards, clusters) is not carried.
-Known gap, summarization: the world writes posts with lowercase labels ("subreddit: r/..",
-"title:", "post:", "tl;dr:", rpo/world/lexicon_posts.py POST_FRAME) while tldr_prompt_text writes
-"SUBREDDIT:", "TITLE:", "POST:", "TL;DR:", so a loaded summarization prompt differs from the
-world's in those four labels only (the info fields themselves round-trip exactly).
+Summarization prompts round-trip exactly too: the world writes its posts in the format
+tldr_prompt_text rebuilds from the info fields (rpo/world/lexicon_posts.py POST_FRAME).
 """
 from __future__ import annotations
 

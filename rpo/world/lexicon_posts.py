@@ -33,7 +33,9 @@ def _theme(name, subreddit, titles, facts, fillers) -> PostTheme:
     return PostTheme(name, subreddit, tuple(titles.split("|")), _pairs(facts), _pairs(fillers))
 
 
-POST_FRAME = "subreddit: r/{subreddit}\ntitle: {title}\npost: {body}\ntl;dr:"
+# The OpenAI TL;DR format, as rpo.data.loaders.tldr_prompt_text writes a hub row: exported world posts
+# load back as the same prompt (rpo.data.export), so the oracle judges the rehearsal's hub data too.
+POST_FRAME = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {body}\nTL;DR:"
 SUMMARY_JOINERS = (", ", "; ")
 
 POST_THEMES: tuple[PostTheme, ...] = (
