@@ -1,8 +1,10 @@
 """The SLURM profile (workflow/profiles/slurm): it plans the paper's matrix, and the sbatch calls it
-makes give each GPU rule its GPUs, partition, memory and time limit.
+makes give each GPU rule its GPUs, partition, memory and time limit. The one-GPU profile
+(workflow/one-gpu.yaml): it plans Table 1 and the tau grid on one GPU at the paper's global batch.
 
 No cluster here: stand-in sbatch/sinfo/... scripts on PATH record each sbatch call and refuse it, so
 snakemake stops after submitting and the recorded arguments are exactly what a cluster would get."""
+import json
 import os
 import re
 import shlex
@@ -13,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from rpo.pipeline import experiment_runs
+from rpo.pipeline import TABLE1_METHODS, experiment_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "workflow/profiles/slurm"
 PAPER = ROOT / "workflow/paper.yaml"
+ONE_GPU = ROOT / "workflow/one-gpu.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(PROFILE),
              "--configfile", str(PAPER)]
 GPU_RULES = {"sft": 8, "preference": 8, "refcache": 1, "generate": 1, "generate_instructions": 1}
@@ -122,3 +125,54 @@ def test_sbatch_calls_carry_each_rules_gpus_partition_memory_and_time(tmp_path):
     assert calls["preference"][calls["preference"].index("--mem") + 1] == "480000"
     assert calls["preference"][calls["preference"].index("-t") + 1] == "720"
     assert calls["judge"][calls["judge"].index("--mem") + 1] == "2000"
+
+
+def _trainer_args(command):
+    """key -> value of one planned `python -m rpo.train` command (values as JSON where they parse)."""
+    args = {}
+    for word in shlex.split(command.split(" > ")[0]):
+        key, sep, value = word.partition("=")
+        if sep:
+            try:
+                args[key] = json.loads(value)
+            except json.JSONDecodeError:
+                args[key] = value
+    return args
+
+
+def test_one_gpu_dry_run_plans_table1_and_the_tau_grid_on_one_gpu(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "-p",
+                             "--configfile", str(ONE_GPU), "--directory", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
+    one_gpu, paper = yaml.safe_load(ONE_GPU.read_text()), yaml.safe_load(PAPER.read_text())
+    tasks = one_gpu["data"]["tasks"]
+    assert tasks == ["dialogue", "summarization"] and len(one_gpu["models"]) == 1 and one_gpu["gpus"] == 1
+    # Table 1's 6 preference methods + 2 more taus of each embedding-weighted method, on each task
+    runs = [run for task in tasks for run in experiment_runs(one_gpu, task)]
+    assert counts["preference"] == sum(r.method != "sft" for r in runs) == 2 * (6 + 2 + 2)
+    assert counts["sft"] == counts["refcache"] == len(tasks)
+    assert counts["judge"] == counts["generate"] == len(runs) == 22
+    assert counts["alpacaeval"] == len(one_gpu["alpacaeval"]["runs"]) == 3
+
+    trains = [_trainer_args(line) for line in out.splitlines()
+              if line.startswith("Shell command: python -m rpo.train ")]
+    assert len(trains) == counts["sft"] + counts["preference"]
+    assert "torchrun" not in out  # one GPU: one plain process per job
+    for args in trains:  # the paper's global batch 64 as micro-batch 8 x accumulation 8 on one GPU
+        assert (args["batch_size"], args["gradient_accumulation_steps"], args["fsdp"]) == (8, 8, False), args
+        assert args["method"] == "sft" or args["contrast_scope"] == "micro", args
+        assert (args["lr"], args["optimizer"], args["max_length"], args["max_prompt_length"]) == (
+            5e-7, "rmsprop", 512, 256)
+    gpu_resources = re.findall(r"rule (?:sft|preference):(?:\n .*)*?\n    resources: (.*)", out)
+    assert len(gpu_resources) == len(trains) and all("gpu=1," in r for r in gpu_resources)
+
+    for task in tasks:
+        planned = [a for a in trains if a["data"].endswith(f"/data/{task}/train.jsonl")]
+        assert {a["method"] for a in planned} == set(TABLE1_METHODS), task  # no weighting ablation runs
+        taus = sorted(a["tau"] for a in planned if a["method"] == "rpo-paired")
+        assert taus == sorted(paper["rpo"]["taus"]) == [0.25, 0.5, 0.75], task  # paper.yaml's tau grid
+        assert {a["embedder"] for a in planned if "embedder" in a} == {paper["rpo"]["default_embedder"]}
