@@ -273,3 +273,19 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path, cache):
 def test_hub_id_fails_fast_offline_with_the_id_named(cache):
     with pytest.raises(DataError, match="Anthropic/hh-rlhf: cannot load split 'train'"):
         load_preference_data("hh", None, "train", cache_dir=cache)
+
+
+def test_a_local_folder_rewritten_in_place_loads_its_new_rows(tmp_path):
+    """datasets keys a folder whose README declares its configs (the hub's layout) by that
+    declaration: a raw file rewritten in place must still load as its new rows, never the cached old."""
+    folder = tmp_path / "summarize_from_feedback"
+    (folder / "comparisons").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: comparisons\n  data_files:\n"
+                                      "  - split: train\n    path: comparisons/train.jsonl\n---\n")
+    cache = tmp_path / "cache"
+    for post in ("the old post.", "the new post."):
+        row = {"info": {"id": "p0", "post": post, "title": "t", "subreddit": "s"}, "choice": 0,
+               "summaries": [{"text": "a."}, {"text": "b."}]}
+        (folder / "comparisons" / "train.jsonl").write_text(json.dumps(row) + "\n")
+        records, _ = load_preference_data("tldr", str(folder), "train", on_error="raise", cache_dir=str(cache))
+        assert post in records[0].prompt

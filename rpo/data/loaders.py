@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,18 +95,23 @@ def _folder_config(folder: Path, config):
 
 
 def open_split(path_or_id: str, split: str, config=None, cache_dir=None) -> tuple[datasets.Dataset, str]:
-    """Load one split as a `datasets.Dataset`; returns it with the name errors should use."""
+    """Load one split as a `datasets.Dataset`; returns it with the name errors should use.
+
+    A local file or folder is read afresh every time: datasets' cache keys a folder whose README
+    declares its configs (as the hub repositories do) by that declaration, not by the files' bytes,
+    so a raw file rewritten in place would otherwise load as its old rows (the rehearsal found this).
+    """
     path = Path(path_or_id).expanduser()
     try:
-        if path.is_file():
-            where = str(path)
-            builder = "parquet" if path.name.endswith(".parquet") else "json"
-            return datasets.load_dataset(builder, data_files=str(path), split=_file_split(split),
-                                         cache_dir=cache_dir), where
-        if path.is_dir():
-            where = f"{path} (split {split!r})"
-            return datasets.load_dataset(str(path), name=_folder_config(path, config), split=split,
-                                         cache_dir=cache_dir), where
+        if path.is_file() or path.is_dir():
+            with tempfile.TemporaryDirectory(prefix="rpo-datasets-") as private:
+                local = {"cache_dir": private, "keep_in_memory": True}
+                if path.is_file():
+                    builder = "parquet" if path.name.endswith(".parquet") else "json"
+                    return datasets.load_dataset(builder, data_files=str(path), split=_file_split(split),
+                                                 **local), str(path)
+                return datasets.load_dataset(str(path), name=_folder_config(path, config), split=split,
+                                             **local), f"{path} (split {split!r})"
         if _looks_local(path_or_id):
             raise DataError(f"{path_or_id}: no such file or folder")
         where = f"{path_or_id} (split {split!r})"
