@@ -169,10 +169,10 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
         for method in config["methods"]:
             if method in EMBEDDING_LOSSES:
                 runs.append(Run(method, seed, bs, *rpo_defaults))
-                if ablate:
+                if ablate and method in TAU_METHODS:  # the grid Table 3 shows, no run that no table shows
                     runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
-                    if rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
-                        runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
+                if ablate and rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
+                    runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
             elif method != "sft" and (ablate or method not in WEIGHTING_ABLATIONS):
                 runs.append(Run(method, seed, bs))
         ablation = (config.get("batch_size_ablation") or {}) if ablate else {}

@@ -64,14 +64,17 @@ def test_experiment_matrix():
     names = [r.name for r in experiment_runs(CONFIG)]
     assert len(names) == len(set(names))
     assert "sft_seed1" in names and "kto_bs8_seed1" in names
+    for tau in ("0.25", "0.5"):
+        for emb in ("minilm", "tfidf"):
+            assert f"rpo-paired_tau{tau}_{emb}_bs8_seed1" in names
+    # the tau x embedder grid is Table 3's, which shows RPO-paired only: RPO-unpaired at its default
+    assert [n for n in names if n.startswith("rpo-unpaired") and "random" not in n] == \
+           ["rpo-unpaired_tau0.5_minilm_bs8_seed1"]
     for method in ("rpo-paired", "rpo-unpaired"):
-        for tau in ("0.25", "0.5"):
-            for emb in ("minilm", "tfidf"):
-                assert f"{method}_tau{tau}_{emb}_bs8_seed1" in names
         assert f"{method}_tau0.5_random_bs8_seed1" in names
     assert {"dpo_bs2_seed1", "dpo_bs16_seed1", "rpo-paired_tau0.5_minilm_bs2_seed1"} <= set(names)
-    # 1 sft + 5 plain methods + 2 x (4 grid + 1 control) + ablation (2 sizes new for each of 2 methods)
-    assert len(names) == 1 + 5 + 10 + 4
+    # 1 sft + 5 plain methods + 4 grid + 1 default + 2 controls + ablation (2 sizes new for each of 2 methods)
+    assert len(names) == 1 + 5 + 4 + 1 + 2 + 4
 
 
 def test_control_methods_choose_which_methods_get_the_random_embedding_control():

@@ -48,8 +48,8 @@ def test_profile_dry_run_plans_the_papers_matrix(tmp_path):
     paper = yaml.safe_load(PAPER.read_text())
     n_models, tasks = len(paper["models"]), paper["data"]["tasks"]
     runs = [run for task in tasks for run in experiment_runs(paper, task)]
-    # 3 models x (34 preference runs on HH, where the paper ran its ablations, + 6 on TL;DR) + 1 SFT each
-    assert counts["preference"] == n_models * sum(r.method != "sft" for r in runs) == 3 * (34 + 6)
+    # 3 models x (26 preference runs on HH, where the paper ran its ablations, + 6 on TL;DR) + 1 SFT each
+    assert counts["preference"] == n_models * sum(r.method != "sft" for r in runs) == 3 * (26 + 6)
     assert counts["sft"] == counts["refcache"] == n_models * len(tasks)
     assert counts["judge"] == counts["generate"] == n_models * len(runs)
     # set-resources reach the jobs: a preference job asks for 8 GPUs, a judge job for none
@@ -151,11 +151,11 @@ def test_one_gpu_dry_run_plans_table1_and_the_tau_grid_on_one_gpu(tmp_path):
     one_gpu, paper = yaml.safe_load(ONE_GPU.read_text()), yaml.safe_load(PAPER.read_text())
     tasks = one_gpu["data"]["tasks"]
     assert tasks == ["dialogue", "summarization"] and len(one_gpu["models"]) == 1 and one_gpu["gpus"] == 1
-    # Table 1's 6 preference methods + 2 more taus of each embedding-weighted method, on each task
+    # Table 1's 6 preference methods + 2 more taus of RPO-paired (Table 3's grid), on each task
     runs = [run for task in tasks for run in experiment_runs(one_gpu, task)]
-    assert counts["preference"] == sum(r.method != "sft" for r in runs) == 2 * (6 + 2 + 2)
+    assert counts["preference"] == sum(r.method != "sft" for r in runs) == 2 * (6 + 2)
     assert counts["sft"] == counts["refcache"] == len(tasks)
-    assert counts["judge"] == counts["generate"] == len(runs) == 22
+    assert counts["judge"] == counts["generate"] == len(runs) == 18
     assert counts["alpacaeval"] == len(one_gpu["alpacaeval"]["runs"]) == 3
 
     trains = [_trainer_args(line) for line in out.splitlines()
