@@ -34,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
-from rpo.distributed import DistEnv, barrier, gather_in_order, init_distributed, rank_device, shutdown_distributed
+from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, rank_threads,
+                             shutdown_distributed)
 from rpo.errors import ConfigError
 from rpo.io import read_jsonl, write_jsonl
 from rpo.precision import DTYPES, resolve_precision
@@ -140,6 +141,9 @@ def generate(
     for batch_index in tqdm(mine, desc="generating", disable=not (progress and env.is_main)):
         batch = prompts[starts[batch_index]:starts[batch_index] + batch_size]
         ids = [_prompt_as_trained(tokenizer, p, max_prompt_length, train_max_length) for p in batch]
+        # a cut prompt is recorded as the model saw it (traceable; the keep_start cut keeps its marker)
+        cut = [tokenizer.decode(i) if len(i) < len(prompt_ids(tokenizer, p["prompt"], None, "keep_end")) else None
+               for i, p in zip(ids, batch)]
         input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
         budget = max_length - input_ids.shape[1] if max_length else max_new_tokens
         if budget < 1:  # only without max_prompt_length: a prompt as long as the whole budget
@@ -150,7 +154,11 @@ def generate(
             output = model.generate(input_ids=input_ids.to(model.device), max_new_tokens=budget,
                                     attention_mask=attention_mask.to(model.device), **options)
         # Left padding puts every prompt's end at the same column: new tokens start there.
-        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        new_tokens = output[:, input_ids.shape[1]:]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # where each response stopped: its first EOS (generate pads after it), or the budget
+        at_eos = new_tokens == tokenizer.eos_token_id
+        lengths = [int(row.nonzero()[0, 0]) if row.any() else budget for row in at_eos]
         local[batch_index] = [{
             "id": prompt["id"],
             "prompt": prompt["prompt"],
@@ -159,7 +167,10 @@ def generate(
             "metadata": prompt.get("metadata") or {},
             "model": str(model_path),
             "sampling": {**sampling, "new_token_budget": budget},
-        } for prompt, text in zip(batch, texts)]
+            "new_tokens": length,  # before EOS (not counting it)
+            "stopped_at_eos": bool(stopped.any()),
+            **({"cut_prompt": shown} if shown is not None else {}),
+        } for prompt, text, length, stopped, shown in zip(batch, texts, lengths, at_eos, cut)]
     rows = [row for batch_rows in gather_in_order(local, len(starts), env) for row in batch_rows]
     if env.is_main:
         write_jsonl(out_path, rows)
@@ -200,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="the run's training.dtype: generate in the trainer's precision (rpo.precision)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the job's torch threads, shared by its ranks (rpo.distributed.rank_threads)")
     return parser
 
 
@@ -208,6 +221,8 @@ def main(argv=None) -> int:
     prompt_seed = args.seed if args.prompt_seed is None else args.prompt_seed
     # Every rank selects the same prompts (a seeded shuffle of the same file) before any sharding.
     prompts = select_prompts(read_prompt_records(args.records), args.n, prompt_seed)
+    if args.threads:
+        torch.set_num_threads(rank_threads(args.threads))
     env = init_distributed(args.device)
     try:
         rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens,

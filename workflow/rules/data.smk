@@ -24,9 +24,30 @@ rule data:
         "python -m rpo.data.prepare --data-config {params.data_config} --out {params.out} > {log} 2>&1"
 
 
+rule pretrained:
+    output:
+        directory(f"{RESULTS}/pretrained/{{name}}"),
+    params:
+        spec=lambda wc: quoted_json(PRETRAINED_BUILDS[wc.name]),
+    wildcard_constraints:
+        name="|".join(PRETRAINED_BUILDS),
+    log:
+        f"{RESULTS}/logs/pretrained/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrained/{{name}}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    conda:
+        "../../envs/rpo.yaml"
+    shell:
+        "python -m rpo.models --spec {params.spec} --out {output} > {log} 2>&1"
+
+
 rule base_model:
     input:
         corpus=expand(f"{DATA}/{{task}}/train.jsonl", task=TASKS),
+        pretrained=lambda wc: pretrained_input(wc.model),
     output:
         directory(f"{RESULTS}/{{model}}/base"),
     params:
