@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow/rehearsal.yaml"
 MODEL = "smollm2-135m"
 # The smallest form: the paper's path whole, with the fewest runs that still fill every table kind.
-SMALLEST = {"methods": ["dpo", "rpo-paired"], "taus": [0.5], "alpacaeval_runs": ["sft", "rpo-paired"]}
+# RPO-paired takes every input a preference run can take but the KL sequences: reference log-probs and
+# prompt embeddings; with SFT it fills Table 1, 2 (AlpacaEval), 3 (tau) and the weighting table.
+SMALLEST = {"methods": ["rpo-paired"], "taus": [0.5], "alpacaeval_runs": ["rpo-paired"]}
+RUN = "rpo-paired_tau0.5_minilm_bs2_seed1"
 
 
 def smallest_profile(results: Path) -> dict:
@@ -84,7 +87,7 @@ def test_the_pad_eos_tokenizer_keeps_eos_in_the_labels_and_trains(rehearsal):
     assert labels[-1].item() == tokenizer.eos_token_id  # EOS is learned although it is also the pad id
     assert (batch["labels"][1] == -100).all()  # while the padding of the shorter row is not
     for task in config["data"]["tasks"]:
-        for run in ("sft_seed1", "dpo_bs2_seed1"):
+        for run in ("sft_seed1", RUN):
             rows = [json.loads(line) for line in (results / MODEL / task / "models" / run / "metrics.jsonl").open()]
             assert rows and all(math.isfinite(r["loss"]) for r in rows if "loss" in r), (task, run)
 
@@ -111,7 +114,7 @@ def test_a_model_taught_to_stop_stops_at_eos(rehearsal, tmp_path):
 def test_samples_record_where_generation_stopped(rehearsal):
     config, results = rehearsal
     for task in config["data"]["tasks"]:
-        for line in (results / MODEL / task / "samples" / "dpo_bs2_seed1.jsonl").open():
+        for line in (results / MODEL / task / "samples" / f"{RUN}.jsonl").open():
             sample = json.loads(line)
             assert "<|im_end|>" not in sample["response"]
             budget = sample["sampling"]["new_token_budget"]
