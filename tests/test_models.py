@@ -183,7 +183,7 @@ FP32, FP64, BF16 = torch.float32, torch.float64, torch.bfloat16
 PRECISION_TABLE = {
     None: ((FP32, None), (FP32, BF16), (FP32, None)),
     "auto": ((FP32, None), (FP32, BF16), (FP32, None)),
-    "bfloat16": ((FP32, None), (FP32, BF16), (FP32, None)),
+    "bfloat16": ((FP32, BF16), (FP32, BF16), (FP32, None)),  # an explicit bf16 autocasts on CPU too
     "float32": ((FP32, None), (FP32, None), (FP32, None)),
     "float64": ((FP64, None), (FP64, None), (FP64, None)),
 }
