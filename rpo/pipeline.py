@@ -176,12 +176,11 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
             elif method != "sft" and (ablate or method not in WEIGHTING_ABLATIONS):
                 runs.append(Run(method, seed, bs))
         ablation = (config.get("batch_size_ablation") or {}) if ablate else {}
+        sizes, global_sizes = ablation.get("batch_sizes", []), ablation.get("global_batch_sizes", [])
         for method in ablation.get("methods", []):
             settings = rpo_defaults if method in EMBEDDING_LOSSES else ()
-            for size in ablation.get("batch_sizes", []):
-                runs.append(Run(method, seed, size, *settings))
-            for size in ablation.get("global_batch_sizes", []):
-                runs.append(Run(method, seed, size, *settings, scope="global"))
+            runs += [Run(method, seed, size, *settings) for size in sizes]
+            runs += [Run(method, seed, size, *settings, scope="global") for size in global_sizes]
     return list(dict.fromkeys(runs))  # keep order, drop duplicates
 
 

@@ -19,7 +19,8 @@ def profile(name):
     return yaml.safe_load((ROOT / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "workflow/paper.yaml", "workflow/one-gpu.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "workflow/paper.yaml", "workflow/one-gpu.yaml",
+                                  "workflow/rehearsal.yaml"])
 def test_profiles_validate(name):
     validate_config(profile(name))
 
@@ -115,7 +116,7 @@ def test_forwarded_keys_are_taken_by_their_consumer():
             assert f'"{path[-1]}"' in prepare, f"{'.'.join(path)}: rpo.data.prepare never reads {path[-1]!r}"
 
 
-PROFILES = ("config.yaml", "workflow/paper.yaml", "workflow/one-gpu.yaml")
+PROFILES = ("config.yaml", "workflow/paper.yaml", "workflow/one-gpu.yaml", "workflow/rehearsal.yaml")
 # The workflow, on a config that records each key its own code reads: the Snakefile and rule files and
 # rpo/ (Snakemake itself dumps the whole config to JSON for a checksum: that is no use of a key).
 TRACING_SNAKEFILE = """
