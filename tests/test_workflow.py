@@ -80,14 +80,15 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "workflow/paper.yaml"), timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # 3 models x (HH: 6 plain methods (PPO included) + 2 x (3 taus x 3 embedders + random)
-    #                 + 2 methods x 3 more batch sizes + 2 methods x 1 global-scope size;
-    #             TL;DR: the 6 preference methods of Table 1 at their defaults)
-    assert _job_line(out, "preference").split()[-1] == str(3 * ((6 + 2 * 10 + 6 + 2) + 6))
+    # 3 models x (HH: 6 plain methods (PPO included) + RPO-paired's 3 taus x 3 embedders + RPO-unpaired
+    #                 at its default + random for both + 2 methods x 3 more batch sizes + 2 methods x 1
+    #                 global-scope size; TL;DR: the 6 preference methods of Table 1 at their defaults)
+    assert _job_line(out, "preference").split()[-1] == str(3 * ((6 + 9 + 1 + 2 + 6 + 2) + 6))
     for needle in ("mistral-7b", "llama2-13b", "rpo-paired_tau0.75_t5large_bs8_seed1",
-                   "rpo-unpaired_tau0.25_distilroberta_bs8_seed1", "dpo_bs16_seed1",
+                   "rpo-unpaired_tau0.5_minilm_bs8_seed1", "dpo_bs16_seed1",
                    "rpo-paired_tau0.5_minilm_bs64_global_seed1"):
         assert needle in out
+    assert "rpo-unpaired_tau0.25_distilroberta_bs8_seed1" not in out  # no run that no table shows
 
 
 def _job_line(out, job):
@@ -135,4 +136,4 @@ def test_whole_dag_end_to_end_on_tiny_sizes(tmp_path):
     plan = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "tau.yaml", changed)), timeout=120)
     trained = [line.split("models/")[1] for line in plan.stdout.splitlines()
                if line.strip().startswith("output:") and "/models/" in line]
-    assert sorted(trained) == sorted([f"{m}_tau2_tfidf_bs8_seed1" for m in ("rpo-paired", "rpo-unpaired")])
+    assert trained == ["rpo-paired_tau2_tfidf_bs8_seed1"]  # the tau grid is Table 3's: RPO-paired only
