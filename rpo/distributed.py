@@ -64,13 +64,14 @@ def rank_device(device: str | None, local_rank: int) -> str:
     return f"cuda:{local_rank}" if device == "cuda" else device
 
 
-def rank_threads(threads: int) -> int:
-    """Torch threads of one rank: the job's `threads` shared by the ranks torchrun runs on this node.
+def set_rank_threads(threads: int | None) -> None:
+    """Give this rank its share of the job's `threads` torch threads (None: leave torch's default).
 
     Snakemake exports OMP_NUM_THREADS = the job's threads, and torchrun keeps it: without this each of
     N ranks would run that many threads, N times the cores (the rehearsal's generation ran 12x slower).
     """
-    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads:
+        torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def init_distributed(device: str | None = None) -> DistEnv:

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
-from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, rank_threads,
+from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
                              shutdown_distributed)
 from rpo.errors import ConfigError
 from rpo.io import read_jsonl, write_jsonl
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the run's training.dtype: generate in the trainer's precision (rpo.precision)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None,
-                        help="the job's torch threads, shared by its ranks (rpo.distributed.rank_threads)")
+                        help="the job's torch threads, shared by its ranks (rpo.distributed.set_rank_threads)")
     return parser
 
 
@@ -221,8 +221,7 @@ def main(argv=None) -> int:
     prompt_seed = args.seed if args.prompt_seed is None else args.prompt_seed
     # Every rank selects the same prompts (a seeded shuffle of the same file) before any sharding.
     prompts = select_prompts(read_prompt_records(args.records), args.n, prompt_seed)
-    if args.threads:
-        torch.set_num_threads(rank_threads(args.threads))
+    set_rank_threads(args.threads)
     env = init_distributed(args.device)
     try:
         rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rpo.data.records import read_records
 from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
-                             rank_threads, shutdown_distributed)
+                             set_rank_threads, shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
 from rpo.models import load_model, model_fingerprint, response_token_logps, tokenizer_fingerprint
@@ -170,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(rank_threads(args.threads))
+    set_rank_threads(args.threads)
     env = init_distributed()
     try:
         compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,

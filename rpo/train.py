@@ -29,7 +29,7 @@ from transformers import get_scheduler
 from rpo.data.records import read_records, sft_examples, unpaired_batches
 from rpo.data.tokenize import collate, default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_varlen,
-                             gradient_sync, init_distributed, local_micro_batches, rank_device, rank_threads,
+                             gradient_sync, init_distributed, local_micro_batches, rank_device, set_rank_threads,
                              shutdown_distributed, step_micro_batches, steps_in_plan, unwrap, wrap_model)
 from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
@@ -73,8 +73,7 @@ def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
 class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        if cfg["threads"]:
-            torch.set_num_threads(rank_threads(cfg["threads"]))
+        set_rank_threads(cfg["threads"])
         self.records = read_records(cfg["data"])
         self.truncation = cfg["truncation"] or default_truncation(self.records)
         self.env = init_distributed(cfg["device"])
