@@ -21,9 +21,8 @@ Model FLOPs of one step (forward + backward, PaLM appendix B's convention), summ
 N = non-embedding parameters: all of them except the input embedding table and the LM head; T = the
 sequence's real (non-pad) length; the attention term counts the full T x T scores (causal kernels skip
 about half; convention). The LM head is counted only at the positions our step sends through it:
-rpo.models.response_logps keeps logits from the first response position on (`logits_to_keep`), so
-for prompt P + response R that is R + 1 positions per sequence. Counting it at every token would
-credit work the step does not do. MFU = model FLOPs per step / step time / peak dense bf16 FLOP/s.
+rpo.scoring runs it on the positions that predict a response token, R per sequence of response R.
+Counting it at every token would credit work the step does not do. MFU = model FLOPs per step / step time / peak dense bf16 FLOP/s.
 
 Step time: torch.cuda.synchronize() before and after each step; warm-up steps excluded; medians of
 the timed steps. Prints results only; paste them into benchmarks/RESULTS.md with the device named.
@@ -88,16 +87,8 @@ def flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) ->
 
 
 def head_positions(examples: list[dict]) -> list[int]:
-    """Real positions of each sequence that go through the LM head in one forward of these examples.
-
-    Mirrors rpo.models.response_logps: logits from position first-1 on, where first is the batch's
-    earliest labelled position (at least 1); positions past a sequence's end are padding.
-    """
-    firsts = [next((t for t, label in enumerate(e["labels"]) if label != -100), None) for e in examples]
-    labelled = [f for f in firsts if f is not None]
-    width = max(len(e["input_ids"]) for e in examples)
-    first = max(min(labelled) if labelled else width - 1, 1)
-    return [max(len(e["input_ids"]) - first + 1, 0) for e in examples]
+    """Positions of each sequence that go through the LM head (rpo.scoring): one per response token."""
+    return [sum(label != -100 for label in e["labels"][1:]) for e in examples]
 
 
 def batch_flops(examples: list[dict], n_params: int, n_layers: int, d_model: int, head_params: int) -> int:

@@ -30,30 +30,6 @@ class LossOutput:
     metrics: dict | None = None  # extra detached scalars the trainer logs (ppo: PPO_METRICS)
 
 
-def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of the labelled tokens of each sequence, and their count."""
-    logps, mask = token_logps(logits, labels)
-    return logps.sum(-1), mask.sum(-1)
-
-
-def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token log-probs [B, T] (0 off the mask) and the mask of scored tokens: column t is the
-    log-prob of token t + 1 (the logits at t predict it), the last column is never scored.
-
-    labels == -100 marks prompt and padding tokens. cross_entropy avoids materialising a full
-    log-softmax copy of the [B, T, V] logits, which matters at vocab 32k+.
-    """
-    # Shift the labels, not the logits: slicing [B, T, V] logits would copy them.
-    labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-    if logits.dtype in (torch.float16, torch.bfloat16):  # sum log-probs in fp32, keep fp64 exact
-        logits = logits.float()
-    token_nll = F.cross_entropy(
-        logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
-    ).view(labels.shape)
-    mask = labels != -100
-    return -(token_nll * mask), mask
-
-
 def rpo_weights(chosen_embeddings: Tensor, rejected_embeddings: Tensor, tau: float) -> Tensor:
     """w_ij = softmax_j(-(1 - cos(e_i, e'_j)) / tau): a constant, no gradient flows through it.
 

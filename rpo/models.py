@@ -274,46 +274,6 @@ def load_model(path, dtype="auto", device=None):
     return model, tokenizer
 
 
-def response_logps(model, input_ids, attention_mask, labels):
-    """Summed response log-probs and response token counts of a right-padded batch.
-
-    Only positions from the earliest response token on go through the LM head (`logits_to_keep`):
-    prompt positions predict nothing we score, and for small models with a large vocabulary the
-    head is most of the compute.
-    """
-    from rpo.losses import sequence_logps
-
-    output, window = _scored_forward(model, input_ids, attention_mask, labels)
-    return sequence_logps(output.logits, window)
-
-
-def response_token_logps(model, input_ids, attention_mask, labels, with_values: bool = False):
-    """Per-token response log-probs [B, K] and their mask over the scored window of response_logps
-    (its row sums are response_logps' numbers), and with_values the value head's estimates [B, K]
-    at the same positions (the state before each scored token; rpo.ppo.attach_value_head)."""
-    from rpo.losses import token_logps
-
-    extra = {"output_hidden_states": True} if with_values else {}
-    output, window = _scored_forward(model, input_ids, attention_mask, labels, **extra)
-    logps, mask = token_logps(output.logits, window)
-    return logps, mask, output.value_estimates[:, -window.shape[1]:] if with_values else None
-
-
-def _scored_forward(model, input_ids, attention_mask, labels, **kwargs):
-    """The forward over positions first-1 .. T-1 (first: the earliest response token) and the labels
-    of that window."""
-    scored = labels != -100
-    first = int(scored.float().argmax(1)[scored.any(1)].min()) if scored.any() else labels.shape[1] - 1
-    first = max(first, 1)
-    keep = labels.shape[1] - first + 1  # logits at positions first-1 .. T-1
-    try:
-        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
-    except TypeError:  # architectures without logits_to_keep
-        output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        output.logits = output.logits[:, -keep:]
-    return output, labels[:, first - 1:]
-
-
 def tokenizer_fingerprint(path) -> str | None:
     """sha256 of the folder's tokenizer.json (None without one): what the tokenisation depends on, which
     model_fingerprint does not cover. The reference cache and the prompt embeddings key on it alike."""

@@ -16,7 +16,7 @@ VALUE_HEAD = "v_head"
 
 
 def _value_hook(module, args, output):
-    # Only forwards that ask for hidden states (rpo.models.response_token_logps) get values. A key of
+    # Only forwards that ask for hidden states (rpo.scoring.score with_values) get values. A key of
     # the output, not a bare attribute, so FSDP sees the tensor among the outputs it hooks for backward.
     if getattr(output, "hidden_states", None) is not None:
         output["value_estimates"] = module.v_head(output.hidden_states[-1]).squeeze(-1)
@@ -57,18 +57,13 @@ def reference_matrix(cache: dict, chosen_idx, rejected_idx, mask: torch.Tensor) 
 def micro_batch_loss(trainer, chosen_idx: list[int], rejected_idx: list[int]):
     """One forward of the policy (log-probs and values per token), the ppo loss on it; the trainer's
     micro_batch_loss contract: (loss output, summed chosen and rejected log-probs, attended tokens)."""
-    from rpo.data.tokenize import collate
-    from rpo.models import response_token_logps
-
-    batch = {k: v.to(trainer.device) for k, v in collate(trainer.examples(chosen_idx, rejected_idx),
-                                                          trainer.tokenizer.pad_token_id).items()}
-    with trainer.precision.autocast(trainer.device):
-        logps, mask, values = response_token_logps(trainer.model, batch["input_ids"], batch["attention_mask"],
-                                                   batch["labels"], with_values=True)
+    scores = trainer.score(trainer.examples(chosen_idx, rejected_idx), with_values=True)
+    logps, mask = scores.as_matrix()
+    values = scores.as_matrix(scores.values)[0]
     m = len(chosen_idx)
     rewards = torch.tensor([1.0] * m + [-1.0] * len(rejected_idx), dtype=logps.dtype, device=logps.device)
     reference = reference_matrix(trainer.ref, chosen_idx, rejected_idx, mask).to(logps.dtype)
     out = trainer.loss(logps, reference_token_logps=reference, response_mask=mask, values=values.to(logps.dtype),
                        episode_rewards=rewards, **{k: trainer.cfg[k] for k in trainer.loss.hyperparameters})
-    summed = logps.sum(-1)
-    return out, summed[:m], summed[m:], int(batch["attention_mask"].sum())
+    summed = scores.sums
+    return out, summed[:m], summed[m:], scores.n_tokens

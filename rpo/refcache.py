@@ -24,35 +24,37 @@ import torch
 from tqdm import tqdm
 
 from rpo.data.records import read_records
-from rpo.data.tokenize import collate, default_truncation, tokenize_records
+from rpo.data.tokenize import default_truncation, tokenize_records
 from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
                              set_rank_threads, shutdown_distributed)
 from rpo.errors import CacheMismatchError
 from rpo.io import atomic_path, sha256_file
-from rpo.models import load_model, model_fingerprint, response_token_logps, tokenizer_fingerprint
+from rpo.models import load_model, model_fingerprint, tokenizer_fingerprint
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
+from rpo.scoring import score
 
 SIDES = ("chosen", "rejected", "kl")
 TOKEN_SIDES = ("chosen", "rejected")  # per-token log-probs are kept for these (ppo's episodes)
 
 
 @torch.no_grad()
-def batch_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None) -> torch.Tensor:
+def batch_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None,
+                packing: bool = True) -> torch.Tensor:
     """Summed response log-probs of one batch, as float32 on the CPU, under `precision`'s autocast
     (None: the rule's for dtype auto on the model's device)."""
-    return batch_token_logps(model, examples, pad_token_id, precision)[0]
+    return batch_token_logps(model, examples, pad_token_id, precision, packing)[0]
 
 
 @torch.no_grad()
-def batch_token_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None):
+def batch_token_logps(model, examples: list[dict], pad_token_id: int, precision: Precision | None = None,
+                      packing: bool = True):
     """(summed log-probs, every response token's log-prob row by row, response token counts) of one
     batch, float32 on the CPU; the sums are the row sums of the same per-token values."""
     device = next(model.parameters()).device
     precision = precision or resolve_precision("auto", device)
-    batch = {k: v.to(device) for k, v in collate(examples, pad_token_id).items()}
     with precision.autocast(device):
-        logps, mask, _ = response_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return logps.sum(-1).float().cpu(), logps[mask].float().cpu(), mask.sum(-1).cpu()
+        scores = score(model, examples, pad_token_id, packing=packing)
+    return scores.sums.float().cpu(), scores.token_logps.float().cpu(), scores.counts.cpu()
 
 
 def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[str, int]]:
@@ -61,21 +63,22 @@ def batch_plan(sequences: dict[str, list[dict]], batch_size: int) -> list[tuple[
 
 
 def sharded_logps(model, sequences: dict[str, list[dict]], pad_token_id: int, batch_size: int,
-                  env: DistEnv, precision: Precision | None = None) -> dict:
+                  env: DistEnv, precision: Precision | None = None, packing: bool = True) -> dict:
     """Every side's log-probs (and TOKEN_SIDES' per-token ones), each rank computing a share of the
     batches; the whole result on every rank.
 
     Whole batches are shared out (not examples), so each batch has the composition and padding it has
-    in one process and yields the same numbers. Cost of a batch: its padded token count.
+    in one process and yields the same numbers. Cost of a batch: the tokens its forward computes on.
     """
     plan = batch_plan(sequences, batch_size)
-    costs = [len(batch) * max(len(e["input_ids"]) for e in batch)
-             for batch in (sequences[side][start:start + batch_size] for side, start in plan)]
+    lengths = [[len(e["input_ids"]) for e in sequences[side][start:start + batch_size]] for side, start in plan]
+    costs = [sum(n) if packing else len(n) * max(n) for n in lengths]
     mine = balanced_shards(costs, env.world_size)[env.rank]
     local = {}
     for k in tqdm(mine, desc="reference log-probs", disable=not env.is_main, leave=False):
         side, start = plan[k]
-        local[k] = batch_token_logps(model, sequences[side][start:start + batch_size], pad_token_id, precision)
+        local[k] = batch_token_logps(model, sequences[side][start:start + batch_size], pad_token_id, precision,
+                                     packing)
         if side not in TOKEN_SIDES:  # nothing reads them: keep the file small
             local[k] = local[k][0], torch.zeros(0), torch.zeros(0, dtype=torch.long)
     results = gather_in_order(local, len(plan), env)
@@ -101,10 +104,11 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
 
 
 def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
-                            truncation=None, batch_size=16, device=None, dtype="auto",
+                            truncation=None, batch_size=16, device=None, dtype="auto", packing=True,
                             env: DistEnv | None = None) -> Path:
     """Compute and write the cache in the precision `dtype` gives on this device (rpo.precision: the trainer's
-    rule, so pass the run's training.dtype). Collective when `env` (default: the launcher's, see
+    rule, so pass the run's training.dtype) and the layout `packing` (rpo.scoring; the run's training.packing).
+    Collective when `env` (default: the launcher's, see
     rpo.distributed.init_distributed) has several ranks: all call it, rank 0 writes, all return the path."""
     env = init_distributed(device) if env is None else env
     records = read_records(records_path)
@@ -113,11 +117,12 @@ def compute_reference_cache(model_path, records_path, out_path, *, max_length=51
     model.eval()
     precision = resolve_precision(dtype, next(model.parameters()).device)
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
-    cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env, precision)
+    cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env, precision, packing)
     if env.is_main:
         cache["meta"] = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
         cache["meta"]["n"] = len(records)
         cache["meta"]["precision"] = precision.as_dict()
+        cache["meta"]["packing"] = packing
         with atomic_path(out_path) as tmp:
             torch.save(cache, tmp)
     barrier(env)  # no rank reports the file before it exists
@@ -125,9 +130,10 @@ def compute_reference_cache(model_path, records_path, out_path, *, max_length=51
 
 
 def load_reference_cache(path, records_path, model_path, *, max_length, max_prompt_length, truncation,
-                         precision: Precision) -> dict:
+                         precision: Precision, packing: bool = True) -> dict:
     """Load the cache and refuse it unless it was computed from exactly this data, model and tokenisation,
-    and in the trainer's `precision` (reference and policy log-probs must share their numerics)."""
+    and in the trainer's `precision` and layout `packing` (reference and policy log-probs must share their
+    numerics)."""
     try:
         cache = torch.load(path, weights_only=True)
     except (OSError, RuntimeError) as exc:
@@ -147,6 +153,12 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
             f"runs in {precision.name}; recompute it with `python -m rpo.refcache --dtype <training.dtype>` on the "
             "kind of device the training uses, or train with the training.dtype the cache was computed with"
         )
+    if stored.get("packing", False) != packing:  # caches from before rpo.scoring were padded
+        layouts = {True: "packed", False: "padded"}
+        raise CacheMismatchError(
+            f"{path} holds reference log-probs of {layouts[stored.get('packing', False)]} batches, but the trainer "
+            f"scores {layouts[packing]} ones (training.packing: {str(packing).lower()}); recompute it with "
+            f"`python -m rpo.refcache{'' if packing else ' --no-packing'}`")
     if "token_logps" in cache:  # per record, for lookups by record index (rpo.ppo)
         cache["tokens"] = {side: torch.split(cache["token_logps"][side], cache["token_counts"][side].tolist())
                            for side in TOKEN_SIDES}
@@ -164,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="the run's training.dtype: compute in the trainer's precision (rpo.precision)")
+    parser.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="right-padded batches (the run's training.packing: false); default packed (rpo.scoring)")
     parser.add_argument("--threads", type=int, default=None)
     return parser
 
@@ -175,7 +189,7 @@ def main(argv=None) -> None:
     try:
         compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
                                 max_prompt_length=args.max_prompt_length, truncation=args.truncation,
-                                batch_size=args.batch_size, dtype=args.dtype, env=env)
+                                batch_size=args.batch_size, dtype=args.dtype, packing=args.packing, env=env)
     finally:
         shutdown_distributed(env)
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from rpo.data.records import read_records, sft_examples, unpaired_batches
-from rpo.data.tokenize import collate, default_truncation, tokenize_records
+from rpo.data.tokenize import default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_varlen,
                              gradient_sync, init_distributed, local_micro_batches, rank_device, set_rank_threads,
                              shutdown_distributed, step_micro_batches, steps_in_plan, unwrap, wrap_model)
@@ -36,10 +36,11 @@ from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, write_json
 from rpo import checkpoint, ppo
 from rpo.losses import PPO_METRICS, get_loss
-from rpo.models import load_model, response_logps
+from rpo.models import load_model
 from rpo.train_config import load_config, resolve_config
 from rpo.precision import resolve_precision
 from rpo.refcache import load_reference_cache
+from rpo.scoring import score
 from rpo.tracking import Trackers
 
 METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
@@ -92,7 +93,8 @@ class Trainer:
         if self.loss.needs & {"reference", "reference_tokens"}:
             self.ref = load_reference_cache(cfg["reference_cache"], cfg["data"], cfg["model"],
                                             max_length=cfg["max_length"], max_prompt_length=cfg["max_prompt_length"],
-                                            truncation=self.truncation, precision=self.precision)
+                                            truncation=self.truncation, precision=self.precision,
+                                            packing=cfg["packing"])
         if "embeddings" in self.loss.needs:
             self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"], text_settings(
                 cfg["model"], cfg["max_length"], cfg["max_prompt_length"], self.truncation))
@@ -115,12 +117,15 @@ class Trainer:
         seqs = self.sequences
         return [seqs["chosen"][i] for i in chosen_idx] + [seqs["rejected"][j] for j in rejected_idx]
 
-    def forward_logps(self, examples: list[dict], model=None):
-        batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+    def score(self, examples: list[dict], model=None, with_values: bool = False):
+        """The response log-probs of `examples` (packed or padded: training.packing) in the run's precision."""
         with self.precision.autocast(self.device):
-            logps, counts = response_logps(model or self.model, batch["input_ids"], batch["attention_mask"],
-                                           batch["labels"])
-        return logps, counts, int(batch["attention_mask"].sum())
+            return score(model or self.model, examples, self.tokenizer.pad_token_id, packing=self.cfg["packing"],
+                         with_values=with_values)
+
+    def forward_logps(self, examples: list[dict], model=None):
+        scores = self.score(examples, model)
+        return scores.sums, scores.counts, scores.n_tokens
 
     @torch.no_grad()
     def kl_logps(self, chosen_idx: list[int]) -> torch.Tensor:

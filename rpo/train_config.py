@@ -22,6 +22,7 @@ DEFAULTS = {
     "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
     "seed": 1, "save_every": 50, "save_every_minutes": None, "dtype": "auto", "device": None, "threads": None,
     "contrast_scope": "micro", "fsdp": False,
+    "packing": True,  # one row per micro-batch, attention per sequence (rpo.scoring); false: right-padded
     "report_to": [], "logging_dir": None,  # live metrics (rpo.tracking); logging_dir None: {out}.logs
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
 }
@@ -82,8 +83,9 @@ def resolve_config(config: dict) -> dict:
                           "contrast matrix; its advantages are whitened per micro-batch); use micro")
     if cfg["dtype"] not in DTYPES:
         raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    if not isinstance(cfg["fsdp"], bool):
-        raise ConfigError(f"training config key 'fsdp' must be true or false, got {cfg['fsdp']!r}")
+    for key in ("fsdp", "packing"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"training config key '{key}' must be true or false, got {cfg[key]!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
     cfg["report_to"] = check_report_to(cfg["report_to"])
     # Beside the output folder, not in it or in the checkpoint: both are replaced or removed at the end.

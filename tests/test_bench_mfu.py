@@ -9,8 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_mfu  # noqa: E402
 
-from rpo.data.tokenize import collate  # noqa: E402
-from rpo.models import response_logps  # noqa: E402
+from rpo.scoring import score  # noqa: E402
 
 # Tiny Llama: hidden 64, 2 layers, 4 heads of 16, 2 KV heads, MLP 128, vocab 512, untied head.
 # Per layer: q 64*64 + k 64*32 + v 64*32 + o 64*64 = 12288; gate, up, down 3*64*128 = 24576;
@@ -19,8 +18,9 @@ TINY_N = 74048
 # Per token at T = 32: 6*74048 + 12*2*64*32 = 444288 + 49152 = 493440.
 TINY_PER_TOKEN = 493440
 # A step of 8 pairs = 16 sequences of 16 + 16 tokens: 512 tokens * 493440 = 252641280, plus the LM head
-# (512*64 = 32768 weights) at 17 positions per sequence: 6*32768*16*17 = 53477376. Sum 306118656.
-TINY_STEP_FLOPS = 306118656
+# (512*64 = 32768 weights) at the 16 response positions per sequence: 6*32768*16*16 = 50331648.
+# Sum 302972928.
+TINY_STEP_FLOPS = 302972928
 
 
 def tiny_model():
@@ -44,17 +44,19 @@ def test_non_embedding_params_and_flops_per_token_match_hand_count():
     assert bench_mfu.batch_flops(fixed, TINY_N, 2, 64, 512 * 64) == TINY_STEP_FLOPS
 
 
-def test_head_positions_are_the_rows_response_logps_sends_through_the_head():
+@pytest.mark.parametrize("packing", [True, False])
+def test_head_positions_are_the_rows_scoring_sends_through_the_head(packing, monkeypatch):
+    import rpo.scoring
+
     model = tiny_model()
-    examples = [example(3, 2), example(2, 4), example(5, 1)]  # padded batch; earliest response at position 2
-    assert bench_mfu.head_positions(examples) == [4, 5, 5]  # lengths 5, 6, 6 minus (2 - 1)
-    seen = []
-    model.get_output_embeddings().register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].shape))
-    batch = collate(examples, pad_token_id=1)
-    response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    assert seen == [torch.Size([3, 5, 64])]  # width 6 - first 2 + 1 positions per row, pads included
-    # The count leaves out only head positions on padding: row 0 has one (its length is 5).
-    assert sum(bench_mfu.head_positions(examples)) == 3 * 5 - 1
+    examples = [example(3, 2), example(2, 4), example(5, 1)]
+    assert bench_mfu.head_positions(examples) == [2, 4, 1]  # one per response token, in either layout
+    seen, head_logps = [], rpo.scoring._target_logps
+    monkeypatch.setattr(rpo.scoring, "_target_logps", lambda head, hidden, targets: seen.append(hidden.shape)
+                        or head_logps(head, hidden, targets))
+    with torch.no_grad():
+        score(model, examples, pad_token_id=1, packing=packing)
+    assert seen == [torch.Size([7, 64])]  # the head's input: only the 2 + 4 + 1 response positions
 
 
 def test_peak_table_prefers_specific_names_and_admits_ignorance():

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+import rpo.scoring
 from rpo.data.records import PreferenceRecord, write_records
 from rpo.distributed import DistEnv, as_local_tensor, gather_varlen, local_micro_batches, unwrap
 from rpo.embed import embed_prompts
@@ -95,6 +96,13 @@ def _two_rank_worker(rank, paths, port, results):
         trainer = Trainer(config(paths, f"g-{method}-{scope}", method, contrast_scope=scope, fsdp=fsdp))
         row = trainer.accumulate_gradients()
         save(f"{method}-{scope}{'-fsdp' * fsdp}", {"grads": grads(trainer), "row": row})
+    # FSDP with the LM head one position per chunk: each chunk checkpointed and recomputed in backward,
+    # outside the forward in which FSDP unsharded the root's parameters (the head among them)
+    chunk, rpo.scoring.HEAD_CHUNK_ELEMENTS = rpo.scoring.HEAD_CHUNK_ELEMENTS, 1
+    trainer = Trainer(config(paths, "g-chunked", "rpo-paired", contrast_scope="global", fsdp=True))
+    row = trainer.accumulate_gradients()
+    save("rpo-paired-global-fsdp-chunked", {"grads": grads(trainer), "row": row})
+    rpo.scoring.HEAD_CHUNK_ELEMENTS = chunk
     env = DistEnv(rank, 2)  # unequal lengths on the two ranks come back in rank order
     save("gather", gather_varlen(torch.arange(rank * 10, rank * 10 + 1 + 2 * rank, dtype=torch.float64), [1, 3], env))
     # micro scope trains and resumes; FSDP checkpoints and saves through the same path
@@ -164,8 +172,9 @@ def test_scope_changes_the_rpo_gradient_but_not_dpo(two_ranks, one_batch_of_16):
     assert max_diff(micro["grads"], one_batch_of_16["rpo-paired"]["grads"]) > 1e-6
 
 
-def test_fsdp_global_scope_equals_one_batch_of_16(two_ranks, one_batch_of_16):
-    got = torch.load(two_ranks / "rpo-paired-global-fsdp.pt")
+@pytest.mark.parametrize("run", ["rpo-paired-global-fsdp", "rpo-paired-global-fsdp-chunked"])
+def test_fsdp_global_scope_equals_one_batch_of_16(two_ranks, one_batch_of_16, run):
+    got = torch.load(two_ranks / f"{run}.pt")
     assert max_diff(got["grads"], one_batch_of_16["rpo-paired"]["grads"]) < TOLERANCE
 
 

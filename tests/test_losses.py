@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rpo.errors import ConfigError
-from rpo.losses import REGISTRY, get_loss, losses_needing, rpo_weights, sequence_logps
+from rpo.losses import REGISTRY, get_loss, losses_needing, rpo_weights
 
 BETA = 0.1
 
@@ -249,18 +249,6 @@ def test_registry_defaults_and_needs():
     assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired", "ppo"]
     assert dict(REGISTRY["ppo"].hyperparameters) == {"gamma": 0.99, "lam": 0.95, "cliprange": 0.5,
                                                      "critic_coef": 0.01, "kl_coef": 0.1}
-
-
-def test_sequence_logps_masks_prompt_and_padding():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7, dtype=torch.float64)
-    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 5, 6]])
-    logps, counts = sequence_logps(logits, labels)
-    log_probs = logits.log_softmax(-1)
-    expected0 = log_probs[0, 1, 3] + log_probs[0, 2, 4]
-    expected1 = log_probs[1, 0, 1] + log_probs[1, 1, 2] + log_probs[1, 2, 5] + log_probs[1, 3, 6]
-    assert logps.tolist() == pytest.approx([expected0.item(), expected1.item()], rel=1e-12)
-    assert counts.tolist() == [2, 4]
 
 
 # -- ppo: GAE, discounted returns, whitening and the clipped surrogate, by hand ------------------------

@@ -98,12 +98,19 @@ def test_a_run_takes_only_its_losss_hyperparameters(world, tmp_path):
     assert config(world, tmp_path, "rpo-paired", tau="2.5e-1")["tau"] == 0.25  # YAML 1.1 reads 2.5e-1 as text
 
 
-def test_first_dpo_step_sees_policy_equal_to_cached_reference(world, tmp_path):
-    """At step 1 the policy IS the reference, so a correct cache gives rewards 0 and loss log 2."""
-    trainer = Trainer(config(world, tmp_path, "dpo"))
-    out, _, _, _ = trainer.micro_batch_loss(*trainer.plan[0])
-    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-5)
-    assert out.chosen_rewards.abs().max().item() < 1e-5
+@pytest.mark.parametrize("packing", [True, False])
+def test_first_dpo_step_sees_policy_equal_to_cached_reference(world, tmp_path, packing):
+    """At step 1 the policy IS the reference, so a cache computed the same way (packed or padded, in batches
+    of other sequences) gives rewards 0 and loss log 2 exactly; the other layout's cache is refused."""
+    cache = compute_reference_cache(world["model"], world["data"], tmp_path / "ref.pt", max_length=64,
+                                    max_prompt_length=32, batch_size=8, packing=packing)
+    trainer = Trainer(config(world, tmp_path, "dpo", reference_cache=str(cache), packing=packing))
+    for chosen_idx, rejected_idx in trainer.plan[:3]:
+        out, _, _, _ = trainer.micro_batch_loss(chosen_idx, rejected_idx)
+        assert out.loss.item() == torch.tensor(math.log(2), dtype=out.loss.dtype).item()  # log 2 in fp32, exactly
+        assert out.chosen_rewards.abs().max().item() == 0 == out.rejected_rewards.abs().max().item()
+    with pytest.raises(CacheMismatchError, match="padded batches|packed batches"):
+        Trainer(config(world, tmp_path, "dpo", reference_cache=str(cache), packing=not packing))
 
 
 def test_unpaired_batches_draw_chosen_and_rejected_independently(world, tmp_path):
@@ -307,24 +314,24 @@ def test_ppo_resume_with_the_value_head_is_bit_identical(world, tmp_path):
 
 
 def test_reference_cache_sums_unchanged_and_holds_per_token_logps(world):
-    """The summed log-probs are the numbers response_logps gives (the path every other loss reads),
+    """The summed log-probs are the numbers rpo.scoring gives (the path every other loss reads),
     and the per-token ones are the same forward's tokens, one tensor per record."""
-    from rpo.data.tokenize import collate, tokenize_records
-    from rpo.models import load_model, response_logps
+    from rpo.data.tokenize import tokenize_records
+    from rpo.models import load_model
     from rpo.refcache import load_reference_cache as load
+    from rpo.scoring import score
     cache = load(world["cache"], world["data"], world["model"], max_length=64, max_prompt_length=32,
                  truncation="keep_end", precision=Precision(torch.float32))
     model, tok = load_model(world["model"], device="cpu")
     from rpo.data.records import read_records
     seqs = tokenize_records(read_records(world["data"]), tok, 64, 32, "keep_end")
     for side in ("chosen", "rejected", "kl"):
-        for start in range(0, 24, 8):  # the cache's batches (batch_size 8): same padding, same numbers
-            batch = collate(seqs[side][start:start + 8], tok.pad_token_id)
+        for start in range(0, 24, 8):  # the cache's batches (batch_size 8): the same packed rows, the same numbers
             with torch.no_grad():
-                summed, counts = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            assert torch.equal(cache[side][start:start + 8], summed.float()), side
+                scores = score(model, seqs[side][start:start + 8], tok.pad_token_id)
+            assert torch.equal(cache[side][start:start + 8], scores.sums.float()), side
             if side != "kl":
-                assert cache["token_counts"][side][start:start + 8].tolist() == counts.tolist()
+                assert cache["token_counts"][side][start:start + 8].tolist() == scores.counts.tolist()
     for side in ("chosen", "rejected"):
         assert len(cache["tokens"][side]) == 24
         sums = torch.stack([t.double().sum() for t in cache["tokens"][side]])
