@@ -4,10 +4,12 @@ with precomputed reference log-probs, measured in one run.
     .venv/bin/pip install trl==1.16.0            # benchmark-only dependency, as for bench_trl.py
     .venv/bin/python benchmarks/bench_memory.py [--pairs 8] [--prompt-len 256] [--response-len 256]
 
-Data: `--pairs` preference pairs whose every sequence is exactly prompt-len + response-len tokens (EOS
-included; checked in both tokenisations), so no batch has padding: packing cannot save anything here and
-what differs is how each trainer computes the log-probs (rpo.scoring: the LM head on response positions
-only, in chunks; TRL: logits at every position). Same model (fp32 weights, as on CPU), batch (all pairs
+Data: `--pairs` preference pairs of exact token counts (EOS included; checked in both tokenisations).
+  --spread none      every sequence prompt-len + response-len tokens, so no batch has padding: packing cannot
+                     save anything and what differs is how each trainer computes the log-probs (rpo.scoring:
+                     the LM head on response positions only, in chunks; TRL: logits at every position)
+  --spread dialogue  the embedded dialogue task's lengths (config.yaml's world, first pairs) scaled so the
+                     longest sequence is prompt-len + response-len: padding as that task has it Same model (fp32 weights, as on CPU), batch (all pairs
 in one micro-batch), AdamW, gradient clipping, no gradient checkpointing.
 
 Each trainer runs in a fresh process. A thread samples the process's resident set (/proc/self/statm)
@@ -61,8 +63,9 @@ class PeakSampler:
         self.peak = max(self.peak, rss())
 
 
-def exact_records(tokenizer, n: int, prompt_len: int, response_len: int) -> list[dict]:
-    """Texts of single-token words: prompt_len prompt tokens, response_len - 1 response tokens + EOS."""
+def exact_records(tokenizer, shapes: list[tuple[int, int, int]]) -> list[dict]:
+    """One record per (prompt, chosen, rejected) token count (EOS included in the responses), texts of
+    single-token words, checked."""
     import random
 
     words = [w for w in WORDS.split() if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
@@ -72,14 +75,34 @@ def exact_records(tokenizer, n: int, prompt_len: int, response_len: int) -> list
     def text(k):
         return " ".join(rng.choice(words) for _ in range(k))
 
-    records = [{"id": f"m{i}", "prompt": text(prompt_len), "chosen": text(response_len - 1),
-                "rejected": text(response_len - 1)} for i in range(n)]
-    for r in records:
-        for key, want in (("prompt", prompt_len), ("chosen", response_len - 1), ("rejected", response_len - 1)):
+    # Responses start with a space, so prompt + response tokenise alike joined or apart (TRL joins them).
+    records = [{"id": f"m{i}", "prompt": text(p), "chosen": " " + text(c - 1), "rejected": " " + text(r - 1)}
+               for i, (p, c, r) in enumerate(shapes)]
+    for r, shape in zip(records, shapes):
+        for key, want in zip(("prompt", "chosen", "rejected"), (shape[0], shape[1] - 1, shape[2] - 1)):
             got = len(tokenizer(r[key], add_special_tokens=False)["input_ids"])
             if got != want:
                 raise SystemExit(f"record {r['id']} {key}: {got} tokens, expected {want}")
     return records
+
+
+def dialogue_shapes(tokenizer, pairs: int, longest: int) -> list[tuple[int, int, int]]:
+    """The first `pairs` dialogue records of config.yaml's world in this tokenizer, every length scaled so
+    the longest sequence is `longest` tokens: the embedded dialogue task's spread at the paper's length."""
+    import yaml
+
+    from rpo.world import generate_world
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    records = generate_world(config["data"]["world"]).splits["dialogue"]["train"][:pairs]
+
+    def n(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    raw = [(n(r.prompt), n(r.chosen) + 1, n(r.rejected) + 1) for r in records]
+    scale = longest / max(p + max(c, r) for p, c, r in raw)
+    shapes = [tuple(max(2, int(x * scale)) for x in shape) for shape in raw]
+    return shapes
 
 
 def step_ours(args) -> dict:
@@ -94,9 +117,13 @@ def step_ours(args) -> dict:
         "max_grad_norm": 10.0, "dtype": "float32", "device": "cpu", "threads": args.threads,
         "packing": args.packing == "packed"}))
     trainer.model.train()
+    tokens = [len(c["input_ids"]) for c in trainer.sequences["chosen"]]
+    # Read every weight once: from_pretrained maps the file, and pages first touched inside the step would
+    # count as the step's (TRL's precompute has read them before its step).
+    sum(float(p.detach().sum()) for p in trainer.model.parameters())
     with PeakSampler() as sampler:
         trainer.train_step()
-    return {"before": sampler.before, "peak": sampler.peak}
+    return {"before": sampler.before, "peak": sampler.peak, "tokens": tokens}
 
 
 def step_trl(args) -> dict:
@@ -148,6 +175,9 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--response-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spread", choices=["none", "dialogue"], default="none",
+                        help="none: every sequence prompt-len + response-len tokens; dialogue: the embedded "
+                             "dialogue task's lengths scaled so the longest is prompt-len + response-len")
     args = parser.parse_args()
     from rpo.data.records import PreferenceRecord, write_records
     from rpo.models import build_model, load_model
@@ -156,7 +186,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="rpo-bench-memory-"))
     model = build_model({"kind": "smollm2-gguf"}, root / "smollm2")
     _, tokenizer = load_model(model, device="cpu")
-    rows = exact_records(tokenizer, args.pairs, args.prompt_len, args.response_len)
+    sequence = args.prompt_len + args.response_len
+    shapes = ([(args.prompt_len, args.response_len, args.response_len)] * args.pairs if args.spread == "none"
+              else dialogue_shapes(tokenizer, args.pairs, sequence))
+    rows = exact_records(tokenizer, shapes)
+    lengths = [p + c for p, c, _ in shapes] + [p + r for p, _, r in shapes]
+    padding = 1 - sum(lengths) / (len(lengths) * max(lengths))
     data = root / "train.jsonl"
     write_records(data, [PreferenceRecord(r["id"], r["prompt"], r["chosen"], r["rejected"], {}) for r in rows])
     caches = {layout: compute_reference_cache(model, data, root / f"ref-{layout}.pt",
@@ -175,11 +210,12 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    sequence = args.prompt_len + args.response_len
-    if any(t != sequence for t in results["TRL precomputed"]["tokens"]):
-        raise SystemExit(f"TRL tokenised other lengths than {sequence}: {results['TRL precomputed']['tokens']}")
-    print(f"SmolLM2-135M-Instruct, fp32, {args.pairs} pairs x {sequence} tokens ({args.prompt_len} prompt + "
-          f"{args.response_len} response, no padding), {args.threads} threads; one DPO step, fresh process each")
+    for name, r in results.items():
+        if r["tokens"] != [p + c for p, c, _ in shapes]:
+            raise SystemExit(f"{name} tokenised other lengths than {shapes}: {r['tokens']}")
+    print(f"SmolLM2-135M-Instruct, fp32, {args.pairs} pairs, longest sequence {max(lengths)} tokens, spread "
+          f"{args.spread}: {sum(lengths)} real tokens, padding share of the padded batch {padding:.1%}; "
+          f"{args.threads} threads; one DPO step, fresh process each")
     print(f"  {'trainer':<16} {'RSS before':>11} {'peak':>9} {'step needs':>11}")
     for name, r in results.items():
         print(f"  {name:<16} {r['before'] / 2**30:9.2f} GB {r['peak'] / 2**30:7.2f} GB "

@@ -3,7 +3,8 @@
     python -m rpo.train --config run.yaml [key=value ...]          (torchrun/accelerate launch: rpo.distributed)
 
 Read top to bottom: config -> data order -> step (forward, loss, backward) -> checkpoint -> save.
-Each micro-batch is one forward pass over its chosen sequences followed by its rejected ones.
+Each micro-batch is one forward pass over its chosen sequences followed by its rejected ones, packed
+into one row by default (`packing`, rpo.scoring).
 `contrast_scope` says which sequences one M x N contrast matrix spans: `micro` (default, the paper's
 per-device code) each micro-batch, the losses of a step's micro-batches (all ranks) averaged;
 `global` every micro-batch of the step on every rank (rpo.distributed; SFT refuses it).
