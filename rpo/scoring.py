@@ -124,36 +124,42 @@ def _response_head(model, positions: Tensor, targets: Tensor):
     The head is still called by the model's own forward, so DDP's and FSDP's hooks (which unshard the
     root's parameters, the head and its tied embedding among them) see it as before."""
     head, result = model.get_output_embeddings(), []
+    previous = head.__dict__.get("forward")  # an instance-level forward someone else installed, if any
+    linear = head.forward
+    vocab = head.weight.shape[0]
 
     def forward(hidden):
         hidden = hidden.flatten(0, 1).index_select(0, positions)
-        result.append(_chunked_target_logps(head, hidden, targets))
+        result.append(_chunked_target_logps(linear, vocab, hidden, targets))
         return result[0]
 
     head.forward = forward  # an instance attribute: the module, its parameters and state dict are untouched
     try:
         yield result
     finally:
-        del head.forward
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
 
 
-def _target_logps(head, hidden: Tensor, targets: Tensor) -> Tensor:
-    logits = type(head).forward(head, hidden)
+def _target_logps(linear, hidden: Tensor, targets: Tensor) -> Tensor:
+    logits = linear(hidden)
     if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax in fp32 (fp64 stays fp64)
         logits = logits.float()
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
-def _chunked_target_logps(head, hidden: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(head(hidden))[targets], at most HEAD_CHUNK_ELEMENTS logits at a time. With gradients and
+def _chunked_target_logps(linear, vocab: int, hidden: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(linear(hidden))[targets], at most HEAD_CHUNK_ELEMENTS logits at a time. With gradients and
     more than one chunk, each chunk is checkpointed (its logits recomputed in backward), else autograd
     would keep every chunk's log-softmax for backward and the peak would be the unchunked one."""
-    rows = max(1, HEAD_CHUNK_ELEMENTS // head.out_features)
+    rows = max(1, HEAD_CHUNK_ELEMENTS // vocab)
     if len(targets) <= rows:
-        return _target_logps(head, hidden, targets)
+        return _target_logps(linear, hidden, targets)
     grad = torch.is_grad_enabled() and hidden.requires_grad
-    parts = [checkpoint(_target_logps, head, hidden[s:s + rows], targets[s:s + rows], use_reentrant=False)
-             if grad else _target_logps(head, hidden[s:s + rows], targets[s:s + rows])
+    parts = [checkpoint(_target_logps, linear, hidden[s:s + rows], targets[s:s + rows], use_reentrant=False)
+             if grad else _target_logps(linear, hidden[s:s + rows], targets[s:s + rows])
              for s in range(0, len(targets), rows)]
     return torch.cat(parts)
 

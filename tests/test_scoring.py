@@ -97,8 +97,8 @@ def test_head_is_chunked_within_its_budget_with_the_same_values_and_gradients(tm
     whole = sums_and_grads(model, batch, lambda m, b: score(m, b, 0).sums)
     budget, rows, head_logps = 7 * model.config.vocab_size, [], rpo.scoring._target_logps
     monkeypatch.setattr(rpo.scoring, "HEAD_CHUNK_ELEMENTS", budget)
-    monkeypatch.setattr(rpo.scoring, "_target_logps", lambda head, hidden, targets: rows.append(len(hidden))
-                        or head_logps(head, hidden, targets))
+    monkeypatch.setattr(rpo.scoring, "_target_logps", lambda linear, hidden, targets: rows.append(len(hidden))
+                        or head_logps(linear, hidden, targets))
     assert_same(sums_and_grads(model, batch, lambda m, b: score(m, b, 0).sums), whole)
     n = sum(sum(x != -100 for x in e["labels"][1:]) for e in batch)
     forward = rows[:-(-n // 7)]
@@ -121,3 +121,16 @@ def test_pack_layout():
     assert layout["cu_seq_lens_q"].tolist() == [0, 3, 5] and layout["max_length_q"] == 3
     assert layout["positions"].tolist() == [0, 1, 3] and layout["targets"].tolist() == [6, 7, 9]
     assert layout["counts"].tolist() == [2, 1]
+
+
+def test_an_instance_forward_on_the_head_survives_scoring(tmp_path):
+    """A hook library's instance-level head forward (accelerate installs one) is used inside and restored."""
+    model, _ = load_model(build_model({**SMALL, "arch": "gpt2"}, tmp_path / "m", corpus=["some text"] * 20),
+                          dtype="float64", device="cpu")
+    head, calls = model.get_output_embeddings(), []
+    plain = head.forward
+    head.forward = lambda hidden: calls.append(hidden.shape) or plain(hidden)
+    wrapped = head.forward
+    with torch.no_grad():
+        score(model, examples(model.config.vocab_size), 0)
+    assert calls and head.forward is wrapped
