@@ -254,6 +254,8 @@ def test_config_errors_name_the_key(world, tmp_path):
         config(world, tmp_path, "rpo-paired", embeddings=None)
     with pytest.raises(ConfigError, match="'batch_size' must be a positive integer"):
         config(world, tmp_path, "dpo", batch_size=0)
+    with pytest.raises(ConfigError, match="'packing' must be true or false"):
+        config(world, tmp_path, "dpo", packing="yes")
 
 
 # -- ppo: the value head, per-token reference log-probs, resumption -----------------------------------

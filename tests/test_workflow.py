@@ -91,6 +91,24 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     assert "rpo-unpaired_tau0.25_distilroberta_bs8_seed1" not in out  # no run that no table shows
 
 
+def test_packing_switch_reaches_training_and_the_reference_cache(tmp_path):
+    """training.packing: false gives the padded layout to rpo.train and rpo.refcache alike."""
+    commands = {}
+    for packing in (True, False):
+        config = copy.deepcopy(SMOKE)
+        config["training"]["packing"] = packing
+        path = write_config(tmp_path / f"packing-{packing}.yaml", config)
+        result = snakemake(tmp_path, "-n", "-p", "--configfile", str(path), timeout=120)
+        assert result.returncode == 0, result.stderr
+        commands[packing] = [line for line in result.stdout.splitlines() if "-m rpo.refcache" in line
+                             or "-m rpo.train" in line]
+    assert commands[True] and all("--no-packing" not in c and "packing=false" not in c for c in commands[True])
+    refcache = [c for c in commands[False] if "rpo.refcache" in c]
+    train = [c for c in commands[False] if "rpo.train" in c]
+    assert refcache and all("--no-packing" in c for c in refcache)
+    assert train and all("packing=false" in c for c in train)
+
+
 def _job_line(out, job):
     return next((line for line in out.splitlines() if line.strip().startswith(job + " ")), "")
 
