@@ -220,8 +220,8 @@ def test_precision_names_metadata_autocast_and_refuses_unknown_dtypes():
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_builds_a_plain_folder(tmp_path):
-    out = build_model({"kind": "smollm2-gguf"}, tmp_path / "smollm2")
+def test_smollm2_gguf_builds_a_plain_folder(smollm2_folder):
+    out = smollm2_folder
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     model, tokenizer = load_model(out, dtype="float32", device="cpu")

@@ -63,10 +63,9 @@ def test_packed_and_padded_equal_the_full_logits_definition(tmp_path, arch):
 
 
 @pytest.mark.slow
-def test_smollm2_packed_and_padded_equal_the_full_logits_definition(tmp_path, monkeypatch):
+def test_smollm2_packed_and_padded_equal_the_full_logits_definition(smollm2_folder, monkeypatch):
     """The pretrained model (GQA, tied head, 49k vocabulary), its head in chunks of 16 positions."""
-    model, tokenizer = load_model(build_model({"kind": "smollm2-gguf"}, tmp_path / "smollm2"), dtype="float64",
-                                  device="cpu")
+    model, _ = load_model(smollm2_folder, dtype="float64", device="cpu")
     batch = examples(model.config.vocab_size, shapes=((24, 8), (40, 30), (9, 3)))
     monkeypatch.setattr(rpo.scoring, "HEAD_CHUNK_ELEMENTS", 16 * model.config.vocab_size)
     check_layouts_exact(model, batch)
