@@ -8,11 +8,16 @@ it extends to paired differences between two runs and to resampling seeds and th
 (hierarchical), which comparing runs needs. A Wilson interval needs binary counts; the normal
 interval (mean +- 1.96 SE, what alpaca_eval's standard error gives) is poor near 0 and 1 and at small n.
 
+Comparisons of runs judged on the same prompts: `paired_difference` (the paired bootstrap of a
+win-rate difference), `mcnemar_exact` (the exact test on discordant prompts) and, over training seeds,
+`hierarchical_interval` (seeds, then prompts).
+
 It lives here rather than in rpo.judge: AlpacaEval and the report use it too and are not judge code.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -41,3 +46,60 @@ def bootstrap_interval(scores: Iterable[float], *, seed: int, n_resamples: int =
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(scores.mean()), float(low), float(high)
+
+
+def paired_difference(a: Iterable[float], b: Iterable[float], *, seed: int, n_resamples: int = N_RESAMPLES,
+                      confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high) for two runs scored on the SAME items, item i of both belonging
+    together: the paired bootstrap, which resamples items (both runs' scores of an item together), is
+    `bootstrap_interval` over the per-item differences."""
+    a, b = _same_items(a, b)
+    return bootstrap_interval(a - b, seed=seed, n_resamples=n_resamples, confidence=confidence)
+
+
+def mcnemar_exact(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided exact McNemar p-value for two runs' binary outcomes (win = 1) on the same items: the
+    binomial(n, 1/2) probability, doubled, of a split of the n discordant items at least as uneven as
+    the one observed (1.0 when no item is discordant)."""
+    a, b = _same_items(a, b)
+    if not np.isin(a, (0.0, 1.0)).all() or not np.isin(b, (0.0, 1.0)).all():
+        raise DataError("mcnemar_exact: outcomes must be 0 or 1 (win / non-win)")
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))  # exact integers, no scipy
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def hierarchical_interval(scores: Sequence[Iterable[float]], *, seed: int, n_resamples: int = N_RESAMPLES,
+                          confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high) over S seeds x n items (row s: seed s's per-item scores, the same items in every
+    row): each resample draws S seeds with replacement, then n items with replacement (the same items for
+    every drawn seed: the seeds were judged on one prompt set), so the interval covers both the spread
+    between training seeds and the sampling of prompts. One seed reduces to `bootstrap_interval`'s
+    resampling of items."""
+    rows = [np.asarray(list(row), dtype=np.float64) for row in scores]
+    if not rows or len({row.shape for row in rows}) != 1 or rows[0].ndim != 1 or rows[0].size == 0:
+        raise DataError(f"hierarchical_interval: expected S seeds x n items of scores (the same items for every "
+                        f"seed), got rows of shapes {[row.shape for row in rows]}")
+    matrix = np.stack(rows)
+    if not np.isfinite(matrix).all():
+        raise DataError("hierarchical_interval: per-item scores must be finite")
+    n_seeds, n = matrix.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    for r in range(n_resamples):
+        drawn = matrix[rng.integers(0, n_seeds, size=n_seeds)]
+        means[r] = drawn[:, rng.integers(0, n, size=n)].mean()
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(matrix.mean()), float(low), float(high)
+
+
+def _same_items(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(list(a), dtype=np.float64)
+    b = np.asarray(list(b), dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise DataError(f"paired statistics need the same non-empty items in both runs, got {a.shape} and {b.shape}")
+    return a, b
