@@ -135,7 +135,8 @@ ALPACAEVAL_TABLE = "table2"
 # table -> (methods it shows, settings in which its runs may differ from the defaults)
 TABLE_RUNS = {"table1": (TABLE1_METHODS, ()), "table3": (TAU_METHODS, ("tau", "embedder")),
               "table4": (BATCH_METHODS, ("batch_size", "scope")), "weighting": (WEIGHTING_METHODS, ("control",))}
-FIGURES = {"table1": "table1", "table2": "table2", "tau": "table3", "table4": "table4", "weighting": "weighting"}
+FIGURES = {"table1": "table1", "table2": "table2", "tau": "table3", "table4": "table4", "weighting": "weighting",
+           "vs_dpo": "table1"}  # vs_dpo: every method's paired difference from DPO
 CURVES = "curves"  # results/figures/{model}/curves/{task}/{run}.png
 HEATMAP = "weights_heatmap"  # results/figures/weights_heatmap_{task}.png
 assert set(TABLE_RUNS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(FIGURES.values()) <= set(TABLES)

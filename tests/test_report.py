@@ -201,6 +201,38 @@ def test_table1_cells_equal_inputs_beside_paper_values(runs):
         assert row_of(frame, method=method)["dialogue: paper (Anthropic HH)"] == "n/a"
 
 
+def test_table1_paired_differences_from_dpo_and_sft(runs):
+    """The synthetic verdicts put each run's wins on its first prompts, so run A beats run B on exactly
+    wins_A - wins_B prompts and loses on none: the difference is exact and McNemar's p is 2 * 2^-k."""
+    frame = table1(runs, DEFAULTS).frame
+    w_rpo, w_dpo, w_sft = (round(rate * 256) for rate in (0.785, 0.70, 0.40))
+    paired = row_of(frame, method="RPO-Paired")
+    k = w_rpo - w_dpo
+    assert paired["dialogue: vs DPO"].startswith(f"+{100 * k / 256:.1f} [")
+    assert f"p={2 * 0.5 ** k:.2g}" in paired["dialogue: vs DPO"]
+    assert paired["dialogue: vs DPO"].endswith("(paper +6.3)")  # 78.52 - 72.26, both published
+    assert row_of(frame, method="SFT")["dialogue: vs DPO"].startswith(f"{100 * (w_sft - w_dpo) / 256:.1f} [")
+    assert row_of(frame, method="DPO")["dialogue: vs DPO"] == "" == row_of(frame, method="SFT")["dialogue: vs SFT"]
+    assert "(paper" not in row_of(frame, method="IPO")["dialogue: vs DPO"]  # no published IPO number
+    data = table1(runs, DEFAULTS).data
+    cell = data[(data["task"] == "dialogue") & (data["method"] == "rpo-paired")].iloc[0]
+    assert cell["vs DPO: diff"] == pytest.approx(k / 256) and cell["vs DPO: p"] == pytest.approx(2 * 0.5 ** k)
+    assert cell["vs DPO: diff_low"] <= cell["vs DPO: diff"] <= cell["vs DPO: diff_high"]
+
+
+def test_paired_comparison_refuses_runs_judged_on_other_prompts(tree, tmp_path):
+    from rpo.report.paired import compare
+
+    copy = tmp_path / "results"
+    shutil.copytree(tree, copy)
+    path = copy / "dialogue" / "judgments" / "dpo_bs8_seed1.jsonl"
+    path.write_text(path.read_text().replace('"dialogue-0"', '"dialogue-other"'))
+    frame = collect_runs(copy)
+    dialogue = frame[frame["task"] == "dialogue"]
+    with pytest.raises(DataError, match="not judged on the same prompts"):
+        compare(dialogue[dialogue["run"] == "sft_seed1"], dialogue[dialogue["run"] == "dpo_bs8_seed1"])
+
+
 def test_seeds_pool_and_conflicting_runs_refuse(tree, tmp_path):
     copy = shutil.copytree(tree, tmp_path / "r")
     add_run(copy, "dialogue", "sft", None, None, 8, 0.40, seed=2)

@@ -35,7 +35,7 @@ from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_tra
 
 BUILDERS = {"table1": tables.table1, "table3": tables.table3, "table4": tables.table4, "weighting": tables.weighting}
 PLOTS = {"table1": figures.plot_winrate_bars, "table2": figures.plot_winrate_bars, "tau": figures.plot_tau,
-         "table4": figures.plot_batch_size, "weighting": figures.plot_winrate_bars}
+         "table4": figures.plot_batch_size, "weighting": figures.plot_winrate_bars, "vs_dpo": figures.plot_vs_dpo}
 assert set(BUILDERS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(PLOTS) == set(FIGURES)
 
 

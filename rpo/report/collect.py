@@ -242,3 +242,13 @@ def load_metrics(results_dir, task: str, run: str) -> pd.DataFrame:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or (key == "loss" and not math.isfinite(value)):
                 raise DataError(f"{path}, row {row_no}: key {key!r} must be a finite number, got {value!r}")
     return pd.DataFrame(rows).sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def read_judgments(run) -> list[dict]:
+    """One run's per-prompt verdicts (a row of collect_runs), checked against its winrate.json's counts."""
+    judged = read_jsonl(run["judgments"])
+    wins = sum(row.get("verdict") == "model_win" for row in judged)
+    if (len(judged), wins) != (run["n"], run["wins"]):
+        raise DataError(f"{run['judgments']}: {len(judged)} verdicts with {wins} wins, but its winrate.json "
+                        f"says n={run['n']}, wins={run['wins']}: rejudge {run['task']}/{run['run']}")
+    return judged

@@ -96,6 +96,42 @@ def plot_winrate_bars(table: Table, stem) -> list[Path]:
     return save_figure(fig, stem)
 
 
+def plot_vs_dpo(table: Table, stem) -> list[Path]:
+    """Each method's paired win-rate difference from DPO (points, 95% interval; rpo.report.paired), one
+    panel per task, with the paper's difference as a diamond where it publishes both numbers."""
+    if "vs DPO: diff" not in table.data:
+        raise DataError(f"{table.name}: no paired differences from DPO to plot (no DPO run?)")
+    data = table.data[table.data["vs DPO: diff"].notna()]
+    labels = list(dict.fromkeys(data["label"]))
+    position = {label: len(labels) - 1 - k for k, label in enumerate(labels)}
+    panels = _panels(data)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 4.2 * len(panels), 1.4 + 0.42 * len(labels)),
+                             sharey=True, squeeze=False)
+    for ax, (title, block) in zip(axes[0], panels):
+        y = block["label"].map(position).to_numpy()
+        diff = 100 * block["vs DPO: diff"].to_numpy(float)
+        err = 100 * np.vstack([block["vs DPO: diff"] - block["vs DPO: diff_low"],
+                               block["vs DPO: diff_high"] - block["vs DPO: diff"]]).astype(float)
+        ax.errorbar(diff, y, xerr=err, fmt="o", color="tab:blue", capsize=3, lw=1, label="ours - DPO, 95% CI")
+        dpo = table.data[(table.data["task"] == block["task"].iloc[0]) & (table.data["method"] == "dpo")
+                         & (table.data["model"].astype(str) == str(block["model"].iloc[0]))]
+        paper = block["paper"].astype(float) - (float(dpo["paper"].iloc[0]) if len(dpo) and pd.notna(
+            dpo["paper"].iloc[0]) else np.nan)
+        if paper.notna().any():
+            ax.scatter(100 * paper[paper.notna()], y[paper.notna().to_numpy()], **PAPER_STYLE)
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("win-rate difference from DPO (points)")
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(list(position.values()), list(position.keys()))
+    axes[0][0].set_ylim(-0.6, len(labels) - 0.4)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.suptitle("Paired difference from DPO on the same prompts", fontsize=11)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    return save_figure(fig, stem)
+
+
 def _lines(table: Table, stem, x: str, series: str, xlabel: str, log2: bool = False) -> list[Path]:
     data = table.data
     if data.empty:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.io import atomic_write_text, read_jsonl
+from rpo.io import atomic_write_text
 from rpo.judge.winrate import summarize
 from rpo.losses import REGISTRY
 from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, Run, embedder_short, in_table
 from rpo.report import paper_numbers as paper
+from rpo.report.collect import read_judgments
+from rpo.report.paired import compare, format_difference
 
 METHOD_LABELS = {name: spec.label for name, spec in REGISTRY.items()}
 NOT_RUN = "not run"
@@ -29,6 +31,10 @@ TASK_NOTE = ("Our task 'dialogue' stands in for the paper's Anthropic HH column 
 CI_NOTE = ("Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets (percentile "
            "bootstrap over prompts; seeds pooled prompt by prompt).")
 PAPER_NOTE = "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here."
+PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
+               "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and the exact "
+               "McNemar p-value on the prompts where only one of the two wins; '(paper ...)': the paper's "
+               "difference where it publishes both numbers.")
 POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model")
 
 
@@ -95,15 +101,7 @@ def pool_runs(group: pd.DataFrame) -> dict:
 
 def _pooled_judgments(group: pd.DataFrame) -> list[dict]:
     """Every prompt's verdict of every run, each file checked against its run's winrate.json."""
-    rows = []
-    for _, run in group.iterrows():
-        judged = read_jsonl(run["judgments"])
-        wins = sum(row.get("verdict") == "model_win" for row in judged)
-        if (len(judged), wins) != (run["n"], run["wins"]):
-            raise DataError(f"{run['judgments']}: {len(judged)} verdicts with {wins} wins, but its winrate.json "
-                            f"says n={run['n']}, wins={run['wins']}: rejudge {run['task']}/{run['run']}")
-        rows += judged
-    return rows
+    return [row for _, run in group.iterrows() for row in read_judgments(run)]
 
 
 def _judge_seed(group: pd.DataFrame) -> int:
@@ -158,9 +156,12 @@ def _protocol_note(runs: pd.DataFrame) -> list[str]:
             f"the public code's compare.py (rpo/judge/protocols.py).{sha}"]
 
 
-def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], name: str, title: str, notes: list[str]) -> Table:
-    """Rows (model, variant), columns per task: ours and the paper's value."""
+def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], name: str, title: str, notes: list[str],
+                against: tuple[tuple[str, str], ...] = ()) -> Table:
+    """Rows (model, variant), columns per task: ours, the paper's value, and for each (label, method) of
+    `against` the paired difference from that variant's cell (rpo.report.paired)."""
     tasks = list(dict.fromkeys(runs["task"]))
+    selector = {method: select for _, method, select in variants}
     data, lines = [], []
     for model, block in runs.groupby("model", sort=True, dropna=False):
         for label, method, select in variants:
@@ -169,17 +170,32 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
                 cell = block[(block["task"] == task) & select(block)]
                 paper_text, paper_value = _paper_for(task, model, method)
                 line[task] = NOT_RUN
+                comparisons = {}
                 if not cell.empty:
                     pooled = pool_runs(cell)
                     line[task], found = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"]), True
-                    data.append({"task": task, "model": model, "method": method, "label": label, **pooled, "paper": paper_value})
+                    for base_label, base_method in against:
+                        base = block[(block["task"] == task) & selector[base_method](block)]
+                        comparisons[base_label] = (None if base.empty or base_method == method
+                                                   else compare(cell, base))
+                    data.append({"task": task, "model": model, "method": method, "label": label, **pooled,
+                                 "paper": paper_value, **{f"vs {b}: {k}": v for b, r in comparisons.items() if r
+                                                          for k, v in r.items()}})
                 line[_our_paper_column(task)] = paper_text
+                for base_label, base_method in against:
+                    result = comparisons.get(base_label)
+                    base_paper = _paper_for(task, model, base_method)[1]
+                    paper_diff = None if paper_value is None or base_paper is None else paper_value - base_paper
+                    line[f"{task}: vs {base_label}"] = ("" if result is None and not cell.empty else
+                                                         NOT_RUN if result is None else
+                                                         format_difference(result, paper_diff))
             if found:
                 lines.append(line)
     if not lines:
         raise DataError(f"{name}: no runs for any of {', '.join(v[0] for v in variants)}")
-    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE, TASK_NOTE, _paper_model_note(runs)]
-                 + _protocol_note(runs))
+    extra = [PAIRED_NOTE.format(" / ".join(f"'vs {label}'" for label, _ in against))] if against else []
+    return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data), notes + [CI_NOTE] + extra
+                 + [TASK_NOTE, _paper_model_note(runs)] + _protocol_note(runs))
 
 
 def _defaults_note(defaults: Defaults) -> str:
@@ -195,7 +211,8 @@ def table1(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
     """Win rate by method x task (x model), each method at its defaults."""
     variants = [(METHOD_LABELS[m], m, lambda b, m=m: b["method"] == m) for m in TABLE1_METHODS]
     return _by_variant(select(runs, "table1", defaults), variants, "table1",
-                       "Table 1: GPT-judge win rate against the chosen response, by method", [_defaults_note(defaults)])
+                       "Table 1: GPT-judge win rate against the chosen response, by method", [_defaults_note(defaults)],
+                       against=(("DPO", "dpo"), ("SFT", "sft")))
 
 
 # label, key (data and paper lookup), method, embedder: None, "default" or "control"
@@ -224,7 +241,7 @@ def weighting(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
     variants = [(label, key, chooser(method, role)) for label, key, method, role in WEIGHTING_ROWS]
     return _by_variant(selected, variants, "weighting", "Weighting ablation: how the contrast matrix is weighted",
                        [_defaults_note(defaults) + f" The control uses {defaults.control_embedder or 'no'} prompt "
-                        "embeddings."])
+                        "embeddings."], against=(("DPO", "dpo"),))
 
 
 def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, row_key: str, notes: list[str], paper_col) -> Table:
