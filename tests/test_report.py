@@ -302,6 +302,13 @@ def test_table3_tau_by_embedder(runs):
     assert tfidf["paper"] == "n/a"
     random_row = row_of(frame, task="dialogue", embedder="random")
     assert random_row["tau=0.25"] == "not run" and random_row["tau=0.5"].startswith("67.0")
+    # each tau's paired difference from DPO at the defaults (70.0%): wins on the first prompts, so exact
+    w_dpo = round(0.70 * 256)
+    for tau, rate in (("0.25", 0.76), ("0.5", 0.785), ("0.75", 0.77)):
+        k = round(rate * 256) - w_dpo
+        assert minilm[f"tau={tau}: vs DPO"].startswith(f"+{100 * k / 256:.1f} [") and f"p={2 * 0.5 ** k:.2g}" in \
+            minilm[f"tau={tau}: vs DPO"]
+    assert random_row["tau=0.25: vs DPO"] == "not run"
 
 
 def test_table4_batch_sizes(runs):

@@ -14,6 +14,11 @@ from rpo.errors import DataError
 from rpo.report.collect import read_judgments
 from rpo.stats import hierarchical_interval, mcnemar_exact, paired_difference
 
+PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
+               "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and the exact "
+               "McNemar p-value on the prompts where only one of the two wins; '(paper ...)': the paper's "
+               "difference where it publishes both numbers.")
+
 
 def wins_by_prompt(run) -> dict[str, float]:
     """prompt id -> 1.0 if the run's response won, else 0.0 (ties and losses are non-wins, as in win rates)."""

@@ -22,7 +22,7 @@ from rpo.losses import REGISTRY
 from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, Run, embedder_short, in_table
 from rpo.report import paper_numbers as paper
 from rpo.report.collect import read_judgments
-from rpo.report.paired import compare, format_difference
+from rpo.report.paired import PAIRED_NOTE, compare, format_difference
 
 METHOD_LABELS = {name: spec.label for name, spec in REGISTRY.items()}
 NOT_RUN = "not run"
@@ -31,10 +31,6 @@ TASK_NOTE = ("Our task 'dialogue' stands in for the paper's Anthropic HH column 
 CI_NOTE = ("Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets (percentile "
            "bootstrap over prompts; seeds pooled prompt by prompt).")
 PAPER_NOTE = "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here."
-PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
-               "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and the exact "
-               "McNemar p-value on the prompts where only one of the two wins; '(paper ...)': the paper's "
-               "difference where it publishes both numbers.")
 POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model")
 
 
@@ -244,24 +240,34 @@ def weighting(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
                         "embeddings."], against=(("DPO", "dpo"),))
 
 
-def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, row_key: str, notes: list[str], paper_col) -> Table:
-    """Rows (task, model, row_key), one column per value of `column`."""
+def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, row_key: str, notes: list[str], paper_col,
+          dpo: pd.DataFrame | None = None) -> Table:
+    """Rows (task, model, row_key), one column per value of `column`; with `dpo` (DPO's runs at the
+    defaults), each followed by its paired difference from DPO's cell of the same task and model."""
     values = sorted(runs[column].dropna().unique())
     data, lines = [], []
     for (task, model, key), block in runs.groupby(["task", "model", row_key], sort=True, dropna=False):
         line = {"task": task, "model": model, row_key: key}
+        base = None if dpo is None else dpo[(dpo["task"] == task) & (dpo["model"].astype(str) == str(model))]
         for value in values:
             cell = block[block[column] == value]
             line[column_label(value)] = NOT_RUN
+            versus = None
             if not cell.empty:
                 pooled = pool_runs(cell)
                 line[column_label(value)] = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"])
-                data.append({"task": task, "model": model, row_key: key, column: value, **pooled})
+                versus = compare(cell, base) if base is not None and not base.empty else None
+                data.append({"task": task, "model": model, row_key: key, column: value, **pooled,
+                             **{f"vs DPO: {k}": v for k, v in (versus or {}).items()}})
+            if dpo is not None:
+                line[f"{column_label(value)}: vs DPO"] = NOT_RUN if cell.empty else (
+                    format_difference(versus) if versus else "no DPO run")
         if paper_col is not None:
             line["paper"] = paper_col(task, model, key)
         lines.append(line)
+    extra = [PAIRED_NOTE.format("'vs DPO'")] if dpo is not None else []
     return Table(name, title, pd.DataFrame(lines), pd.DataFrame(data),
-                 notes + [CI_NOTE, TASK_NOTE] + _protocol_note(runs))
+                 notes + [CI_NOTE] + extra + [TASK_NOTE] + _protocol_note(runs))
 
 
 def table3(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
@@ -283,7 +289,13 @@ def table3(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
                  "tau", lambda t: f"tau={t:g}", "embedder",
                  ["The paper's per-cell sweep values are not known here; 'paper' gives its default setting only. "
                   + PAPER_NOTE],
-                 paper_col)
+                 paper_col, dpo=_dpo_runs(runs, defaults))
+
+
+def _dpo_runs(runs: pd.DataFrame, defaults: Defaults) -> pd.DataFrame:
+    """DPO's runs as Table 1 shows them (its defaults): the baseline of the 'vs DPO' columns."""
+    table1_runs = select(runs, "table1", defaults)
+    return table1_runs[table1_runs["method"] == "dpo"]
 
 
 def table4(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
