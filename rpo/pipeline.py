@@ -210,6 +210,19 @@ def table_runs(config: dict, table: str) -> list[tuple[str, Run]]:
             if in_table(table, run, defaults)]
 
 
+COMPARED_WITH = {"table3": "dpo"}  # table -> the baseline method its 'vs' columns need beyond its own runs
+
+
+def table_inputs(config: dict, table: str) -> list[tuple[str, Run]]:
+    """The runs `table` reads: those it shows, plus its paired baseline's runs at the defaults
+    (rpo.report.paired; Table 1 and the weighting table already show DPO and SFT)."""
+    runs = table_runs(config, table)
+    if table in COMPARED_WITH:
+        runs += [(task, run) for task, run in table_runs(config, "table1") if run.method == COMPARED_WITH[table]
+                 and any(t == task for t, _ in runs)]
+    return list(dict.fromkeys(runs))
+
+
 def alpacaeval_runs(config: dict) -> list[Run]:
     """The runs that answer the instruction set: the methods of alpacaeval.runs, each at its defaults."""
     defaults, methods = Defaults.from_config(config), (config.get("alpacaeval") or {}).get("runs") or ()

@@ -6,7 +6,7 @@ import yaml
 from rpo.config import validate_config
 from rpo.errors import ConfigError
 from rpo.pipeline import (TABLES, Defaults, Run, alpacaeval_runs, as_overrides, embedder_short, experiment_runs,
-                          lookup_run, main, runs_by_name, table_runs, train_settings)
+                          lookup_run, main, runs_by_name, table_inputs, table_runs, train_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -110,6 +110,10 @@ def test_defaults_pick_each_tables_runs():
     assert set(names["weighting"]) == {"dpo_bs8_seed1", "rpo-uniform_bs8_seed1", "rpo-diagonal_bs8_seed1",
                                        *(f"{m}_tau0.5_{e}_bs8_seed1" for m in ("rpo-paired", "rpo-unpaired")
                                          for e in ("minilm", "random"))}
+    # Table 3 also reads DPO at the defaults, the baseline of its 'vs DPO' columns; the others show it already
+    inputs = [r.name for _, r in table_inputs(config, "table3")]
+    assert set(inputs) == set(names["table3"]) | {"dpo_bs8_seed1"} and len(inputs) == len(set(inputs))
+    assert [r.name for _, r in table_inputs(config, "table1")] == names["table1"]
     defaults = Defaults.from_config(config)
     assert defaults.cli_args() == ("--main-batch-size 8 --default-tau 0.5 --default-embedder all-MiniLM-L6-v2 "
                                    "--control-embedder random")

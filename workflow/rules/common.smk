@@ -8,7 +8,7 @@ import sys
 from rpo.config import validate_config
 from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
-                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, table_runs,
+                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, table_inputs, table_runs,
                           train_settings)
 
 
@@ -148,7 +148,7 @@ REPORT_DEFAULTS = Defaults.from_config(config).cli_args()
 def report_inputs(model, table):
     """What one table (or the figure of it) reads: its runs' judgments (AlpacaEval results for
     AlpacaEval's table) and their run.json."""
-    runs = table_runs(config, table)
+    runs = table_inputs(config, table)
     if table == ALPACAEVAL_TABLE:
         return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r.name}.json" for _, r in runs],
                 "models": [model_dir(model, TASKS[0], r.name) for _, r in runs]}
@@ -158,4 +158,4 @@ def report_inputs(model, table):
 
 
 def expected_runs(table):
-    return " ".join(f"{t}/{r.name}" for t, r in table_runs(config, table))
+    return " ".join(f"{t}/{r.name}" for t, r in table_inputs(config, table))
