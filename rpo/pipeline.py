@@ -223,6 +223,13 @@ def table_inputs(config: dict, table: str) -> list[tuple[str, Run]]:
     return list(dict.fromkeys(runs))
 
 
+def shown_figures(config: dict) -> list[str]:
+    """The figures the config's runs can draw: those of tables with runs; vs_dpo only with a DPO run."""
+    tables = [t for t in TABLES if table_runs(config, t)]
+    has_dpo = any(run.method == "dpo" for _, run in table_runs(config, "table1"))
+    return [f for f, table in FIGURES.items() if table in tables and (f != "vs_dpo" or has_dpo)]
+
+
 def alpacaeval_runs(config: dict) -> list[Run]:
     """The runs that answer the instruction set: the methods of alpacaeval.runs, each at its defaults."""
     defaults, methods = Defaults.from_config(config), (config.get("alpacaeval") or {}).get("runs") or ()

@@ -6,7 +6,8 @@ import yaml
 from rpo.config import validate_config
 from rpo.errors import ConfigError
 from rpo.pipeline import (TABLES, Defaults, Run, alpacaeval_runs, as_overrides, embedder_short, experiment_runs,
-                          lookup_run, main, runs_by_name, table_inputs, table_runs, train_settings)
+                          lookup_run, main, runs_by_name, shown_figures, table_inputs, table_runs,
+                          train_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -119,6 +120,12 @@ def test_defaults_pick_each_tables_runs():
                                    "--control-embedder random")
     assert not defaults.matches(Run("rpo-paired", 1, 8, 0.5, "all-MiniLM-L6-v2", "global"))
     assert Defaults().matches(Run("rpo-paired", 1, 2, 0.25, "x"))  # no defaults: every run
+
+
+def test_vs_dpo_figure_only_with_a_dpo_run():
+    assert "vs_dpo" in shown_figures(profile("config.yaml"))
+    without = {**profile("config.yaml"), "methods": ["rpo-paired"]}
+    assert "vs_dpo" not in shown_figures(without) and "table1" in shown_figures(without)
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "workflow/paper.yaml"])

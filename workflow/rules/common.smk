@@ -8,7 +8,7 @@ import sys
 from rpo.config import validate_config
 from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
-                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, table_inputs, table_runs,
+                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, shown_figures, table_inputs, table_runs,
                           train_settings)
 
 
@@ -112,7 +112,7 @@ def alpaca_runs():
 def all_targets():
     """Every run judged, every table and figure of every model: the `all` target."""
     tables = [t for t in TABLES if table_runs(config, t)]
-    figures = [f for f, table in FIGURES.items() if table in tables]
+    figures = shown_figures(config)
     return (
         [f"{RESULTS}/{m}/{t}/judgments/{r}.winrate.json" for m in MODELS for t in TASKS for r in run_names(t)]
         + [f"{RESULTS}/tables/{m}/{t}.md" for m in MODELS for t in tables]
