@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from rpo.data.tokenize import IGNORE_INDEX, collate
+from rpo.distributed import unwrap
 
 # Logits computed at once (positions x vocab): 2^24 fp32 is 64 MiB, e.g. 341 positions at a 49k vocabulary.
 HEAD_CHUNK_ELEMENTS = 2 ** 24
@@ -107,7 +108,7 @@ def score(model, examples: Sequence[dict], pad_token_id: int, *, packing: bool =
     inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in layout.items() if k in MODEL_INPUTS}
     positions, targets = layout["positions"].to(device), layout["targets"].to(device)
     extra = {"output_hidden_states": True} if with_values else {}
-    inner = getattr(model, "module", model)  # DDP's model; FSDP2 shards in place
+    inner = unwrap(model)
     with _response_head(inner, positions, targets) as result, _segment_attention(inner, packing):
         output = model(**inputs, **extra)
     if output.logits is not result[0]:
