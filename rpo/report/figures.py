@@ -113,10 +113,7 @@ def plot_vs_dpo(table: Table, stem) -> list[Path]:
         err = 100 * np.vstack([block["vs DPO: diff"] - block["vs DPO: diff_low"],
                                block["vs DPO: diff_high"] - block["vs DPO: diff"]]).astype(float)
         ax.errorbar(diff, y, xerr=err, fmt="o", color="tab:blue", capsize=3, lw=1, label="ours - DPO, 95% CI")
-        dpo = table.data[(table.data["task"] == block["task"].iloc[0]) & (table.data["method"] == "dpo")
-                         & (table.data["model"].astype(str) == str(block["model"].iloc[0]))]
-        paper = block["paper"].astype(float) - (float(dpo["paper"].iloc[0]) if len(dpo) and pd.notna(
-            dpo["paper"].iloc[0]) else np.nan)
+        paper = block["vs DPO: paper_diff"].astype(float)  # the table's: set where the paper has both numbers
         if paper.notna().any():
             ax.scatter(100 * paper[paper.notna()], y[paper.notna().to_numpy()], **PAPER_STYLE)
         ax.axvline(0, color="grey", lw=0.8, ls=":")

@@ -172,19 +172,18 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
                     line[task], found = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"]), True
                     for base_label, base_method in against:
                         base = block[(block["task"] == task) & selector[base_method](block)]
-                        comparisons[base_label] = (None if base.empty or base_method == method
-                                                   else compare(cell, base))
+                        if not base.empty and base_method != method:
+                            base_paper = _paper_for(task, model, base_method)[1]
+                            comparisons[base_label] = {**compare(cell, base), "paper_diff": None if paper_value is None
+                                                       or base_paper is None else paper_value - base_paper}
                     data.append({"task": task, "model": model, "method": method, "label": label, **pooled,
-                                 "paper": paper_value, **{f"vs {b}: {k}": v for b, r in comparisons.items() if r
+                                 "paper": paper_value, **{f"vs {b}: {k}": v for b, r in comparisons.items()
                                                           for k, v in r.items()}})
                 line[_our_paper_column(task)] = paper_text
-                for base_label, base_method in against:
+                for base_label, _ in against:
                     result = comparisons.get(base_label)
-                    base_paper = _paper_for(task, model, base_method)[1]
-                    paper_diff = None if paper_value is None or base_paper is None else paper_value - base_paper
-                    line[f"{task}: vs {base_label}"] = ("" if result is None and not cell.empty else
-                                                         NOT_RUN if result is None else
-                                                         format_difference(result, paper_diff))
+                    line[f"{task}: vs {base_label}"] = (NOT_RUN if cell.empty else "" if result is None else
+                                                         format_difference(result, result["paper_diff"]))
             if found:
                 lines.append(line)
     if not lines:
