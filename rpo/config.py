@@ -90,6 +90,15 @@ def _check_cross_keys(config: dict) -> None:
         raise ConfigError(f"config key 'rpo.default_embedder': {rpo['default_embedder']!r} is not in rpo.embedders")
     if rpo["default_tau"] not in rpo["taus"]:
         raise ConfigError(f"config key 'rpo.default_tau': {rpo['default_tau']} is not in rpo.taus")
+    for i, method in enumerate(config.get("seeded_methods") or []):
+        if method not in config["methods"]:
+            raise ConfigError(f"config key 'seeded_methods[{i}]': {method!r} is not in methods "
+                              f"({', '.join(config['methods'])}): add it there or drop it here")
+    from rpo.pipeline import MATCHED_BETA_SOURCES
+
+    if rpo.get("matched_beta_control") and not set(MATCHED_BETA_SOURCES) & set(config["methods"]):
+        raise ConfigError(f"config key 'rpo.matched_beta_control': its source ({', '.join(MATCHED_BETA_SOURCES)}) "
+                          "is not in methods")
     for i, task in enumerate(config.get("ablation_tasks") or []):
         if task not in config["data"]["tasks"]:
             raise ConfigError(f"config key 'ablation_tasks[{i}]': {task!r} is not in data.tasks "

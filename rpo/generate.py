@@ -77,6 +77,26 @@ def _prompt_as_trained(tokenizer, row: dict, max_prompt_length, train_max_length
     return pair_prompt_ids(tokenizer, row["prompt"], responses, train_max_length, max_prompt_length, truncation)
 
 
+def _chosen_logps(model, tokenizer, batch: list[dict], max_prompt_length, train_max_length, precision) -> list:
+    """Summed log-prob of each row's chosen response under `model`, tokenized as training tokenizes the
+    row's pair (rpo.data.tokenize.tokenize_pair), scored packed as the trainer scores (rpo.scoring)."""
+    from rpo.data.tokenize import tokenize_pair
+    from rpo.scoring import score
+
+    if train_max_length is None or max_prompt_length is None:
+        raise ConfigError("score_chosen: needs train_max_length and max_prompt_length (training's cut)")
+    examples = []
+    for row in batch:
+        if not row.get("chosen") or not row.get("rejected"):
+            raise ConfigError(f"score_chosen: prompt {row['id']!r} has no chosen/rejected pair to score "
+                              "(an instruction set has none; generate without scoring)")
+        truncation = (row.get("metadata") or {}).get("truncation", "keep_end")
+        examples.append(tokenize_pair(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], train_max_length,
+                                      max_prompt_length, truncation)[0])
+    with torch.no_grad(), precision.autocast(model.device):
+        return score(model, examples, tokenizer.pad_token_id).sums.double().tolist()
+
+
 def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -105,6 +125,7 @@ def generate(
     device=None,
     progress: bool = True,
     env: DistEnv | None = None,
+    score_chosen: bool = False,
 ) -> list[dict]:
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
@@ -114,6 +135,9 @@ def generate(
     `max_length` (prompt + response tokens, the batch's padded width counting) replaces `max_new_tokens` when given.
     `train_max_length` (training.max_length): a prompt is cut to max_prompt_length only when it and its
     pair's longer response exceed it, as training cuts it (rpo.data.tokenize.pair_prompt_ids); None: always.
+    `score_chosen`: each row also gets `chosen_logp`, the model's summed log-prob of the prompt's chosen
+    response as training tokenizes the pair (so a run's mean log-ratio to SFT on test data is a difference
+    of two samples files: rpo.report.regime).
     """
     from rpo.models import load_model
 
@@ -159,6 +183,8 @@ def generate(
         # where each response stopped: its first EOS (generate pads after it), or the budget
         at_eos = new_tokens == tokenizer.eos_token_id
         lengths = [int(row.nonzero()[0, 0]) if row.any() else budget for row in at_eos]
+        chosen_logps = _chosen_logps(model, tokenizer, batch, max_prompt_length, train_max_length, precision) \
+            if score_chosen else [None] * len(batch)
         local[batch_index] = [{
             "id": prompt["id"],
             "prompt": prompt["prompt"],
@@ -170,7 +196,8 @@ def generate(
             "new_tokens": length,  # before EOS (not counting it)
             "stopped_at_eos": bool(stopped.any()),
             **({"cut_prompt": shown} if shown is not None else {}),
-        } for prompt, text, length, stopped, shown in zip(batch, texts, lengths, at_eos, cut)]
+            **({"chosen_logp": logp} if logp is not None else {}),
+        } for prompt, text, length, stopped, shown, logp in zip(batch, texts, lengths, at_eos, cut, chosen_logps)]
     rows = [row for batch_rows in gather_in_order(local, len(starts), env) for row in batch_rows]
     if env.is_main:
         write_jsonl(out_path, rows)
@@ -211,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="the run's training.dtype: generate in the trainer's precision (rpo.precision)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--score-chosen", action="store_true",
+                        help="record each row's chosen_logp: the model's log-prob of the chosen response")
     parser.add_argument("--threads", type=int, default=None,
                         help="the job's torch threads, shared by its ranks (rpo.distributed.set_rank_threads)")
     return parser
@@ -229,7 +258,7 @@ def main(argv=None) -> int:
                         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
                         do_sample=not args.greedy, max_prompt_length=args.max_prompt_length,
                         train_max_length=args.train_max_length, dtype=args.dtype,
-                        device=args.device, env=env)
+                        device=args.device, env=env, score_chosen=args.score_chosen)
     finally:
         shutdown_distributed(env)
     if env.is_main:

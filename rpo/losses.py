@@ -28,6 +28,9 @@ class LossOutput:
     rejected_rewards: Tensor  # beta * rejected log-ratios, detached
     weights: Tensor | None = None  # the M x N contrast weights w_ij, where the loss uses them
     metrics: dict | None = None  # extra detached scalars the trainer logs (ppo: PPO_METRICS)
+    # the argument of each contrast's link function, detached (beta * S_ii for DPO, beta * w_ij * S_ij for
+    # RPO; IPO: beta * S_ii, its squared loss has no sigmoid): where on -log sigmoid training sits (rpo.diagnostics)
+    logits: Tensor | None = None
 
 
 def rpo_weights(chosen_embeddings: Tensor, rejected_embeddings: Tensor, tau: float) -> Tensor:
@@ -78,7 +81,8 @@ def sft(pc, pr=None, *, chosen_lengths=None) -> LossOutput:
 def dpo(pc, pr, rc, rr, *, beta) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
-    return LossOutput(-F.logsigmoid(beta * (chosen - rejected)).mean(), cr, rj)
+    logits = beta * (chosen - rejected)
+    return LossOutput(-F.logsigmoid(logits).mean(), cr, rj, logits=logits.detach())
 
 
 def cdpo(pc, pr, rc, rr, *, beta, epsilon) -> LossOutput:
@@ -89,7 +93,8 @@ def cdpo(pc, pr, rc, rr, *, beta, epsilon) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
     logits = beta * (chosen - rejected)
-    return LossOutput((-(1.0 - epsilon) * F.logsigmoid(logits) - epsilon * F.logsigmoid(-logits)).mean(), cr, rj)
+    return LossOutput((-(1.0 - epsilon) * F.logsigmoid(logits) - epsilon * F.logsigmoid(-logits)).mean(), cr, rj,
+                      logits=logits.detach())
 
 
 def slic(pc, pr, rc=None, rr=None, *, beta, lambda_coef) -> LossOutput:
@@ -107,7 +112,8 @@ def slic(pc, pr, rc=None, rr=None, *, beta, lambda_coef) -> LossOutput:
 def ipo(pc, pr, rc, rr, *, beta) -> LossOutput:
     _check(pc, pr, rc, rr, paired=True)
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
-    return LossOutput(((chosen - rejected - 1.0 / (2.0 * beta)) ** 2).mean(), cr, rj)
+    return LossOutput(((chosen - rejected - 1.0 / (2.0 * beta)) ** 2).mean(), cr, rj,
+                      logits=(beta * (chosen - rejected)).detach())
 
 
 def kto(pc, pr, rc, rr, *, beta, policy_kl_logps=None, reference_kl_logps=None) -> LossOutput:
@@ -117,9 +123,9 @@ def kto(pc, pr, rc, rr, *, beta, policy_kl_logps=None, reference_kl_logps=None) 
         raise ValueError("kto needs policy_kl_logps and reference_kl_logps (log-probs of mismatched (x, y) pairs)")
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
     z0 = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
-    losses = torch.cat([1 - torch.sigmoid(beta * (chosen - z0)), 1 - torch.sigmoid(beta * (z0 - rejected))])
-    loss = losses.mean() if losses.numel() else _no_loss(pc, pr)
-    return LossOutput(loss, cr, rj)
+    logits = torch.cat([beta * (chosen - z0), beta * (z0 - rejected)])
+    loss = (1 - torch.sigmoid(logits)).mean() if logits.numel() else _no_loss(pc, pr)
+    return LossOutput(loss, cr, rj, logits=logits.detach())
 
 
 def _contrast(pc, pr, rc, rr, beta, paired):
@@ -145,8 +151,8 @@ def _embedding_weighted(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings, 
     if contrast.numel() == 0:  # an unpaired batch with no chosen or no rejected item
         return LossOutput(_no_loss(pc, pr), cr, rj, contrast.detach())
     weights = rpo_weights(chosen_prompt_embeddings, rejected_prompt_embeddings, tau).to(contrast.dtype)
-    loss = -F.logsigmoid(beta * weights * contrast).mean()
-    return LossOutput(loss, cr, rj, weights)
+    logits = beta * weights * contrast
+    return LossOutput(-F.logsigmoid(logits).mean(), cr, rj, weights, logits=logits.detach())
 
 
 def rpo_paired(pc, pr, rc, rr, *, beta, tau, chosen_prompt_embeddings=None,
@@ -170,7 +176,8 @@ def rpo_uniform(pc, pr, rc, rr, *, beta) -> LossOutput:
     contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired=False)
     if contrast.numel() == 0:
         return LossOutput(_no_loss(pc, pr), cr, rj)
-    return LossOutput(-F.logsigmoid(beta * contrast).mean(), cr, rj)
+    logits = beta * contrast
+    return LossOutput(-F.logsigmoid(logits).mean(), cr, rj, logits=logits.detach())
 
 
 def rpo_diagonal(pc, pr, rc, rr, *, beta, diagonal_weight) -> LossOutput:
@@ -181,14 +188,15 @@ def rpo_diagonal(pc, pr, rc, rr, *, beta, diagonal_weight) -> LossOutput:
     if not 0.0 <= diagonal_weight <= 1.0:
         raise ValueError(f"diagonal_weight must be in [0, 1], got {diagonal_weight}")
     contrast, cr, rj = _contrast(pc, pr, rc, rr, beta, paired=True)
-    losses = -F.logsigmoid(beta * contrast)
+    logits = beta * contrast
+    losses = -F.logsigmoid(logits)
     m = losses.shape[0]
     diagonal = losses.diagonal()
     if m == 1:
-        return LossOutput(diagonal.mean(), cr, rj)
+        return LossOutput(diagonal.mean(), cr, rj, logits=logits.detach())
     off_diagonal = (losses.sum(1) - diagonal) / (m - 1)
     loss = (diagonal_weight * diagonal + (1.0 - diagonal_weight) * off_diagonal).mean()
-    return LossOutput(loss, cr, rj)
+    return LossOutput(loss, cr, rj, logits=logits.detach())
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -8,6 +8,13 @@ Run names are output paths, so a name says everything that distinguishes a run:
     dpo_bs8_seed1                              dpo, ipo, kto, rpo-diagonal, rpo-uniform
     rpo-paired_tau0.5_minilm_bs8_seed1         rpo-paired, rpo-unpaired (embedder by short name)
     rpo-paired_tau0.5_minilm_bs32_global_seed1 one contrast matrix over the global batch of 32
+    dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1
+                                               DPO at that run's effective beta (beta x its mean w_ii)
+
+Seeds: SFT trains once, at the first of `seeds`; every preference run starts from that model. A
+preference seed changes the run's batch order and RPO-Unpaired's chosen/rejected draws. Generation and
+judging use the first seed for every run (common random numbers: two runs' samples differ only where
+their models do), so runs of different seeds differ in training alone.
 
 Names are only ever built from settings, never parsed back: a rule looks its run up by name in the
 config's experiment matrix (`runs_by_name`). Every name of a config:
@@ -28,6 +35,8 @@ from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names, losses_needing
 
 EMBEDDING_LOSSES = losses_needing("embeddings")
+# losses with a diagonal weight w_ii per pair, whose effective beta a matched-beta DPO control takes
+MATCHED_BETA_SOURCES = tuple(m for m in EMBEDDING_LOSSES if get_loss(m).batching == "paired")
 
 # -- embedders -------------------------------------------------------------------------------------
 # The one short form of an embedder name: run names, embedding files and the report's grouping.
@@ -50,20 +59,33 @@ class Run:
     tau: float | None = None
     embedder: str | None = None  # the full embedder name
     scope: str = "micro"  # "global": batch_size is the global batch one contrast matrix spans
+    beta_of: str | None = None  # a matched-beta control: the name of the run whose effective beta it takes
 
     @classmethod
-    def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None) -> "Run":
+    def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None,
+                      beta_of=None) -> "Run":
         """The run a trainer's run.json describes: settings its method does not take are dropped."""
         if method == "sft":
             return cls("sft", seed)
         if method not in EMBEDDING_LOSSES:
             tau = embedder = None
-        return cls(method, seed, batch_size, tau, embedder, scope or "micro")
+        return cls(method, seed, batch_size, tau, embedder, scope or "micro", beta_of)
+
+    @classmethod
+    def matched_beta(cls, source: "Run") -> "Run":
+        """DPO at `source`'s effective beta: the same seed, batch size and so batch plan (rpo.train
+        beta_matched_to reads the effective beta from the source run's run.json)."""
+        if source.method not in MATCHED_BETA_SOURCES:
+            raise ConfigError(f"run {source.name}: a matched-beta control needs a paired embedding-weighted run "
+                              f"({', '.join(MATCHED_BETA_SOURCES)}): its w_ii weighs each pair's own contrast")
+        return cls("dpo", source.seed, source.batch_size, scope=source.scope, beta_of=source.name)
 
     @property
     def name(self) -> str:
         if self.method == "sft":
             return f"sft_seed{self.seed}"
+        if self.beta_of is not None:
+            return f"{self.method}_matched-{self.beta_of}"
         middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
         scope = "_global" if self.scope == "global" else ""
         return f"{self.method}{middle}_bs{self.batch_size}{scope}_seed{self.seed}"
@@ -111,11 +133,12 @@ class Defaults:
 
     def matches(self, run: Run, vary: tuple[str, ...] = ()) -> bool:
         """Whether `run` is at the defaults in every setting but those in `vary` (batch_size, scope,
-        tau, embedder; "control": the embedder may also be the control embedder)."""
+        tau, embedder; "control": the embedder may also be the control embedder; "matched": the run may
+        be a matched-beta control)."""
         if run.method == "sft":
             return True
         checks = {"batch_size": self.batch_size is None or run.batch_size == self.batch_size,
-                  "scope": run.scope == "micro"}
+                  "scope": run.scope == "micro", "matched": run.beta_of is None}
         if run.method in EMBEDDING_LOSSES:
             checks["tau"] = self.tau is None or (run.tau is not None and math.isclose(run.tau, self.tau))
             checks["embedder"] = (self.embedder is None or embedder_short(run.embedder) == embedder_short(self.embedder)
@@ -130,13 +153,14 @@ class Defaults:
 
 
 # -- artefacts: one name each, the file stem, the Snakemake target and the rpo.report argument -------
-TABLES = ("table1", "table2", "table3", "table4", "weighting")
+TABLES = ("table1", "table2", "table3", "table4", "weighting", "regime")
 ALPACAEVAL_TABLE = "table2"
 # table -> (methods it shows, settings in which its runs may differ from the defaults)
 TABLE_RUNS = {"table1": (TABLE1_METHODS, ()), "table3": (TAU_METHODS, ("tau", "embedder")),
-              "table4": (BATCH_METHODS, ("batch_size", "scope")), "weighting": (WEIGHTING_METHODS, ("control",))}
+              "table4": (BATCH_METHODS, ("batch_size", "scope")), "weighting": (WEIGHTING_METHODS, ("control", "matched")),
+              "regime": ((*TABLE1_METHODS, *WEIGHTING_ABLATIONS), ("matched",))}  # rpo.report.regime
 FIGURES = {"table1": "table1", "table2": "table2", "tau": "table3", "table4": "table4", "weighting": "weighting",
-           "vs_dpo": "table1"}  # vs_dpo: every method's paired difference from DPO
+           "vs_dpo": "table1", "regime": "regime"}  # vs_dpo: every method's paired difference from DPO
 CURVES = "curves"  # results/figures/{model}/curves/{task}/{run}.png
 HEATMAP = "weights_heatmap"  # results/figures/weights_heatmap_{task}.png
 assert set(TABLE_RUNS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(FIGURES.values()) <= set(TABLES)
@@ -154,9 +178,21 @@ def ablation_tasks(config: dict) -> list[str]:
     return list(tasks) if chosen is None else [t for t in tasks if t in chosen]
 
 
+def sft_seed(config: dict) -> int:
+    """The one SFT run's seed: every preference run, of every seed, starts from its model."""
+    return config["seeds"][0]
+
+
+def seeded_methods(config: dict) -> tuple[str, ...]:
+    """The methods whose main run repeats at every seed (`seeded_methods`; default every method)."""
+    chosen = config.get("seeded_methods")
+    return tuple(m for m in config["methods"] if chosen is None or m in chosen)
+
+
 def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
     """Every run the config asks for on `task` (None: the union over tasks): SFT, the baselines, the
-    RPO grid and the ablations, the last three only on the config's ablation tasks."""
+    RPO grid and the ablations, the last three only on the config's ablation tasks, all at the first
+    seed; the main runs of `seeded_methods` (and their matched-beta controls) at every seed."""
     tasks = (config.get("data") or {}).get("tasks")
     if task is None and tasks:
         return list(dict.fromkeys(run for t in tasks for run in experiment_runs(config, t)))
@@ -164,19 +200,25 @@ def experiment_runs(config: dict, task: str | None = None) -> list[Run]:
     rpo = config["rpo"]
     bs = config["preference"]["batch_size"]
     rpo_defaults = (rpo["default_tau"], rpo["default_embedder"])
-    runs: list[Run] = []
+    runs: list[Run] = [Run("sft", sft_seed(config))]
+    repeated = seeded_methods(config)
     for seed in config["seeds"]:
-        runs.append(Run("sft", seed))
-        for method in config["methods"]:
+        first = seed == sft_seed(config)
+        for method in config["methods"] if first else repeated:
             if method in EMBEDDING_LOSSES:
-                runs.append(Run(method, seed, bs, *rpo_defaults))
-                if ablate and method in TAU_METHODS:  # the grid Table 3 shows, no run that no table shows
+                main_run = Run(method, seed, bs, *rpo_defaults)
+                runs.append(main_run)
+                if rpo.get("matched_beta_control") and method in MATCHED_BETA_SOURCES:
+                    runs.append(Run.matched_beta(main_run))
+                if not (first and ablate):
+                    continue
+                if method in TAU_METHODS:  # the grid Table 3 shows, no run that no table shows
                     runs += [Run(method, seed, bs, tau, emb) for tau in rpo["taus"] for emb in rpo["embedders"]]
-                if ablate and rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
+                if rpo.get("control_embedder") and method in rpo.get("control_methods", EMBEDDING_LOSSES):
                     runs.append(Run(method, seed, bs, rpo["default_tau"], rpo["control_embedder"]))
             elif method != "sft" and (ablate or method not in WEIGHTING_ABLATIONS):
                 runs.append(Run(method, seed, bs))
-        ablation = (config.get("batch_size_ablation") or {}) if ablate else {}
+        ablation = (config.get("batch_size_ablation") or {}) if ablate and first else {}
         sizes, global_sizes = ablation.get("batch_sizes", []), ablation.get("global_batch_sizes", [])
         for method in ablation.get("methods", []):
             settings = rpo_defaults if method in EMBEDDING_LOSSES else ()
@@ -231,9 +273,11 @@ def shown_figures(config: dict) -> list[str]:
 
 
 def alpacaeval_runs(config: dict) -> list[Run]:
-    """The runs that answer the instruction set: the methods of alpacaeval.runs, each at its defaults."""
+    """The runs that answer the instruction set: the methods of alpacaeval.runs, each at its defaults and
+    the first seed."""
     defaults, methods = Defaults.from_config(config), (config.get("alpacaeval") or {}).get("runs") or ()
-    return [run for run in experiment_runs(config) if run.method in methods and defaults.matches(run)]
+    return [run for run in experiment_runs(config) if run.method in methods and defaults.matches(run)
+            and run.seed == sft_seed(config)]
 
 
 # -- training arguments ----------------------------------------------------------------------------
@@ -249,6 +293,8 @@ def train_settings(config: dict, run: Run) -> dict:
     settings = {k: v for k, v in config["training"].items() if k not in REFCACHE_ONLY}
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
     settings.update(method=run.method, seed=run.seed)
+    if run.beta_of is not None:  # rpo.train takes beta from the source run (rule input beta_matched_to)
+        settings.pop("beta", None)
     if stage == "preference":
         settings.update(run.trainer_batch(config["preference"]["batch_size"]))
     if run.method in EMBEDDING_LOSSES:

@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_stat
 from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, write_json
-from rpo import checkpoint, ppo
+from rpo import checkpoint, diagnostics, ppo
 from rpo.losses import PPO_METRICS, get_loss
 from rpo.models import load_model
 from rpo.train_config import load_config, resolve_config
@@ -59,10 +60,11 @@ def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
     if batching == "unpaired" and bs % 2:
         raise ConfigError(f"training key batch_size is {bs}: {cfg['method']} takes batch_size/2 chosen and "
                           "batch_size/2 rejected items per micro-batch, so it must be even")
-    for epoch in range(cfg["epochs"]):
-        generator = torch.Generator().manual_seed(cfg["seed"] + epoch)
+    # One generator per run, drawn from epoch after epoch: seed s's epoch e is never seed s+e's epoch 0.
+    generator, shuffler = torch.Generator().manual_seed(cfg["seed"]), random.Random(cfg["seed"])
+    for _ in range(cfg["epochs"]):
         if batching == "unpaired":
-            plan.extend(unpaired_batches(records, bs // 2, seed=cfg["seed"] + epoch))
+            plan.extend(unpaired_batches(records, bs // 2, rng=shuffler))
             continue
         pool = [i for i, _, _ in sft_examples(records)] if batching == "sft" else list(range(len(records)))
         order = [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
@@ -112,6 +114,21 @@ class Trainer:
         self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
                                        num_training_steps=self.total_steps)
         self.step = 0
+        self.final_step = diagnostics.final_steps(self.total_steps)  # from here on, logit histograms are logged
+
+    def contrast_weights(self) -> dict | None:
+        """The mean w_ii over the run's own contrast matrices (paired embedding-weighted losses): a
+        matched-beta control's beta is this run's beta times it (rpo.diagnostics)."""
+        if "embeddings" not in self.loss.needs or self.loss.batching != "paired":
+            return None
+        accum, world = self.cfg["gradient_accumulation_steps"], self.env.world_size
+        steps = [step_micro_batches(self.plan, step, accum, world) for step in range(self.total_steps)]
+        if self.cfg["contrast_scope"] == "global":  # one matrix spans every micro-batch of a step
+            matrices = [[i for chosen, _ in batches for i in chosen] for batches in steps]
+        else:
+            matrices = [chosen for batches in steps for chosen, _ in batches]
+        return {"mean_diagonal": diagnostics.mean_diagonal_weight(matrices, self.embeddings, self.cfg["tau"]),
+                "n_matrices": len(matrices), "tau": self.cfg["tau"]}
 
     # -- one micro-batch -------------------------------------------------------------------------
     def examples(self, chosen_idx: list[int], rejected_idx: list[int]) -> list[dict]:
@@ -170,10 +187,14 @@ class Trainer:
         """Forward and backward of every micro-batch of this step (this rank's share); global metrics."""
         accum, paired = self.cfg["gradient_accumulation_steps"], self.loss.batching != "unpaired"
         stats: dict[str, list] = {}
+        counts: dict[str, float] = {}  # loss-logit counts (rpo.diagnostics): summed, not averaged
+        at_end = self.step + 1 >= self.final_step
         n_tokens = 0
         if self.cfg["contrast_scope"] == "global":
             out, pc, pr, n_tokens = self.global_scope_backward()
             _accumulate(stats, out, pc, pr, paired=paired)
+            if self.env.is_main:  # every rank holds the same global matrix: count it once
+                _add(counts, diagnostics.logit_metrics(out.logits, at_end))
         else:
             mine = local_micro_batches(self.plan, self.step, accum, self.env)
             for k, (chosen_idx, rejected_idx) in enumerate(mine):
@@ -182,11 +203,16 @@ class Trainer:
                     (out.loss / accum).backward()
                 n_tokens += tokens
                 _accumulate(stats, out, pc, pr, paired=paired)
+                _add(counts, diagnostics.logit_metrics(out.logits, at_end))
         # Means over micro-batches of all ranks; a non-finite loss anywhere stops every rank here.
         sums = [x for k in METRIC_KEYS for x in (sum(stats.get(k, [])), len(stats.get(k, [])))]
-        totals = all_reduce_sum(sums + [n_tokens], self.env, self.device)
+        count_keys = diagnostics.logit_keys()
+        totals = all_reduce_sum(sums + [counts.get(k, 0.0) for k in count_keys] + [n_tokens], self.env, self.device)
         row = {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(METRIC_KEYS) if totals[2 * i + 1]}
         self.check_loss(row["loss"])
+        logged = dict(zip(count_keys, totals[len(sums):-1]))
+        if logged["logits/n"]:  # a loss with logits; histogram bins only at the end of training
+            row.update({k: int(v) for k, v in logged.items() if at_end or not k.startswith("logits/hist")})
         return {**row, "tokens": int(totals[-1])}
 
     def global_scope_backward(self):
@@ -319,10 +345,15 @@ class Trainer:
                 run = {k: v for k, v in cfg.items() if k not in ("stop_after_steps",)}
                 write_json(tmp / "run.json", {
                     **run, "truncation": self.truncation, "steps": self.step, "resumed": resumed,
-                    "n_records": len(self.records), "world_size": world,
+                    "n_records": len(self.records), "world_size": world, "contrast_weights": self.contrast_weights(),
                     "global_batch_size": cfg["batch_size"] * cfg["gradient_accumulation_steps"] * world})
             shutil.rmtree(cfg["checkpoint_dir"], ignore_errors=True)
         barrier(self.env)
+
+
+def _add(counts: dict, row: dict) -> None:
+    for key, value in row.items():
+        counts[key] = counts.get(key, 0.0) + value
 
 
 def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from rpo.diagnostics import matched_beta
 from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names
 from rpo.precision import DTYPES
@@ -25,6 +26,8 @@ DEFAULTS = {
     "packing": True,  # one row per micro-batch, attention per sequence (rpo.scoring); false: right-padded
     "report_to": [], "logging_dir": None,  # live metrics (rpo.tracking); logging_dir None: {out}.logs
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
+    # a matched-beta control: beta = that run's beta x its mean diagonal weight (rpo.diagnostics.matched_beta)
+    "beta_matched_to": None,
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
@@ -53,6 +56,12 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError(f"training config key(s) {', '.join(foreign)}: not hyperparameters of loss "
                           f"{spec.name!r} (it takes {takes})")
     given = {k: _as_number(config.get(k)) for k in spec.hyperparameters}
+    if cfg["beta_matched_to"]:
+        if "beta" not in spec.hyperparameters or given["beta"] is not None:
+            raise ConfigError("training config key 'beta_matched_to' takes beta from another run: it needs a loss "
+                              f"with a beta, given no beta of its own (method {spec.name!r}, beta {given.get('beta')!r})")
+        cfg["matched_beta"] = matched_beta(cfg["beta_matched_to"])
+        given["beta"] = cfg["matched_beta"]["beta"]
     cfg.update(spec.resolve_hyperparameters(given))
     for key in ("lr", "weight_decay", "max_grad_norm"):
         cfg[key] = _as_number(cfg[key])

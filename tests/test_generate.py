@@ -220,3 +220,31 @@ def test_cli_with_preference_and_eval_records(model_dir, tmp_path):
     rows = read_jsonl(tmp_path / "e.jsonl")
     assert sorted(r["chosen"] for r in rows) == ["ref 0", "ref 1", "ref 2"]
     assert all(r["metadata"]["instruction"] == "task " + r["id"][1:] for r in rows)
+
+
+def test_score_chosen_records_the_models_log_prob_of_the_chosen_response(model_dir, tmp_path):
+    """chosen_logp is the definition: full-logits log-softmax over the chosen response of the pair as
+    training tokenizes it, one unpadded sequence at a time; the samples themselves do not change."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rpo.data.tokenize import tokenize_pair
+
+    texts = ["how do I bake bread", "the cat sat on the mat and looked at the dog for a long while", "a summary"]
+    rows = [{**row, "rejected": f"no {i}", "metadata": {"truncation": "keep_end"}}
+            for i, row in enumerate(prompt_rows(texts))]
+    scored = run(model_dir, tmp_path, rows, "scored.jsonl", score_chosen=True, max_prompt_length=8,
+                 train_max_length=16)
+    plain = run(model_dir, tmp_path, rows, "plain.jsonl", max_prompt_length=8, train_max_length=16)
+    assert [r["response"] for r in scored] == [r["response"] for r in plain] and "chosen_logp" not in plain[0]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    for row, out in zip(rows, scored):
+        example = tokenize_pair(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], 16, 8, "keep_end")[0]
+        ids, labels = torch.tensor([example["input_ids"]]), torch.tensor(example["labels"])
+        with torch.no_grad():
+            logps = model(ids).logits[0, :-1].double().log_softmax(-1)
+        target = labels[1:]
+        expected = logps[(target != -100).nonzero()[:, 0], target[target != -100]].sum().item()
+        assert out["chosen_logp"] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ConfigError, match="has no chosen/rejected pair"):
+        run(model_dir, tmp_path, prompt_rows(texts), "x.jsonl", score_chosen=True, max_prompt_length=8,
+            train_max_length=16)

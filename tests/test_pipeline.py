@@ -160,3 +160,42 @@ def test_the_trainer_accepts_what_the_pipeline_passes(tmp_path):
             paths = {"model": "m", "data": "d", "out": str(tmp_path / run.name), "reference_cache": "r",
                      "embeddings": "e"}
             resolve_config({**paths, **train_settings(config, run)})
+
+
+def test_seeds_repeat_the_seeded_methods_main_runs_from_one_sft_model():
+    config = {**CONFIG, "seeds": [1, 2, 3], "seeded_methods": ["dpo", "rpo-paired"]}
+    names = [r.name for r in experiment_runs(config)]
+    assert [n for n in names if n.startswith("sft")] == ["sft_seed1"]  # SFT trains once, at the first seed
+    extra = sorted(n for n in names if not n.endswith("_seed1"))
+    assert extra == ["dpo_bs8_seed2", "dpo_bs8_seed3", "rpo-paired_tau0.5_minilm_bs8_seed2",
+                     "rpo-paired_tau0.5_minilm_bs8_seed3"]  # main runs only: no grid, control or batch size
+    assert len(names) == len(experiment_runs(CONFIG)) + 4
+    every = [r.name for r in experiment_runs({**config, "seeded_methods": None}) if r.seed == 2]
+    assert len(every) == 7 and "kto_bs8_seed2" in every  # default: every method's main run
+
+
+def test_the_matched_beta_control_runs_beside_each_rpo_paired_main_run():
+    config = {**CONFIG, "seeds": [1, 2], "seeded_methods": ["dpo", "rpo-paired"],
+              "rpo": {**CONFIG["rpo"], "matched_beta_control": True}}
+    controls = [r for r in experiment_runs(config) if r.beta_of]
+    assert [r.name for r in controls] == ["dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1",
+                                          "dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed2"]
+    control = controls[0]
+    assert (control.method, control.seed, control.batch_size) == ("dpo", 1, 8)
+    settings = train_settings({**profile("config.yaml"), **config}, control)
+    assert settings["method"] == "dpo" and "beta" not in settings  # rpo.train reads it from the source run
+    assert Run.from_settings("dpo", 1, 8, beta_of=control.beta_of) == control
+    defaults = Defaults.from_config(config)
+    assert not defaults.matches(control) and defaults.matches(control, ("matched",))
+    assert control not in [run for _, run in table_runs({**config, "data": {"tasks": ["dialogue"]}}, "table1")]
+    assert control in [run for _, run in table_runs({**config, "data": {"tasks": ["dialogue"]}}, "weighting")]
+    with pytest.raises(ConfigError, match="needs a paired embedding-weighted run"):
+        Run.matched_beta(Run("rpo-unpaired", 1, 8, 0.5, "all-MiniLM-L6-v2"))
+
+
+def test_seed_and_control_config_errors_name_the_key():
+    config = profile("config.yaml")
+    with pytest.raises(ConfigError, match=r"'seeded_methods\[0\]': 'cdpo' is not in methods"):
+        validate_config({**config, "seeded_methods": ["cdpo"]})
+    with pytest.raises(ConfigError, match="rpo.matched_beta_control"):
+        validate_config({**config, "methods": ["dpo"], "seeded_methods": None})

@@ -14,6 +14,7 @@ from rpo.errors import DataError
 from rpo.judge.winrate import summarize
 from rpo.losses import rpo_weights
 from rpo.pipeline import Defaults
+from rpo.stats import hierarchical_interval
 from rpo.report import (collect_alpacaeval, collect_runs, load_metrics, read_weight_example, table1, table2,
                         table3, table4, weight_example, weighting, write_table)
 from rpo.report.__main__ import main
@@ -49,16 +50,26 @@ def run_name(method, tau, embedder, bs, seed=1):
     return f"{method}_tau{tau}_{SHORT[embedder]}_bs{bs}_seed{seed}"
 
 
-def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30):
-    run = run_name(method, tau, embedder, bs, seed)
+def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30, beta_of=None):
+    """One run's outputs as the pipeline writes them. Its samples: the response to prompt i is shared by
+    every run where i % 4 (so any two runs have 75% identical samples) and chosen_logp is SFT's plus
+    10 * (win_rate - 0.4). Its loss logits (not SFT's or PPO's): 2 of 8 per step past |x| = 1, and at the
+    end of training every one in the bin [0, 0.25)."""
+    run = f"dpo_matched-{beta_of}" if beta_of else run_name(method, tau, embedder, bs, seed)
     model_dir = root / task / "models" / run
     model_dir.mkdir(parents=True, exist_ok=True)
     # Like the trainer's run.json: no run/task keys, tau on every method, `model` = where training
     # started (a preference run starts from its SFT run's folder).
-    start = f"results/base/{MODEL}" if method == "sft" else f"results/{task}/models/sft_seed{seed}"
+    start = f"results/base/{MODEL}" if method == "sft" else f"results/{task}/models/sft_seed1"
     config = {"model": start, "data": f"results/{task}/data/train.jsonl", "out": str(model_dir), "method": method,
               "beta": beta, "tau": 0.5 if tau is None else tau, "embedder": embedder, "batch_size": bs, "seed": seed}
+    if beta_of:
+        config["beta_matched_to"] = f"results/{task}/models/{beta_of}"
     (model_dir / "run.json").write_text(json.dumps(config))
+    (root / task / "samples").mkdir(parents=True, exist_ok=True)
+    (root / task / "samples" / f"{run}.jsonl").write_text("".join(json.dumps(
+        {"id": f"{task}-{i}", "response": f"shared {i}" if i % 4 else f"{run} {i}",
+         "chosen_logp": -50.0 - i / n + (0.0 if method == "sft" else 10 * (win_rate - 0.4))}) + "\n" for i in range(n)))
     rng = np.random.default_rng(seed + bs)
     with open(model_dir / "metrics.jsonl", "w") as f:
         for step in range(1, steps + 1):
@@ -68,6 +79,10 @@ def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta
                 margin = 0.05 * step + 0.1 * rng.standard_normal()
                 row.update({"rewards/chosen": margin / 2, "rewards/rejected": -margin / 2, "rewards/margins": margin,
                             "rewards/accuracies": min(1.0, 0.5 + step / 60), "logps/chosen": -50.0, "logps/rejected": -60.0})
+            if method not in ("sft", "ppo"):
+                row.update({"logits/n": 8, "logits/n_saturated": 2})
+                if step >= steps - 2:  # the last 10% of 30 steps
+                    row.update({f"logits/hist{i}": 8 if i == 16 else 0 for i in range(32)})
             f.write(json.dumps(row) + "\n")
     wins = round(win_rate * n)
     low, high = max(0.0, win_rate - 0.064), min(1.0, win_rate + 0.055)
@@ -238,14 +253,21 @@ def test_seeds_pool_and_conflicting_runs_refuse(tree, tmp_path):
     add_run(copy, "dialogue", "sft", None, None, 8, 0.40, seed=2)
     add_run(copy, "dialogue", "ipo", None, None, 8, 0.60, seed=2)
     frame, data = (lambda t: (t.frame, t.data))(table1(collect_runs(copy), DEFAULTS))
-    # pooled prompt by prompt: both seeds' verdicts, bootstrapped by the judge's own summary and seed
-    judged = [json.loads(line) for seed in (1, 2) for line in
-              (copy / "dialogue" / "judgments" / f"ipo_bs8_seed{seed}.jsonl").read_text().splitlines()]
-    pooled = summarize(judged, seed=1)
-    assert pooled["n"] == 512 and pooled["wins"] == 166 + 154
-    expected = f"{100 * pooled['win_rate']:.1f} [{100 * pooled['ci_low']:.1f}, {100 * pooled['ci_high']:.1f}]"
+    # pooled: the mean over seeds and prompts, the hierarchical interval (seeds, then prompts; the judge's
+    # seed) over the seeds' per-prompt wins in prompt-id order, and the seeds' own range
+    wins = {}
+    for seed in (1, 2):
+        for line in (copy / "dialogue" / "judgments" / f"ipo_bs8_seed{seed}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            wins.setdefault(seed, {})[row["id"]] = float(row["verdict"] == "model_win")
+    prompts = sorted(wins[1])
+    rate, low, high = hierarchical_interval([[wins[s][p] for p in prompts] for s in (1, 2)], seed=1)
+    assert rate == (166 + 154) / 512
+    expected = f"{100 * rate:.1f} [{100 * low:.1f}, {100 * high:.1f}] (2 seeds: 60.2-64.8)"
     assert row_of(frame, method="IPO")["dialogue"] == expected
-    assert row_of(data, task="dialogue", method="ipo")["ci_low"] == pooled["ci_low"]
+    assert row_of(data, task="dialogue", method="ipo")["ci_low"] == low
+    one_seed = summarize([{"verdict": "model_win" if wins[1][p] else "tie"} for p in prompts], seed=1)
+    assert high - low > one_seed["ci_high"] - one_seed["ci_low"]  # the seeds' spread widens the interval
     assert set(frame["model"]) == {MODEL}  # seed 2's runs descend from sft_seed2, whose base is the same
     assert row_of(data, task="dialogue", method="ipo")["n_runs"] == 2
     add_run(copy, "dialogue", "kto", None, None, 8, 0.60, seed=2, beta=0.5)

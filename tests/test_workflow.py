@@ -20,7 +20,8 @@ ENV = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split
 
 SMOKE = {
     "results_dir": "results",
-    "seeds": [1],
+    "seeds": [1, 2],
+    "seeded_methods": ["dpo"],  # DPO pooled over 2 seeds; RPO-paired (1 seed) pairs with its seed 1
     "threads": 1,
     "mem_mb": 2000,
     "gpus": 0,
@@ -36,7 +37,7 @@ SMOKE = {
                    "warmup_steps": 1},
     "methods": ["dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"],
     "rpo": {"taus": [0.5], "embedders": ["tfidf-svd"], "default_tau": 0.5, "default_embedder": "tfidf-svd",
-            "control_embedder": "random"},
+            "control_embedder": "random", "matched_beta_control": True},
     "ablation_tasks": ["dialogue"],
     "batch_size_ablation": {"methods": ["dpo"], "batch_sizes": [4]},
     "generation": {"n_prompts": 12, "max_new_tokens": 8, "batch_size": 12},
@@ -82,8 +83,10 @@ def test_paper_profile_lists_the_papers_experiment_matrix(tmp_path):
     out = result.stdout
     # 3 models x (HH: 6 plain methods (PPO included) + RPO-paired's 3 taus x 3 embedders + RPO-unpaired
     #                 at its default + random for both + 2 methods x 3 more batch sizes + 2 methods x 1
-    #                 global-scope size; TL;DR: the 6 preference methods of Table 1 at their defaults)
-    assert _job_line(out, "preference").split()[-1] == str(3 * ((6 + 9 + 1 + 2 + 6 + 2) + 6))
+    #                 global-scope size; TL;DR: the 6 preference methods of Table 1 at their defaults;
+    #                 both: the matched-beta DPO control of RPO-paired)
+    assert _job_line(out, "preference").split()[-1] == str(3 * ((6 + 9 + 1 + 2 + 6 + 2 + 1) + 6 + 1))
+    assert "dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1" in out
     for needle in ("mistral-7b", "llama2-13b", "rpo-paired_tau0.75_t5large_bs8_seed1",
                    "rpo-unpaired_tau0.5_minilm_bs8_seed1", "dpo_bs16_seed1",
                    "rpo-paired_tau0.5_minilm_bs64_global_seed1"):
@@ -124,15 +127,25 @@ def test_whole_dag_end_to_end_on_tiny_sizes(tmp_path):
     assert {row["method"] for row in table1} >= {"sft", "dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired"}
     for row in table1:
         assert 0.0 <= float(row["win_rate"]) <= 1.0 and float(row["ci_low"]) <= float(row["ci_high"])
-    for table in ("table1", "table2", "table3", "table4", "weighting"):
+    for table in ("table1", "table2", "table3", "table4", "weighting", "regime"):
         for ext in ("md", "csv", "tex"):
             assert (results / f"tables/tiny/{table}.{ext}").stat().st_size > 100, (table, ext)
     assert "n/a" in (results / "tables/tiny/table1.md").read_text()
-    for figure in ("table1", "table2", "tau", "table4", "weighting"):
+    assert "(2 seeds: " in (results / "tables/tiny/table1.md").read_text()  # DPO's cell pools its seeds
+    for figure in ("table1", "table2", "tau", "table4", "weighting", "vs_dpo", "regime"):
         assert (results / f"figures/tiny/{figure}.png").stat().st_size > 10_000
-    # dialogue runs the ablations (11 runs), summarization Table 1's methods (6 runs)
-    assert len(list((results / "figures/tiny/curves/dialogue").rglob("*.png"))) == 11
-    assert len(list((results / "figures/tiny/curves/summarization").rglob("*.png"))) == 6
+    weighting = list(csv.DictReader(open(results / "tables/tiny/weighting.data.csv")))
+    control = next(row for row in weighting if row["method"] == "dpo-matched" and row["task"] == "dialogue")
+    assert control["runs"] == "dpo_matched-rpo-paired_tau0.5_tfidf_bs8_seed1"
+    source = json.loads((results / "tiny/dialogue/models/rpo-paired_tau0.5_tfidf_bs8_seed1/run.json").read_text())
+    matched = json.loads((results / "tiny/dialogue/models" / control["runs"] / "run.json").read_text())
+    assert matched["beta"] == pytest.approx(0.1 * source["contrast_weights"]["mean_diagonal"], rel=1e-12)
+    regime = list(csv.DictReader(open(results / "tables/tiny/regime.data.csv")))
+    assert all(0 <= float(row["identical_sft"]) <= 1 for row in regime)
+    # dialogue runs the ablations (11 runs + DPO's seed 2 + the control), summarization Table 1's methods (6
+    # runs + DPO's seed 2 + the control)
+    assert len(list((results / "figures/tiny/curves/dialogue").rglob("*.png"))) == 13
+    assert len(list((results / "figures/tiny/curves/summarization").rglob("*.png"))) == 8
     weights = json.loads((results / "figures/weights_dialogue.json").read_text())
     assert all(abs(sum(row) - 1) < 1e-6 for row in weights["weights"])
     alpaca = json.loads((results / "tiny/instructions/alpacaeval/dpo_bs8_seed1.json").read_text())

@@ -163,8 +163,10 @@ def write_eval_prompts(path, prompts: Iterable[EvalPrompt]) -> None:
     write_jsonl(path, (prompt.to_dict() for prompt in prompts))
 
 
-def unpaired_items(records: Sequence[PreferenceRecord], seed: int) -> list[UnpairedItem]:
-    """Split every triplet into a desirable (x, y_w) and an undesirable (x, y_l) item, then shuffle.
+def unpaired_items(records: Sequence[PreferenceRecord], seed: int | None = None,
+                   rng: random.Random | None = None) -> list[UnpairedItem]:
+    """Split every triplet into a desirable (x, y_w) and an undesirable (x, y_l) item, then shuffle
+    with `rng` (a run's generator, drawn from once per epoch) or random.Random(seed).
 
     The shuffled flat list feeds `unpaired_batches`' two queues.
     """
@@ -172,12 +174,12 @@ def unpaired_items(records: Sequence[PreferenceRecord], seed: int) -> list[Unpai
     for index, record in enumerate(records):
         items.append(UnpairedItem(index, record.prompt, record.chosen, True))
         items.append(UnpairedItem(index, record.prompt, record.rejected, False))
-    random.Random(seed).shuffle(items)
+    (rng or random.Random(seed)).shuffle(items)
     return items
 
 
-def unpaired_batches(records: Sequence[PreferenceRecord], per_side: int,
-                     seed: int) -> list[tuple[list[int], list[int]]]:
+def unpaired_batches(records: Sequence[PreferenceRecord], per_side: int, seed: int | None = None,
+                     rng: random.Random | None = None) -> list[tuple[list[int], list[int]]]:
     """One epoch of unpaired batches as (chosen record indices, rejected record indices).
 
     As the public code builds them: the shuffled split items fill a chosen queue and a rejected
@@ -189,7 +191,7 @@ def unpaired_batches(records: Sequence[PreferenceRecord], per_side: int,
     """
     if per_side < 1:
         raise ValueError(f"unpaired_batches: per_side must be >= 1, got {per_side}")
-    items = unpaired_items(records, seed)
+    items = unpaired_items(records, seed, rng)
     chosen = [item.record_index for item in items if item.desirable]
     rejected = [item.record_index for item in items if not item.desirable]
     return [(chosen[s:s + per_side], rejected[s:s + per_side])

@@ -30,12 +30,14 @@ import yaml
 from rpo.config import validate_config
 from rpo.errors import ConfigError, DataError
 from rpo.pipeline import ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults
-from rpo.report import figures, tables
+from rpo.report import figures, regime, tables
 from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_trained_runs, load_metrics
 
-BUILDERS = {"table1": tables.table1, "table3": tables.table3, "table4": tables.table4, "weighting": tables.weighting}
+BUILDERS = {"table1": tables.table1, "table3": tables.table3, "table4": tables.table4, "weighting": tables.weighting,
+            "regime": regime.regime}
 PLOTS = {"table1": figures.plot_winrate_bars, "table2": figures.plot_winrate_bars, "tau": figures.plot_tau,
-         "table4": figures.plot_batch_size, "weighting": figures.plot_winrate_bars, "vs_dpo": figures.plot_vs_dpo}
+         "table4": figures.plot_batch_size, "weighting": figures.plot_winrate_bars, "vs_dpo": figures.plot_vs_dpo,
+         "regime": figures.plot_regime}
 assert set(BUILDERS) | {ALPACAEVAL_TABLE} == set(TABLES) and set(PLOTS) == set(FIGURES)
 
 

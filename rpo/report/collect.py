@@ -19,7 +19,8 @@ from rpo.losses import REGISTRY
 TASKS = ("dialogue", "summarization")
 ALPACAEVAL_TASK = "instructions"
 METHODS = tuple(REGISTRY)
-CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope")
+# beta_of: a matched-beta control's source run (the folder name of its run.json's beta_matched_to)
+CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope", "beta_of")
 WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
 ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n", "ci_low", "ci_high")  # lc_win_rate optional
 
@@ -84,6 +85,7 @@ def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
         raise DataError(f"{path}: key 'method' is {config['method']!r}, expected one of {', '.join(METHODS)}")
     row = {**{key: config.get(key) for key in CONFIG_COLUMNS}, "model": base_model(config, path)}
     row["contrast_scope"] = row["contrast_scope"] or "micro"
+    row["beta_of"] = Path(str(config["beta_matched_to"]).rstrip("/")).name if config.get("beta_matched_to") else None
     if row["contrast_scope"] == "global":  # one contrast matrix spans the global batch: that is its size
         row["batch_size"] = config.get("global_batch_size", row["batch_size"])
     return row
@@ -144,7 +146,8 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
                          # summaries written before the key existed were all judged with the rationale template
                          "protocol": result.get("protocol", "rationale"),
                          "template_sha256": result.get("template_sha256"),
-                         "judgments": str(judgments_dir / f"{run}.jsonl")})
+                         "judgments": str(judgments_dir / f"{run}.jsonl"),
+                         "samples": str(results_dir / task / "samples" / f"{run}.jsonl")})
     present = {(row["task"], row["run"]) for row in rows}
     for task, run in sorted((wanted or set()) - present):
         problems.append(f"expected run {task}/{run} is missing (no {results_dir / task / 'judgments' / (run + '.winrate.json')})")
@@ -153,7 +156,7 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
     if not rows:
         raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
     return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "protocol",
-                                       "template_sha256", "judgments"])
+                                       "template_sha256", "judgments", "samples"])
 
 
 def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
@@ -242,13 +245,3 @@ def load_metrics(results_dir, task: str, run: str) -> pd.DataFrame:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or (key == "loss" and not math.isfinite(value)):
                 raise DataError(f"{path}, row {row_no}: key {key!r} must be a finite number, got {value!r}")
     return pd.DataFrame(rows).sort_values("step", kind="stable").reset_index(drop=True)
-
-
-def read_judgments(run) -> list[dict]:
-    """One run's per-prompt verdicts (a row of collect_runs), checked against its winrate.json's counts."""
-    judged = read_jsonl(run["judgments"])
-    wins = sum(row.get("verdict") == "model_win" for row in judged)
-    if (len(judged), wins) != (run["n"], run["wins"]):
-        raise DataError(f"{run['judgments']}: {len(judged)} verdicts with {wins} wins, but its winrate.json "
-                        f"says n={run['n']}, wins={run['wins']}: rejudge {run['task']}/{run['run']}")
-    return judged

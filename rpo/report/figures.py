@@ -129,6 +129,50 @@ def plot_vs_dpo(table: Table, stem) -> list[Path]:
     return save_figure(fig, stem)
 
 
+def plot_regime(table: Table, stem) -> list[Path]:
+    """rpo.report.regime side by side, one row of panels per task: the loss logits at the end of training
+    (box: 25-75%, whiskers: 5-95%, |x| = 1 dotted), the share past |x| = 1, the mean log-ratio to SFT on the
+    test chosen responses (bars: seeds' range) and the share of samples identical to DPO's and SFT's."""
+    data = table.data
+    if data.empty:
+        raise DataError(f"{table.name}: nothing to plot")
+    panels = _panels(data)
+    labels = list(dict.fromkeys(data["label"]))
+    y_of = {label: len(labels) - 1 - k for k, label in enumerate(labels)}
+    fig, axes = plt.subplots(len(panels), 4, figsize=(16, 0.9 + len(panels) * (0.9 + 0.32 * len(labels))),
+                             squeeze=False, sharey=True)
+    for row, (title, block) in zip(axes, panels):
+        y = block["label"].map(y_of).to_numpy()
+        has = block["logit_q50"].notna().to_numpy()
+        stats = [{"med": r.logit_q50, "q1": r.logit_q25, "q3": r.logit_q75, "whislo": r.logit_q05,
+                  "whishi": r.logit_q95, "fliers": []} for r in block[has].itertuples()]
+        if stats:
+            row[0].bxp(stats, positions=y[has], orientation="horizontal", widths=0.6, showfliers=False)
+        for x in (-1, 1):
+            row[0].axvline(x, color="grey", lw=0.8, ls=":")
+        row[0].set_xlabel("loss logit, last 10% of steps")
+        row[1].barh(y[has], 100 * block["saturated"].to_numpy(float)[has], color="tab:orange")
+        row[1].set_xlabel("|logit| > 1 (%)")
+        ratio = block["log_ratio"].to_numpy(float)
+        spread = np.vstack([ratio - block["log_ratio_low"].to_numpy(float), block["log_ratio_high"].to_numpy(float) - ratio])
+        row[2].barh(y, ratio, xerr=spread, color="tab:green", capsize=2)
+        row[2].axvline(0, color="grey", lw=0.8)
+        row[2].set_xlabel("log-ratio to SFT, test chosen (nats)")
+        row[3].barh(y + 0.2, 100 * block["identical_dpo"].to_numpy(float), height=0.4, label="= DPO's")
+        row[3].barh(y - 0.2, 100 * block["identical_sft"].to_numpy(float), height=0.4, label="= SFT's")
+        row[3].set_xlim(0, 100)
+        row[3].set_xlabel("identical samples (%)")
+        row[0].set_ylabel(title)
+        for ax in row:
+            ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(list(y_of.values()), list(y_of.keys()))
+    axes[0][0].set_ylim(-0.6, len(labels) - 0.4)
+    axes[0][3].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Regime diagnostics: loss logits at the end of training, and how far each policy moved", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
 def _lines(table: Table, stem, x: str, series: str, xlabel: str, log2: bool = False) -> list[Path]:
     data = table.data
     if data.empty:

@@ -1,45 +1,115 @@
-"""Does a method differ from a baseline? Two table cells judged on the same prompts, compared prompt by
-prompt (rpo.stats): the win-rate difference with its paired bootstrap 95% interval and the exact McNemar
-p-value on the prompts where exactly one of them wins.
+"""Table cells from judged runs, and whether a cell differs from a baseline (rpo.stats).
 
-A cell is one run or several training seeds of one configuration. Seeds are paired with the baseline's
-seed of the same number (the same SFT model, batch order and sampling seeds); with more than one seed
-the interval is hierarchical (seeds, then prompts) and McNemar runs over every (seed, prompt) pair.
+A cell is one run or several training seeds of one configuration (rpo.pipeline: seeds repeat the
+preference stage from one SFT model, generation and judging use one sampling seed). Its win rate is
+the mean over seeds and prompts; with several seeds its interval is hierarchical (seeds resampled,
+then prompts), so it covers the spread between seeds as well as the sampling of prompts, and the
+cell shows the seeds' own range.
+
+A comparison pairs the two cells' seeds by number and their prompts by id: the win-rate difference with
+its paired bootstrap 95% interval (hierarchical over seeds when there are several) and the exact
+McNemar p-value on the prompts where exactly one of the two wins.
 """
 from __future__ import annotations
+
+import os
+from functools import lru_cache
 
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.report.collect import read_judgments
+from rpo.io import read_jsonl
 from rpo.stats import hierarchical_interval, mcnemar_exact, paired_difference
 
 PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
                "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and the exact "
                "McNemar p-value on the prompts where only one of the two wins; '(paper ...)': the paper's "
                "difference where it publishes both numbers.")
+POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model", "matched_control")
 
 
 def wins_by_prompt(run) -> dict[str, float]:
     """prompt id -> 1.0 if the run's response won, else 0.0 (ties and losses are non-wins, as in win rates)."""
-    return {row["id"]: float(row.get("verdict") == "model_win") for row in read_judgments(run)}
+    try:
+        stat = os.stat(run["judgments"])
+    except OSError as exc:
+        raise DataError(f"{run['judgments']}: cannot read the per-prompt verdicts of {run['task']}/{run['run']}: "
+                        f"{exc.strerror}; rejudge the run") from exc
+    return dict(_wins(run["judgments"], int(run["n"]), int(run["wins"]), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=None)  # a baseline's verdicts are compared with every row of a table: read them once
+def _wins(path: str, n: int, wins: int, *_version) -> tuple[tuple[str, float], ...]:
+    judged = read_jsonl(path)
+    won = sum(row.get("verdict") == "model_win" for row in judged)
+    if (len(judged), won) != (n, wins):
+        raise DataError(f"{path}: {len(judged)} verdicts with {won} wins, but its winrate.json says n={n}, "
+                        f"wins={wins}: rejudge this run")
+    return tuple((row["id"], float(row.get("verdict") == "model_win")) for row in judged)
+
+
+def _seed_matrix(group: pd.DataFrame, seeds: list, prompts: list | None = None) -> tuple[list, list[list[float]]]:
+    """(prompts, one row of per-prompt wins per seed), the same prompts in every row."""
+    by_seed = {s: wins_by_prompt(group[group["seed"] == s].iloc[0]) for s in seeds}
+    prompts = prompts if prompts is not None else sorted(by_seed[seeds[0]])
+    for s, wins in by_seed.items():
+        if set(wins) != set(prompts):
+            raise DataError(f"runs {', '.join(group['run'])}: seed {s} was not judged on the same prompts as the "
+                            "others: regenerate them with the same generation settings")
+    return prompts, [[by_seed[s][p] for p in prompts] for s in seeds]
+
+
+def _judge_seed(group: pd.DataFrame) -> int:
+    seeds = group["judge_seed"].dropna().unique() if "judge_seed" in group else []
+    if len(seeds) != 1:
+        raise DataError(f"runs {', '.join(group['run'])}: pooling needs the one judge seed their winrate.json "
+                        f"files record (key 'seed'), found {sorted(seeds)}")
+    return int(seeds[0])
+
+
+def _same(values) -> bool:
+    return len({None if pd.isna(v) else v for v in values}) <= 1
+
+
+def pool_runs(group: pd.DataFrame) -> dict:
+    """One cell from its runs: win_rate, ci_low, ci_high, runs, n_runs, seed_low, seed_high (the lowest and
+    highest seed's win rate). Raises if the runs differ beyond the seed. A matched-beta control's beta
+    follows its source run, so its seeds may differ in beta."""
+    runs = ", ".join(group["run"])
+    group = group.assign(matched_control=group["beta_of"].notna() if "beta_of" in group else False)
+    matched = bool(group["matched_control"].all())
+    for column in POOL_CHECK:
+        if column in group and not (column == "beta" and matched) and not _same(group[column]):
+            raise DataError(f"runs {runs} land in one table cell but differ in {column!r} "
+                            f"({sorted(map(str, group[column].unique()))}); pass the defaults "
+                            "(--config or --main-batch-size/--default-tau/--default-embedder) or fix the configs")
+    if len(group) == 1:
+        row = group.iloc[0]
+        return {"win_rate": row["win_rate"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "runs": runs,
+                "n_runs": 1, "seed_low": row["win_rate"], "seed_high": row["win_rate"]}
+    if group["seed"].isna().any() or group["seed"].nunique() != len(group):
+        raise DataError(f"runs {runs} land in one table cell with the same (or no) seed: "
+                        "remove the duplicate or tell them apart in run.json")
+    _, matrix = _seed_matrix(group, sorted(group["seed"]))
+    win_rate, low, high = hierarchical_interval(matrix, seed=_judge_seed(group))
+    rates = [sum(row) / len(row) for row in matrix]
+    return {"win_rate": win_rate, "ci_low": low, "ci_high": high, "runs": runs, "n_runs": len(group),
+            "seed_low": min(rates), "seed_high": max(rates)}
 
 
 def compare(cell: pd.DataFrame, baseline: pd.DataFrame) -> dict:
-    """diff, low, high (fractions) and p of `cell` minus `baseline`, both groups of collect_runs rows."""
+    """diff, low, high (fractions), p and n_seeds of `cell` minus `baseline`, both groups of collect_runs
+    rows, over the training seeds they share."""
     seeds = sorted(set(cell["seed"]) & set(baseline["seed"]))
     if not seeds:
         raise DataError(f"runs {', '.join(cell['run'])} and {', '.join(baseline['run'])}: no training seed in "
                         "common to pair them by")
-    ours = {s: wins_by_prompt(cell[cell["seed"] == s].iloc[0]) for s in seeds}
-    theirs = {s: wins_by_prompt(baseline[baseline["seed"] == s].iloc[0]) for s in seeds}
-    prompts = sorted(ours[seeds[0]])
-    for s in seeds:
-        if set(ours[s]) != set(prompts) or set(theirs[s]) != set(prompts):
-            raise DataError(f"runs {', '.join(cell['run'])} and {', '.join(baseline['run'])} were not judged on "
-                            "the same prompts: regenerate both with the same generation settings")
-    a = [[ours[s][p] for p in prompts] for s in seeds]
-    b = [[theirs[s][p] for p in prompts] for s in seeds]
+    prompts, a = _seed_matrix(cell, seeds)
+    try:
+        _, b = _seed_matrix(baseline, seeds, prompts)
+    except DataError:
+        raise DataError(f"runs {', '.join(cell['run'])} and {', '.join(baseline['run'])} were not judged on "
+                        "the same prompts: regenerate both with the same generation settings") from None
     judge_seed = int(cell["judge_seed"].dropna().iloc[0]) if cell["judge_seed"].notna().any() else 0
     if len(seeds) == 1:
         diff, low, high = paired_difference(a[0], b[0], seed=judge_seed)
@@ -51,10 +121,12 @@ def compare(cell: pd.DataFrame, baseline: pd.DataFrame) -> dict:
 
 
 def format_difference(result: dict, paper_diff: float | None = None) -> str:
-    """'+0.6 [-1.2, +2.4] p=0.52' in points, and the paper's difference beside it where it has both numbers."""
+    """'+0.6 [-1.2, +2.4] p=0.52' in points (', 3 seeds' when it pools seeds), and the paper's difference
+    beside it where it has both numbers."""
     def points(x):
         return f"{100 * x:+.1f}"
 
+    seeds = f", {result['n_seeds']} seeds" if result.get("n_seeds", 1) > 1 else ""
     text = (f"{points(result['diff'])} [{points(result['diff_low'])}, {points(result['diff_high'])}] "
-            f"p={result['p']:.2g}")
+            f"p={result['p']:.2g}{seeds}")
     return text + (f" (paper {points(paper_diff)})" if paper_diff is not None else "")

@@ -17,21 +17,20 @@ import pandas as pd
 
 from rpo.errors import DataError
 from rpo.io import atomic_write_text
-from rpo.judge.winrate import summarize
 from rpo.losses import REGISTRY
 from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, Run, embedder_short, in_table
 from rpo.report import paper_numbers as paper
-from rpo.report.collect import read_judgments
-from rpo.report.paired import PAIRED_NOTE, compare, format_difference
+from rpo.report.paired import PAIRED_NOTE, compare, format_difference, pool_runs
 
 METHOD_LABELS = {name: spec.label for name, spec in REGISTRY.items()}
+MATCHED = "dpo-matched"  # the weighting table's key of the matched-beta DPO control (rpo.pipeline.Run.matched_beta)
 NOT_RUN = "not run"
 TASK_NOTE = ("Our task 'dialogue' stands in for the paper's Anthropic HH column and 'summarization' for "
              "its TL;DR column; our base models are not the paper's.")
 CI_NOTE = ("Cells: GPT-judge win rate vs the chosen response in %, with its 95% interval in brackets (percentile "
-           "bootstrap over prompts; seeds pooled prompt by prompt).")
+           "bootstrap over prompts; a cell of several training seeds: their mean, a hierarchical bootstrap over "
+           "seeds then prompts, and the seeds' own lowest-highest win rate).")
 PAPER_NOTE = "'(reported)': known only from a secondary summary of the paper; 'n/a': not known here."
-POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model")
 
 
 @dataclass
@@ -53,6 +52,14 @@ def format_cell(win_rate, ci_low, ci_high) -> str:
     return f"{percent(win_rate)} [{percent(ci_low)}, {percent(ci_high)}]"
 
 
+def format_pooled(pooled: dict) -> str:
+    """A cell; pooled seeds add their number and the range of their own win rates."""
+    text = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"])
+    if pooled.get("n_runs", 1) > 1:
+        text += f" ({pooled['n_runs']} seeds: {percent(pooled['seed_low'])}-{percent(pooled['seed_high'])})"
+    return text
+
+
 def _value(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -62,7 +69,7 @@ def run_of(row) -> Run:
     seed, batch_size = _value(row["seed"]), _value(row["batch_size"])
     return Run.from_settings(row["method"], None if seed is None else int(seed),
                              None if batch_size is None else int(batch_size), _value(row["tau"]),
-                             _value(row["embedder"]), _value(row.get("contrast_scope")))
+                             _value(row["embedder"]), _value(row.get("contrast_scope")), _value(row.get("beta_of")))
 
 
 def select(runs: pd.DataFrame, table: str, defaults: Defaults) -> pd.DataFrame:
@@ -71,41 +78,6 @@ def select(runs: pd.DataFrame, table: str, defaults: Defaults) -> pd.DataFrame:
     selected = runs[keep].copy()
     selected["embedder"] = selected["embedder"].map(lambda e: None if _value(e) is None else embedder_short(e))
     return selected
-
-
-def _same(values) -> bool:
-    return len({None if pd.isna(v) else v for v in values}) <= 1
-
-
-def pool_runs(group: pd.DataFrame) -> dict:
-    """One cell from its runs: the run itself, or seeds pooled; raise if the runs differ beyond the seed."""
-    runs = ", ".join(group["run"])
-    for column in POOL_CHECK:
-        if column in group and not _same(group[column]):
-            raise DataError(f"runs {runs} land in one table cell but differ in {column!r} "
-                            f"({sorted(map(str, group[column].unique()))}); pass the defaults "
-                            "(--config or --main-batch-size/--default-tau/--default-embedder) or fix the configs")
-    if len(group) == 1:
-        row = group.iloc[0]
-        return {"win_rate": row["win_rate"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "runs": runs, "n_runs": 1}
-    if group["seed"].isna().any() or group["seed"].nunique() != len(group):
-        raise DataError(f"runs {runs} land in one table cell with the same (or no) seed: "
-                        "remove the duplicate or tell them apart in run.json")
-    pooled = summarize(_pooled_judgments(group), seed=_judge_seed(group))
-    return {k: pooled[k] for k in ("win_rate", "ci_low", "ci_high")} | {"runs": runs, "n_runs": len(group)}
-
-
-def _pooled_judgments(group: pd.DataFrame) -> list[dict]:
-    """Every prompt's verdict of every run, each file checked against its run's winrate.json."""
-    return [row for _, run in group.iterrows() for row in read_judgments(run)]
-
-
-def _judge_seed(group: pd.DataFrame) -> int:
-    seeds = group["judge_seed"].dropna().unique() if "judge_seed" in group else []
-    if len(seeds) != 1:
-        raise DataError(f"runs {', '.join(group['run'])}: pooling needs the one judge seed their winrate.json "
-                        f"files record (key 'seed'), found {sorted(seeds)}")
-    return int(seeds[0])
 
 
 def _method_order(method: str) -> int:
@@ -169,7 +141,7 @@ def _by_variant(runs: pd.DataFrame, variants: list[tuple[str, str, callable]], n
                 comparisons = {}
                 if not cell.empty:
                     pooled = pool_runs(cell)
-                    line[task], found = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"]), True
+                    line[task], found = format_pooled(pooled), True
                     for base_label, base_method in against:
                         base = block[(block["task"] == task) & selector[base_method](block)]
                         if not base.empty and base_method != method:
@@ -210,12 +182,13 @@ def table1(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
                        against=(("DPO", "dpo"), ("SFT", "sft")))
 
 
-# label, key (data and paper lookup), method, embedder: None, "default" or "control"
+# label, key (data and paper lookup), method, role: None, "default" or "control" (the embedder), "matched"
 WEIGHTING_ROWS = (
     ("DPO", "dpo", "dpo", None),
     ("Uniform weights (w=1)", "rpo-uniform", "rpo-uniform", None),
     ("Diagonal-heavy (alpha=0.8)", "rpo-diagonal", "rpo-diagonal", None),
     ("Embedding-weighted (RPO-Paired)", "rpo-paired", "rpo-paired", "default"),
+    ("DPO at RPO-Paired's beta_eff (matched-beta control)", MATCHED, "dpo", "matched"),
     ("Random-embedding control", "rpo-paired-random", "rpo-paired", "control"),
     ("RPO-Unpaired", "rpo-unpaired", "rpo-unpaired", "default"),
     ("Random-embedding control (RPO-Unpaired)", "rpo-unpaired-random", "rpo-unpaired", "control"),
@@ -224,19 +197,33 @@ assert {row[2] for row in WEIGHTING_ROWS} == set(WEIGHTING_METHODS)
 
 
 def weighting(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
-    """Uniform / diagonal / embedding-weighted / random-embedding control vs DPO (and RPO-Unpaired)."""
+    """Uniform / diagonal / embedding-weighted / matched-beta DPO / random-embedding control vs DPO (and
+    RPO-Unpaired); every row also against the matched-beta control where it ran."""
     selected = select(runs, "weighting", defaults)
     control = embedder_short(defaults.control_embedder) if defaults.control_embedder else None
+    matched = selected["beta_of"].notna() if "beta_of" in selected else pd.Series(False, index=selected.index)
 
     def chooser(method, role):
-        if role is None:
-            return lambda b: b["method"] == method
+        if role in (None, "matched"):
+            return lambda b: (b["method"] == method) & (matched[b.index] == (role == "matched"))
         return lambda b: (b["method"] == method) & ((b["embedder"] == control) == (role == "control"))
 
     variants = [(label, key, chooser(method, role)) for label, key, method, role in WEIGHTING_ROWS]
+    against = (("DPO", "dpo"),) + ((("matched-beta DPO", MATCHED),) if matched.any() else ())
     return _by_variant(selected, variants, "weighting", "Weighting ablation: how the contrast matrix is weighted",
                        [_defaults_note(defaults) + f" The control uses {defaults.control_embedder or 'no'} prompt "
-                        "embeddings."], against=(("DPO", "dpo"),))
+                        "embeddings.", *_matched_note(selected[matched])], against=against)
+
+
+def _matched_note(controls: pd.DataFrame) -> list[str]:
+    """The matched-beta control's beta per task (each seed's: beta x the mean w_ii of its source run)."""
+    if controls.empty:
+        return []
+    betas = "; ".join(f"{task} {', '.join(f'{b:.4g}' for b in block.sort_values('seed')['beta'])}"
+                      for task, block in controls.groupby("task", sort=False))
+    return [f"Matched-beta control: DPO at beta_eff = beta x the mean diagonal weight w_ii over the RPO-Paired run's "
+            f"own batches (same data, embeddings, tau, seed and batch plan), one control per RPO-Paired seed. "
+            f"beta_eff by task and seed: {betas}."]
 
 
 def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, row_key: str, notes: list[str], paper_col,
@@ -254,7 +241,7 @@ def _grid(runs: pd.DataFrame, name: str, title: str, column: str, column_label, 
             versus = None
             if not cell.empty:
                 pooled = pool_runs(cell)
-                line[column_label(value)] = format_cell(pooled["win_rate"], pooled["ci_low"], pooled["ci_high"])
+                line[column_label(value)] = format_pooled(pooled)
                 versus = compare(cell, base) if base is not None and not base.empty else None
                 data.append({"task": task, "model": model, row_key: key, column: value, **pooled,
                              **{f"vs DPO: {k}": v for k, v in (versus or {}).items()}})

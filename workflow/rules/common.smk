@@ -8,8 +8,8 @@ import sys
 from rpo.config import validate_config
 from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
-                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, shown_figures, table_inputs, table_runs,
-                          train_settings)
+                          alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
+                          table_inputs, table_runs, train_settings)
 
 
 # Fills in every default (the schema's, the trainer's): below, config[...] needs no fallback.
@@ -80,15 +80,20 @@ def embeddings_path(model, task, embedder):
     return f"{RESULTS}/{model}/embeddings/{task}/{embedder_short(embedder)}.pt"
 
 
+SFT_RUN = Run("sft", sft_seed(config)).name  # every preference run, of every seed, starts from it
+
+
 def preference_inputs(wildcards):
     run = run_settings(wildcards)
     inputs = {
         "data": f"{DATA}/{wildcards.task}/train.jsonl",
-        "sft": model_dir(wildcards.model, wildcards.task, f"sft_seed{run.seed}"),
-        "refcache": f"{RESULTS}/{wildcards.model}/{wildcards.task}/refcache/sft_seed{run.seed}.pt",
+        "sft": model_dir(wildcards.model, wildcards.task, SFT_RUN),
+        "refcache": f"{RESULTS}/{wildcards.model}/{wildcards.task}/refcache/{SFT_RUN}.pt",
     }
     if run.method in EMBEDDING_LOSSES:
         inputs["embeddings"] = embeddings_path(wildcards.model, wildcards.task, run.embedder)
+    if run.beta_of is not None:  # a matched-beta control reads its beta from the source run's run.json
+        inputs["beta_source"] = model_dir(wildcards.model, wildcards.task, run.beta_of)
     return inputs
 
 
@@ -153,8 +158,11 @@ def report_inputs(model, table):
         return {"alpaca": [f"{RESULTS}/{model}/instructions/alpacaeval/{r.name}.json" for _, r in runs],
                 "models": [model_dir(model, TASKS[0], r.name) for _, r in runs]}
     judged = [f"{RESULTS}/{model}/{t}/judgments/{r.name}" for t, r in runs]
-    return {"winrates": [f"{j}.winrate.json" for j in judged], "judgments": [f"{j}.jsonl" for j in judged],
-            "models": [model_dir(model, t, r.name) for t, r in runs]}
+    inputs = {"winrates": [f"{j}.winrate.json" for j in judged], "judgments": [f"{j}.jsonl" for j in judged],
+              "models": [model_dir(model, t, r.name) for t, r in runs]}
+    if table == "regime":  # log-ratios and identical samples: rpo.report.regime
+        inputs["samples"] = [f"{RESULTS}/{model}/{t}/samples/{r.name}.jsonl" for t, r in runs]
+    return inputs
 
 
 def expected_runs(table):

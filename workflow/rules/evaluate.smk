@@ -25,7 +25,7 @@ rule generate:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} --dtype {params.dtype} --threads {threads} {params.args} > {log} 2>&1"
+        " --seed {params.seed} --dtype {params.dtype} --threads {threads} {params.args} --score-chosen > {log} 2>&1"
 
 
 rule judge:

@@ -65,6 +65,7 @@ rule preference:
         overrides=preference_overrides,
         launcher=launcher(),
         embeddings=lambda wc, input: f"embeddings={input.embeddings}" if "embeddings" in input.keys() else "",
+        beta=lambda wc, input: f"beta_matched_to={input.beta_source}" if "beta_source" in input.keys() else "",
     wildcard_constraints:
         run=r"(?!sft_)[a-z-]+_[A-Za-z0-9._-]+",
     log:
@@ -80,4 +81,4 @@ rule preference:
     shell:
         "{params.launcher} -m rpo.train model={input.sft} data={input.data} out={output}"
         " reference_cache={input.refcache}"
-        " {params.embeddings} {params.overrides} > {log} 2>&1"
+        " {params.embeddings} {params.beta} {params.overrides} > {log} 2>&1"
