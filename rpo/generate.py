@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
 from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
@@ -75,6 +76,39 @@ def _prompt_as_trained(tokenizer, row: dict, max_prompt_length, train_max_length
     if train_max_length is None or max_prompt_length is None or not responses:
         return prompt_ids(tokenizer, row["prompt"], max_prompt_length, truncation)
     return pair_prompt_ids(tokenizer, row["prompt"], responses, train_max_length, max_prompt_length, truncation)
+
+
+class FastNucleus(LogitsProcessor):
+    """HF's sampling warpers TemperatureLogitsWarper then TopPLogitsWarper (keep the top tokens until the
+    mass above a token reaches top_p; at least one), the nucleus found by a partial sort.
+
+    Why our own: HF's warper sorts the whole vocabulary at every decoding step; on CPU at the embedded
+    scale that sort is ~45% of a step (benchmarks/bench_generate.py). Here a top-`candidates` partial
+    sort finds the nucleus whenever it lies within those tokens; rows where it does not (flat
+    distributions, e.g. of sequences already past EOS) go to HF's warper itself. The mask is HF's but for float rounding of a mass that
+    lands exactly on top_p, and HF's multinomial then draws from it: the same samples
+    (tests/test_generate.py checks both)."""
+
+    def __init__(self, top_p: float, temperature: float = 1.0, candidates: int = 256):
+        if not 0.0 < top_p <= 1.0 or temperature <= 0:
+            raise ConfigError(f"generation: top_p must be in (0, 1] and temperature > 0, got {top_p}, {temperature}")
+        self.top_p, self.temperature, self.candidates = top_p, temperature, candidates
+        self.temperature_warper = TemperatureLogitsWarper(temperature) if temperature != 1.0 else None
+        self.full_sort = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.temperature_warper is not None:
+            scores = self.temperature_warper(input_ids, scores)
+        if self.full_sort is None:
+            return scores
+        top, index = scores.softmax(dim=-1).topk(min(self.candidates, scores.shape[-1]), dim=-1)
+        keep = (top.cumsum(dim=-1) - top) < self.top_p  # the mass strictly above each candidate
+        keep[:, 0] = True
+        out = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).scatter(1, index, ~keep), -float("inf"))
+        wide = top.sum(dim=-1) < self.top_p  # rows whose nucleus reaches past the candidates: HF's full sort
+        if bool(wide.any()):
+            out[wide] = self.full_sort(None if input_ids is None else input_ids[wide], scores[wide])
+        return out
 
 
 def _chosen_logps(model, tokenizer, batch: list[dict], max_prompt_length, train_max_length, precision) -> list:
@@ -126,6 +160,7 @@ def generate(
     progress: bool = True,
     env: DistEnv | None = None,
     score_chosen: bool = False,
+    fast_nucleus: bool = True,
 ) -> list[dict]:
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
@@ -137,7 +172,8 @@ def generate(
     pair's longer response exceed it, as training cuts it (rpo.data.tokenize.pair_prompt_ids); None: always.
     `score_chosen`: each row also gets `chosen_logp`, the model's summed log-prob of the prompt's chosen
     response as training tokenizes the pair (so a run's mean log-ratio to SFT on test data is a difference
-    of two samples files: rpo.report.regime).
+    of two samples files: rpo.report.regime). `fast_nucleus` False: HF's own sampling warpers (the same
+    samples, slower on CPU: benchmarks/bench_generate.py).
     """
     from rpo.models import load_model
 
@@ -158,7 +194,11 @@ def generate(
     if do_sample:
         sampling.update(top_p=top_p, temperature=temperature)
         # top_k=0 turns off any top-k default a model's generation_config carries: pure nucleus sampling.
-        options.update(top_p=top_p, temperature=temperature, top_k=0)
+        if fast_nucleus:  # HF's temperature and top-p warpers, the nucleus by a partial sort (see FastNucleus)
+            options.update(top_p=1.0, temperature=1.0, top_k=0,
+                           logits_processor=LogitsProcessorList([FastNucleus(top_p, temperature)]))
+        else:
+            options.update(top_p=top_p, temperature=temperature, top_k=0)
     starts = range(0, len(prompts), batch_size)
     mine = range(env.rank, len(starts), env.world_size)  # whole batches, round-robin: same seeds for any N
     local = {}

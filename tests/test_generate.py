@@ -248,3 +248,25 @@ def test_score_chosen_records_the_models_log_prob_of_the_chosen_response(model_d
     with pytest.raises(ConfigError, match="has no chosen/rejected pair"):
         run(model_dir, tmp_path, prompt_rows(texts), "x.jsonl", score_chosen=True, max_prompt_length=8,
             train_max_length=16)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fast_nucleus_masks_as_hfs_warpers_and_gives_hfs_samples(model_dir, tmp_path, temperature):
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    import rpo.generate as gen
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 4.0, 12.0):  # flat (the full-sort fallback) to peaked (the partial sort)
+        scores = torch.randn(64, 300, generator=g) * scale
+        expected = TopPLogitsWarper(0.95)(None, TemperatureLogitsWarper(temperature)(None, scores.clone())
+                                          if temperature != 1.0 else scores.clone())
+        got = gen.FastNucleus(0.95, temperature, candidates=32)(None, scores.clone())
+        assert torch.equal(torch.isinf(got), torch.isinf(expected)) and torch.equal(got, expected)
+    # end to end: the same samples as HF's own warpers
+    prompts = prompt_rows(["how do I bake bread", "the cat sat", "a summary should keep", "the assistant"])
+    ours = run(model_dir, tmp_path, prompts, "ours.jsonl", temperature=temperature, max_new_tokens=12)
+    theirs = run(model_dir, tmp_path, prompts, "theirs.jsonl", temperature=temperature, max_new_tokens=12,
+                 fast_nucleus=False)
+    assert [r["response"] for r in ours] == [r["response"] for r in theirs]
+    assert len({r["response"] for r in ours}) > 1

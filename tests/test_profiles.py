@@ -48,8 +48,9 @@ def test_profile_dry_run_plans_the_papers_matrix(tmp_path):
     paper = yaml.safe_load(PAPER.read_text())
     n_models, tasks = len(paper["models"]), paper["data"]["tasks"]
     runs = [run for task in tasks for run in experiment_runs(paper, task)]
-    # 3 models x (26 preference runs on HH, where the paper ran its ablations, + 6 on TL;DR) + 1 SFT each
-    assert counts["preference"] == n_models * sum(r.method != "sft" for r in runs) == 3 * (26 + 6)
+    # 3 models x (26 preference runs on HH, where the paper ran its ablations, + 6 on TL;DR, + the
+    # matched-beta DPO control on each) + 1 SFT each
+    assert counts["preference"] == n_models * sum(r.method != "sft" for r in runs) == 3 * (26 + 6 + 2)
     assert counts["sft"] == counts["refcache"] == n_models * len(tasks)
     assert counts["judge"] == counts["generate"] == n_models * len(runs)
     # set-resources reach the jobs: a preference job asks for 8 GPUs, a judge job for none
