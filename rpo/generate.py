@@ -85,16 +85,18 @@ class FastNucleus(LogitsProcessor):
     Why our own: HF's warper sorts the whole vocabulary at every decoding step; on CPU at the embedded
     scale that sort is ~45% of a step (benchmarks/bench_generate.py). Here a top-`candidates` partial
     sort finds the nucleus whenever it lies within those tokens; rows where it does not (flat
-    distributions, e.g. of sequences already past EOS) go to HF's warper itself. The mask is HF's but for float rounding of a mass that
+    distributions) go to HF's warper itself, except rows already past their EOS, whose next token
+    generate replaces with padding whatever is drawn. The mask is HF's but for float rounding of a mass that
     lands exactly on top_p, and HF's multinomial then draws from it: the same samples
     (tests/test_generate.py checks both)."""
 
-    def __init__(self, top_p: float, temperature: float = 1.0, candidates: int = 256):
+    def __init__(self, top_p: float, temperature: float = 1.0, eos_token_id: int | None = None, candidates: int = 256):
         if not 0.0 < top_p <= 1.0 or temperature <= 0:
             raise ConfigError(f"generation: top_p must be in (0, 1] and temperature > 0, got {top_p}, {temperature}")
-        self.top_p, self.temperature, self.candidates = top_p, temperature, candidates
+        self.top_p, self.temperature, self.candidates, self.eos_token_id = top_p, temperature, candidates, eos_token_id
         self.temperature_warper = TemperatureLogitsWarper(temperature) if temperature != 1.0 else None
         self.full_sort = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.prompt_width = None  # one processor per generate call: the first call's input is the prompt
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.temperature_warper is not None:
@@ -106,6 +108,10 @@ class FastNucleus(LogitsProcessor):
         keep[:, 0] = True
         out = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).scatter(1, index, ~keep), -float("inf"))
         wide = top.sum(dim=-1) < self.top_p  # rows whose nucleus reaches past the candidates: HF's full sort
+        if input_ids is not None and self.eos_token_id is not None:
+            # A row past its EOS: generate replaces its token with padding, so its mask cannot matter.
+            self.prompt_width = input_ids.shape[1] if self.prompt_width is None else self.prompt_width
+            wide &= ~(input_ids[:, self.prompt_width:] == self.eos_token_id).any(dim=1)
         if bool(wide.any()):
             out[wide] = self.full_sort(None if input_ids is None else input_ids[wide], scores[wide])
         return out
@@ -194,11 +200,8 @@ def generate(
     if do_sample:
         sampling.update(top_p=top_p, temperature=temperature)
         # top_k=0 turns off any top-k default a model's generation_config carries: pure nucleus sampling.
-        if fast_nucleus:  # HF's temperature and top-p warpers, the nucleus by a partial sort (see FastNucleus)
-            options.update(top_p=1.0, temperature=1.0, top_k=0,
-                           logits_processor=LogitsProcessorList([FastNucleus(top_p, temperature)]))
-        else:
-            options.update(top_p=top_p, temperature=temperature, top_k=0)
+        options.update(top_k=0, **({"top_p": 1.0, "temperature": 1.0} if fast_nucleus else
+                                   {"top_p": top_p, "temperature": temperature}))
     starts = range(0, len(prompts), batch_size)
     mine = range(env.rank, len(starts), env.world_size)  # whole batches, round-robin: same seeds for any N
     local = {}
@@ -214,6 +217,8 @@ def generate(
             raise ConfigError(f"generation.max_length: {max_length} tokens, but batch {batch_index}'s prompts are "
                               f"{input_ids.shape[1]} tokens wide; set max_prompt_length")
         torch.manual_seed(seed + batch_index)
+        if do_sample and fast_nucleus:  # HF's temperature and top-p warpers, the nucleus by a partial sort
+            options["logits_processor"] = LogitsProcessorList([FastNucleus(top_p, temperature, tokenizer.eos_token_id)])
         with torch.no_grad(), precision.autocast(model.device):
             output = model.generate(input_ids=input_ids.to(model.device), max_new_tokens=budget,
                                     attention_mask=attention_mask.to(model.device), **options)
