@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
 from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
                              shutdown_distributed)
-from rpo.errors import ConfigError
+from rpo.errors import ConfigError, run_cli
 from rpo.io import read_jsonl, write_jsonl
 from rpo.precision import DTYPES, resolve_precision
 
@@ -238,4 +238,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
