@@ -1,5 +1,6 @@
-"""Broken artefacts between stages, a refusing judge endpoint, failed writes and file modes: each stops with
-one line naming the file (and line or key) and what to do, and leaves nothing under an output's final name."""
+"""Broken artefacts between stages, failed writes and file modes: each stops with one line naming the file
+(and line or key) and what to do, and leaves nothing under an output's final name (the judge's endpoint:
+tests/test_bad_judge.py)."""
 import errno
 import json
 import os
@@ -19,8 +20,6 @@ from rpo.errors import CacheMismatchError, DataError, WriteError, run_cli
 from rpo.generate import main as generate_main
 from rpo.io import atomic_path, write_json, write_jsonl
 from rpo.judge.__main__ import main as judge_main
-from rpo.judge.protocols import paper_answer, split_paper_messages
-from rpo.judge.server import ChatServer
 from rpo.models import build_model, load_model, model_fingerprint, save_model
 from rpo.precision import Precision
 from rpo.refcache import compute_reference_cache, load_reference_cache
@@ -252,67 +251,6 @@ def test_an_alpaca_eval_result_without_its_columns_is_refused(tmp_path):
     with pytest.raises(DataError, match=rf"^{out / 'annotations.json'}: alpaca_eval's output lacks the column\(s\) "
                                         r"preference"):
         _read_results(out, "rpo", "alpaca_eval_gpt4_turbo_fn", 1)
-
-
-# ---- the judge against a real HTTP endpoint on 127.0.0.1 ---------------------------------------
-
-CONTEXT = 60  # words of prompt the test endpoint accepts, like a model's context window
-
-
-def bounded_judge(messages):
-    """A judge with a context limit: an over-long request is a 400, as OpenAI answers it."""
-    words = sum(len(m["content"].split()) for m in messages)
-    if words > CONTEXT:
-        raise ValueError(f"This model's maximum context length is {CONTEXT} tokens, but the messages have {words}")
-    paper = split_paper_messages(messages)
-    return paper_answer(paper["task"], "A" if "GOOD" in paper["response_a"] else "B")
-
-
-@pytest.fixture
-def endpoint(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-    with ChatServer(bounded_judge) as server:
-        yield server
-
-
-@pytest.mark.parametrize("status, says", [
-    (401, "the API key was refused (the judge reads it from OPENAI_API_KEY); set a valid key"),
-    (403, "this API key may not use model 'gpt-4-0613'; use a key with access to it, or another judge model"),
-    (404, "no model 'gpt-4-0613' at this endpoint (or no chat-completions route there); check the judge model"),
-])
-def test_a_refused_key_or_unknown_model_stops_at_once_without_retries(endpoint, tmp_path, capsys, status, says):
-    samples = tmp_path / "samples.jsonl"
-    write_jsonl(samples, sample_rows(8))
-    endpoint.fail(status, times=100)
-    args = judge_args(samples, tmp_path, "--base-url", endpoint.base_url, "--concurrency", "1", "--max-attempts", "5",
-                      "--backoff-base", "0.01", "--cache", str(tmp_path / "cache.sqlite"))
-    assert judge_main(args) == 1
-    message = one_error_line(capsys)
-    assert message.startswith(f"judge: HTTP {status} from {endpoint.base_url}/: {says}") and "sk-test-key" not in message
-    assert endpoint.requests == 1  # no retry, and no other item tried
-    assert not (tmp_path / "j").exists()
-
-
-def test_an_over_long_prompt_fails_that_item_and_the_others_go_on(endpoint, tmp_path, capsys):
-    rows = sample_rows(6)
-    rows[2]["prompt"] = "\n<|user|>\n" + "a very long question " * 20 + "\n<|assistant|>\n"
-    samples = tmp_path / "samples.jsonl"
-    write_jsonl(samples, rows)
-    endpoint.garble()  # and one answer without a verdict
-    args = judge_args(samples, tmp_path, "--base-url", endpoint.base_url, "--concurrency", "1", "--backoff-base", "0.01")
-    assert judge_main(args) == 0
-    summary = json.loads((tmp_path / "j" / "run.winrate.json").read_text())
-    assert endpoint.requests == 6  # the refused request was not retried
-    assert (summary["n"], summary["unparseable"], summary["failed_items"]) == (6, 1, 1)
-    assert summary["wins"] + summary["ties"] + summary["losses"] + 1 + 1 == 6
-    assert [failure["id"] for failure in summary["failures"]] == ["s2"]
-    assert summary["failures"][0]["error"].startswith(f"BadRequestError (HTTP 400): This model's maximum context "
-                                                      f"length is {CONTEXT} tokens, but the messages have")
-    judged = {row["id"]: row for row in map(json.loads, (tmp_path / "j" / "run.jsonl").read_text().splitlines())}
-    assert judged["s2"]["failed"] and judged["s2"]["error"] == summary["failures"][0]["error"]
-    err = capsys.readouterr()
-    assert "1 unparseable answers, 1 failed calls" in err.out
-    assert "failed: item s2: BadRequestError (HTTP 400): This model's maximum context length" in err.err
 
 
 # ---- writes: disk full, permission denied, modes -----------------------------------------------
