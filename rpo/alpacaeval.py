@@ -30,7 +30,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rpo.errors import ConfigError, DataError
+from rpo.errors import USER_ERRORS, ConfigError, DataError
 from rpo.io import read_jsonl, write_json
 from rpo.judge.base import read_samples, scrub_api_key
 from rpo.stats import bootstrap_interval
@@ -213,13 +213,36 @@ def preference_scores(preferences) -> list[float]:
     return scores
 
 
+LEADERBOARD_COLUMNS = ("win_rate", "standard_error", "n_total", "n_wins", "n_wins_base", "n_draws")
+
+
+def _read_frame(path: Path, read, columns, hint: str):
+    """alpaca_eval's output file as a DataFrame with `columns`; DataError naming what is missing."""
+    try:
+        frame = read(path)
+    except (OSError, ValueError) as exc:  # missing, empty, not CSV / JSON
+        raise DataError(f"{path}: cannot read alpaca_eval's output ({type(exc).__name__}: {exc}); {hint}") from exc
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: alpaca_eval's output lacks the column(s) {', '.join(missing)} (found: "
+                        f"{', '.join(map(str, frame.columns))}); {hint}")
+    return frame
+
+
 def _read_results(results_dir: Path, generator: str, annotator: str, seed: int) -> dict:
     import pandas as pd
 
-    leaderboard = pd.read_csv(results_dir / "leaderboard.csv", index_col=0)
+    # Another alpaca_eval version may write other columns: name the file and the columns rather than fail later.
+    hint = (f"is the installed alpaca_eval the pinned one (envs/requirements.txt)? Delete {results_dir} and rerun "
+            "`python -m rpo.alpacaeval evaluate`")
+    leaderboard_path = results_dir / "leaderboard.csv"
+    leaderboard = _read_frame(leaderboard_path, lambda p: pd.read_csv(p, index_col=0), LEADERBOARD_COLUMNS, hint)
+    if generator not in leaderboard.index:
+        raise DataError(f"{leaderboard_path}: no row for generator {generator!r} (rows: "
+                        f"{', '.join(map(str, leaderboard.index))}); {hint}")
     row = leaderboard.loc[generator]
     annotations_path = results_dir / "annotations.json"
-    preferences = pd.read_json(annotations_path)["preference"]
+    preferences = _read_frame(annotations_path, pd.read_json, ("preference",), hint)["preference"]
     scores = preference_scores(preferences)
     if not scores:
         raise DataError(f"{annotations_path}: no parseable preference among {len(preferences)} annotations")
@@ -283,7 +306,7 @@ def main(argv=None) -> int:
         result = run_alpaca_eval(args.model_outputs, args.reference_outputs, args.annotators_config,
                                  output_dir=args.output_dir, caching_path=args.caching_path, base_url=args.base_url,
                                  seed=args.seed)
-    except (ConfigError, DataError, AlpacaEvalError) as exc:
+    except (AlpacaEvalError, *USER_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     write_json(args.summary, result)

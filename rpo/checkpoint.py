@@ -29,8 +29,8 @@ import torch
 
 from rpo.distributed import (all_reduce_sum, barrier, full_state_dicts, gather_objects, load_full_state_dicts,
                              load_sharded_state_dicts, sharded_state_dicts)
-from rpo.errors import ConfigError
-from rpo.io import atomic_path, sha256_json
+from rpo.errors import ConfigError, DataError
+from rpo.io import atomic_path, atomic_write_text, read_text, sha256_json
 from rpo.train_config import RESUME_FREE_KEYS
 
 STATE = "state.pt"  # the unsharded format
@@ -136,30 +136,52 @@ def resume(trainer) -> bool:
         if trainer.env.is_main:  # rows of an attempt killed before its first checkpoint
             truncate_metrics(root / "metrics.jsonl", 0)
         return False
-    # mmap: ranks share the file's pages instead of each holding a copy of the full state
-    state = torch.load(found if found.name == STATE else found / META, weights_only=False, mmap=True,
-                       map_location="cpu")
+    state = _load_state(found if found.name == STATE else found / META, root)
     if state["config_sha256"] != fingerprint(trainer.cfg):
         raise ConfigError(f"{found} belongs to a run with another config; delete {root} to start over")
     if state.get("world_size", 1) != trainer.env.world_size:  # a step's micro-batches depend on it
         raise ConfigError(f"{found} was written by {state.get('world_size', 1)} process(es), this run has "
                           f"{trainer.env.world_size}; resume with as many or delete {root}")
-    if found.name == STATE:
-        load_full_state_dicts(trainer.model, trainer.optimizer, state["model"], state["optimizer"])
-    else:
-        import torch.distributed.checkpoint as dcp
+    try:  # a state that does not fit this run's model must stop it, never half-load
+        if found.name == STATE:
+            load_full_state_dicts(trainer.model, trainer.optimizer, state["model"], state["optimizer"])
+        else:
+            import torch.distributed.checkpoint as dcp
 
-        # The live state dicts give DCP each rank's shard layout; it reads into them in place.
-        model_state, optimizer_state = sharded_state_dicts(trainer.model, trainer.optimizer)
-        shards = {"model": model_state, "optimizer": optimizer_state}
-        dcp.load(shards, checkpoint_id=str(found))
-        load_sharded_state_dicts(trainer.model, trainer.optimizer, shards["model"], shards["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
+            # The live state dicts give DCP each rank's shard layout; it reads into them in place.
+            model_state, optimizer_state = sharded_state_dicts(trainer.model, trainer.optimizer)
+            shards = {"model": model_state, "optimizer": optimizer_state}
+            dcp.load(shards, checkpoint_id=str(found))
+            load_sharded_state_dicts(trainer.model, trainer.optimizer, shards["model"], shards["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][trainer.env.rank])
+    except Exception as exc:  # shapes, missing entries, unreadable shards: nothing to resume from
+        raise DataError(f"{found}: cannot be resumed ({_reason(exc)}); delete {root} to start this run over") from exc
     trainer.step = state["step"]
-    set_rng_state(state["rng"][trainer.env.rank])
     if trainer.env.is_main:
         truncate_metrics(root / "metrics.jsonl", trainer.step)
     return True
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+def _load_state(path: Path, root: Path) -> dict:
+    """The run state of a checkpoint; a file that cannot be read or lacks its keys stops the run (rather
+    than starting over, which would silently throw the finished steps away)."""
+    try:
+        # mmap: ranks share the file's pages instead of each holding a copy of the full state
+        state = torch.load(path, weights_only=False, mmap=True, map_location="cpu")
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise DataError(f"{path}: corrupt checkpoint, cannot be read ({_reason(exc)}); delete {root} to start "
+                        "this run over") from exc
+    keys = ("config_sha256", "step", "scheduler", "rng") + (("model", "optimizer") if path.name == STATE else ())
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DataError(f"{path}: not a complete checkpoint (no {', '.join(missing)}); delete {root} to start "
+                        "this run over")
+    return state
 
 
 def rng_state() -> dict:
@@ -176,7 +198,23 @@ def set_rng_state(state: dict) -> None:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows written after the checkpoint, so a resumed run logs each step once."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+    """Drop metric rows written after the checkpoint, so a resumed run logs each step once. A last line
+    without its newline is a row cut off by the kill (after the checkpoint's step, so dropped too)."""
+    if not path.exists():
+        return
+    text = read_text(path)
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}, line {number}: not a metrics row; delete {path.parent} to start this run "
+                            "over") from None
+        if row_step <= step:
+            rows.append(line)
+    atomic_write_text(path, "".join(r + "\n" for r in rows))

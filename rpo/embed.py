@@ -17,6 +17,7 @@ import argparse
 import functools
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 from rpo.data.records import ASSISTANT, USER, PreferenceRecord, read_records
 from rpo.data.tokenize import TRUNCATION_SIDES, default_truncation, pair_prompt_ids
-from rpo.errors import CacheMismatchError, ConfigError, DataError
+from rpo.errors import CacheMismatchError, ConfigError, DataError, run_cli
 from rpo.io import atomic_path, sha256_file
 from rpo.models import tokenizer_fingerprint
 
@@ -256,14 +257,17 @@ def load_embeddings(path, records_path, embedder_name: str | None, expected_text
     lengths and truncation decide which prompt text was embedded, so they must be the file's.
     """
     path, records_path = Path(path), Path(records_path)
+    recompute = "delete it and recompute it with `python -m rpo.embed` (Snakemake: its embeddings rule)"
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: embeddings file does not exist") from exc
+        raise DataError(f"{path}: embeddings file does not exist; compute it with `python -m rpo.embed`") from exc
     except Exception as exc:  # pickle errors, truncated files, ...
-        raise DataError(f"{path}: not a readable embeddings file: {exc}") from exc
-    if not isinstance(stored, dict) or not {"embeddings", "ids", "meta"} <= set(stored):
-        raise DataError(f"{path}: not an embeddings file (expected keys embeddings, ids, meta)")
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(f"{path}: not a readable embeddings file ({reason}); {recompute}") from exc
+    if not isinstance(stored, dict) or not {"embeddings", "ids", "meta"} <= set(stored) or not isinstance(
+            stored["meta"], dict) or not isinstance(stored["embeddings"], torch.Tensor):
+        raise DataError(f"{path}: not an embeddings file (expected keys embeddings, ids, meta); {recompute}")
     meta = stored["meta"]
     data_sha = sha256_file(records_path)
     if meta.get("data_sha256") != data_sha:
@@ -284,7 +288,7 @@ def load_embeddings(path, records_path, embedder_name: str | None, expected_text
     embeddings = stored["embeddings"]
     if embeddings.ndim != 2 or embeddings.shape[0] != len(stored["ids"]):
         raise DataError(f"{path}: embeddings of shape {tuple(embeddings.shape)} do not match "
-                        f"{len(stored['ids'])} ids")
+                        f"{len(stored['ids'])} ids; {recompute}")
     return embeddings
 
 
@@ -309,4 +313,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -37,7 +37,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
 from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
                              shutdown_distributed)
-from rpo.errors import ConfigError
+from rpo.errors import ConfigError, run_cli
 from rpo.io import read_jsonl, write_jsonl
 from rpo.precision import DTYPES, resolve_precision
 
@@ -312,4 +312,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -9,12 +9,14 @@ Spec kinds (docs/design.md, "Models"):
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import torch
 
-from rpo.errors import ConfigError, DataError
-from rpo.io import atomic_path, sha256_file, sha256_json
+from rpo.errors import ConfigError, DataError, run_cli
+from rpo.io import atomic_path, read_json_object, sha256_file, sha256_json
 from rpo.precision import resolve_precision
 
 EOS_TOKEN = "<|endoftext|>"
@@ -245,11 +247,50 @@ def save_model(model, tokenizer, out_dir) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def _rebuild(folder: Path) -> str:
+    return f"delete {folder} and rerun the step that wrote it"
+
+
 def _check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise DataError(f"{path}: model folder does not exist")
     if not (path / "config.json").is_file():
         raise DataError(f"{path}: not a save_pretrained folder (no config.json)")
+
+
+def _check_safetensors(file: Path, folder: Path) -> None:
+    """The file holds all the bytes its header promises: a cut-off copy is found before anything loads it."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else size
+        header = handle.read(header_size) if header_size <= size - 8 else b""
+    try:
+        tensors = {k: v for k, v in json.loads(header).items() if k != "__metadata__"}
+        needed = 8 + header_size + max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise DataError(f"{file}: not a complete safetensors file (its header is unreadable: truncated or "
+                        f"overwritten); {_rebuild(folder)}") from None
+    if size < needed:
+        raise DataError(f"{file}: truncated weights ({size} of {needed} bytes); {_rebuild(folder)}")
+
+
+def weight_files(path) -> list[Path]:
+    """The folder's weight files (the shards its index lists, if it has one), each checked complete."""
+    path = Path(path)
+    _check_model_folder(path)
+    index = path / WEIGHT_INDEX_NAME
+    if index.is_file():
+        files = [path / name for name in sorted(set(read_json_object(index).get("weight_map", {}).values()))]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise DataError(f"{path}: no safetensors weight file in the model folder; {_rebuild(path)}")
+    for file in files:
+        if not file.is_file():
+            raise DataError(f"{file}: missing weights (listed in {index}); {_rebuild(path)}")
+        _check_safetensors(file, path)
+    return files
 
 
 def load_model(path, dtype="auto", device=None):
@@ -264,12 +305,17 @@ def load_model(path, dtype="auto", device=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    _check_model_folder(path)
+    weight_files(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_precision(dtype, device).weights
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a damaged or foreign folder
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise DataError(f"{path}: cannot load the model ({message}); {_rebuild(path)}") from exc
+    model = model.to(device)
     _ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
@@ -287,11 +333,9 @@ def model_fingerprint(path) -> str:
     Paths outside the folder do not enter, so a copied folder has the same fingerprint.
     """
     path = Path(path)
-    _check_model_folder(path)
+    weight_files(path)
     weights = sorted(p for p in path.iterdir()
                      if p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name == WEIGHT_INDEX_NAME))
-    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in weights):
-        raise DataError(f"{path}: no safetensors weight file in the model folder")
     files = [path / "config.json", *weights]
     return sha256_json({file.name: sha256_file(file) for file in files})
 
@@ -299,7 +343,6 @@ def model_fingerprint(path) -> str:
 def main(argv=None) -> None:
     """python -m rpo.models --spec '{"kind": "small", ...}' --corpus a.jsonl b.jsonl --out DIR"""
     import argparse
-    import json
 
     from rpo.io import read_jsonl
 
@@ -316,4 +359,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -18,6 +18,7 @@ process forms, so the file is the same as one process's (bit for bit on the same
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from rpo.data.records import read_records
 from rpo.data.tokenize import default_truncation, tokenize_records
 from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
                              set_rank_threads, shutdown_distributed)
-from rpo.errors import CacheMismatchError
+from rpo.errors import CacheMismatchError, run_cli
 from rpo.io import atomic_path, sha256_file
 from rpo.models import load_model, model_fingerprint, tokenizer_fingerprint
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
@@ -134,12 +135,18 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
     """Load the cache and refuse it unless it was computed from exactly this data, model and tokenisation,
     and in the trainer's `precision` and layout `packing` (reference and policy log-probs must share their
     numerics)."""
+    recompute = "delete it and recompute it with `python -m rpo.refcache` (Snakemake: its refcache rule)"
     try:
         cache = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise CacheMismatchError(f"{path}: cannot read the reference log-prob cache: {exc}") from exc
+    except Exception as exc:  # missing, truncated (zip), not a torch file (unpickling), ...
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise CacheMismatchError(f"{path}: cannot read the reference log-prob cache ({reason}); {recompute}") from exc
+    if not isinstance(cache, dict) or not isinstance(cache.get("meta"), dict) or any(
+            side not in cache for side in SIDES):
+        raise CacheMismatchError(f"{path}: not a reference log-prob cache (expected the keys meta and "
+                                 f"{', '.join(SIDES)}); {recompute}")
     expected = cache_meta(records_path, model_path, max_length, max_prompt_length, truncation)
-    stored = cache.get("meta", {})
+    stored = cache["meta"]
     wrong = [f"{key}: cache has {stored.get(key)!r}, run has {value!r}" for key, value in expected.items()
              if stored.get(key) != value]
     if wrong:
@@ -159,6 +166,10 @@ def load_reference_cache(path, records_path, model_path, *, max_length, max_prom
             f"{path} holds reference log-probs of {layouts[stored.get('packing', False)]} batches, but the trainer "
             f"scores {layouts[packing]} ones (training.packing: {str(packing).lower()}); recompute it with "
             f"`python -m rpo.refcache{'' if packing else ' --no-packing'}`")
+    short = [side for side in SIDES if len(cache[side]) != stored.get("n", len(cache[side]))]
+    if short:  # the meta matches but the values do not cover every record: a damaged file
+        raise CacheMismatchError(f"{path}: holds {len(cache[short[0]])} {short[0]} log-probs for {stored['n']} "
+                                 f"records; {recompute}")
     if "token_logps" in cache:  # per record, for lookups by record index (rpo.ppo)
         cache["tokens"] = {side: torch.split(cache["token_logps"][side], cache["token_counts"][side].tolist())
                            for side in TOKEN_SIDES}
@@ -195,4 +206,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -386,4 +386,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from rpo.errors import run_cli
+
+    sys.exit(run_cli(main))

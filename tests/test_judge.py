@@ -251,7 +251,7 @@ def test_cli_summary_tokens_cost_and_no_key_in_any_file(api_key, server, tmp_pat
                        server.base_url, "--cache", str(tmp_path / "cache2.sqlite"), "--timeout", "0.5",
                        "--out", str(tmp_path / "x.jsonl"), "--summary", str(tmp_path / "x.json"),
                        "--no-progress"]) == 1
-    assert "judge calls failed" in capsys.readouterr().err
+    assert "judge: HTTP 401 from" in capsys.readouterr().err  # stopped at once: the key was refused
     assert all(h == f"Bearer {api_key}" for h in server.auth_headers)  # the key really was used
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) >= 4

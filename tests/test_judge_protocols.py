@@ -221,7 +221,8 @@ def test_summary_counts_retried_and_failed_items(tmp_path):
         assert run("c", "c.sqlite")[0] == 1  # by default a failure fails the run (rerun pays only for it)
         server.fail(500, times=3)
         code, failed = run("d", "d.sqlite", "--failed-as-no-winner")
-    assert code == 0 and (failed["failed_items"], failed["retried_items"], failed["unparseable"]) == (1, 1, 1)
+    # a call without an answer is a failed item, not an unparseable answer
+    assert code == 0 and (failed["failed_items"], failed["retried_items"], failed["unparseable"]) == (1, 1, 0)
     rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert (rows[0]["failed"], rows[0]["retries"], rows[0]["verdict"]) == (True, 2, "unparseable")
     assert failed["wins"] + failed["losses"] == 5 and failed["n"] == 6  # no-winner counts in the denominator

@@ -261,7 +261,7 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path, cache):
         load_preference_data("jsonl", str(missing), "train")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(GOOD_HH) + "\n{\"chosen\": \n")
-    with pytest.raises(DataError, match=rf"{broken}: cannot load split"):
+    with pytest.raises(DataError, match=rf"{broken}, row 2: invalid JSON \(Expecting value at column 12\)"):
         load_preference_data("hh", str(broken), "train", cache_dir=cache)
     wrong_schema = write_jsonl(tmp_path / "wrong.jsonl", [{"prompt": "p", "chosen": "c"}])
     with pytest.raises(DataError, match=r"wrong\.jsonl: missing column\(s\) \['rejected'\]"):

@@ -2,24 +2,24 @@
 
 Each loader takes a hub id (paper scale) or a local copy in the hub's exact raw format: a single
 data file (read as that split), or a folder laid out like the hub repository (README.md configs or
-{split}.jsonl files, resolved by `datasets` exactly as for the hub).
-Row numbers in messages are 1-based positions within the loaded split.
+{split}.jsonl files, whose files `datasets` resolves exactly as for the hub; rpo.data.raw reads them).
+Row numbers in messages are 1-based positions within the loaded split. Under on_error "skip" a bad row
+(a line that is not JSON, a field of the wrong type, a duplicate id, ...) is counted by its kind in the
+LoadReport (load_report.json) and the log; a file that cannot be read as a whole raises under both.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import datasets
-
-from rpo.data.records import (EvalPrompt, PreferenceRecord, _rows_with_lines, format_turns,
-                              read_eval_prompts, validate_record)
+from rpo.data.raw import Split, open_split
+from rpo.data.records import EvalPrompt, PreferenceRecord, format_turns, read_eval_prompts, validate_record
 from rpo.errors import ConfigError, DataError
+from rpo.io import BadLine
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class SkippedRow:
     row: int          # 1-based position in the split
     kind: str
     detail: str
+    location: str = ""  # the file and line (or row) it came from
 
 
 @dataclass
@@ -72,60 +73,17 @@ class LoadReport:
         return {**asdict(self), "n_skipped": self.n_skipped, "reason_counts": self.reason_counts()}
 
 
-# ---- opening a split -------------------------------------------------------------------------
-
-def _looks_local(path_or_id: str) -> bool:
-    """A missing path that cannot be a hub id ("owner/name") is reported as a missing file."""
-    if path_or_id.startswith(("/", "./", "../", "~")) or path_or_id.count("/") > 1:
-        return True
-    return bool(re.search(r"\.(jsonl?|parquet|gz|bz2|zst|xz)$", path_or_id))
-
-
-def _file_split(split: str) -> str:
-    # A single file is the requested split; keep any slice ("test[:100]") on datasets' "train".
-    return "train" + split[split.index("["):] if "[" in split else "train"
-
-
-def _folder_config(folder: Path, config):
-    """A local folder without named configs is read as the requested config."""
-    if config is None:
-        return None
-    names = datasets.get_dataset_config_names(str(folder))
-    return None if names == ["default"] and config not in names else config
-
-
-def open_split(path_or_id: str, split: str, config=None, cache_dir=None) -> tuple[datasets.Dataset, str]:
-    """Load one split as a `datasets.Dataset`; returns it with the name errors should use.
-
-    A local file or folder is read afresh every time: datasets' cache keys a folder whose README
-    declares its configs (as the hub repositories do) by that declaration, not by the files' bytes,
-    so a raw file rewritten in place would otherwise load as its old rows (the rehearsal found this).
-    """
-    path = Path(path_or_id).expanduser()
-    try:
-        if path.is_file() or path.is_dir():
-            with tempfile.TemporaryDirectory(prefix="rpo-datasets-") as private:
-                local = {"cache_dir": private, "keep_in_memory": True}
-                if path.is_file():
-                    builder = "parquet" if path.name.endswith(".parquet") else "json"
-                    return datasets.load_dataset(builder, data_files=str(path), split=_file_split(split),
-                                                 **local), str(path)
-                return datasets.load_dataset(str(path), name=_folder_config(path, config), split=split,
-                                             **local), f"{path} (split {split!r})"
-        if _looks_local(path_or_id):
-            raise DataError(f"{path_or_id}: no such file or folder")
-        where = f"{path_or_id} (split {split!r})"
-        return datasets.load_dataset(path_or_id, name=config, split=split, cache_dir=cache_dir), where
-    except DataError:
-        raise
-    except Exception as exc:  # datasets raises many types (FileNotFound, Value, Connection, ...)
-        raise DataError(f"{path_or_id}: cannot load split {split!r}: {type(exc).__name__}: {exc}") from exc
-
-
-def _require_columns(dataset, columns, where) -> None:
-    missing = [name for name in columns if name not in dataset.column_names]
+def _require_columns(split: Split, columns) -> None:
+    """A field no row has: the file is of another schema, an error under every on_error policy."""
+    missing = [name for name in columns if name not in split.columns]
     if missing:
-        raise DataError(f"{where}: missing column(s) {missing}; found {dataset.column_names}")
+        raise DataError(f"{split.where}: missing column(s) {missing}; found {sorted(split.columns)}")
+
+
+def _require_fields(row: dict, columns) -> None:
+    missing = [name for name in columns if name not in row]
+    if missing:
+        raise RowProblem("missing field", f"no field {missing[0]!r}")
 
 
 # ---- per-source row parsers: raw row -> (prompt, chosen, rejected, metadata) -----------------
@@ -185,6 +143,9 @@ def tldr_prompt_text(info: dict) -> str:
     if not isinstance(info, dict):
         raise RowProblem("bad info", f"info is {type(info).__name__}, expected an object")
     post, article = info.get("post"), info.get("article")
+    for name, value in (("post", post), ("article", article)):
+        if value is not None and not isinstance(value, str):
+            raise RowProblem("bad info", f"info.{name} is {type(value).__name__}, expected a string")
     if isinstance(post, str) and post.strip():
         body = f"POST: {post.strip()}"
     elif isinstance(article, str) and article.strip():
@@ -209,7 +170,7 @@ def _tldr_row(row: dict):
         if not isinstance(summary, dict) or not isinstance(summary.get("text"), str):
             raise RowProblem("bad summaries", f"summaries[{position}] has no text string")
         texts.append(summary["text"].strip())
-    if isinstance(choice, bool) or choice not in (0, 1):
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice not in (0, 1):
         raise RowProblem("bad choice", f"choice must be 0 or 1, got {choice!r}")
     info, extra = row["info"], row.get("extra") or {}
     metadata = {
@@ -267,32 +228,39 @@ def _build_record(source, split, number, where, parsed) -> PreferenceRecord:
         raise RowProblem("identical responses", "chosen and rejected replies are the same text")
     row = {"id": f"{source}-{split}-{number - 1}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
            "metadata": {"source": source, "split": split, **metadata}}
-    return validate_record(row, where, number)
+    return validate_record(row, where, None)
 
 
-def _numbered(dataset):
-    return ((index + 1, row) for index, row in enumerate(dataset))
-
-
-def _collect(numbered_rows, make, report: LoadReport, where: str, on_error: str) -> list:
-    """Run `make(row_number, row)` on every (1-based number, row); a bad row raises or is skipped."""
-    out = []
-    for number, row in numbered_rows:
+def _collect(split: Split, make, report: LoadReport, on_error: str) -> list:
+    """Run `make(row_number, location, row)` on every row of the split; a bad row raises or is skipped."""
+    out, where, skip = [], split.where, "set on_error: skip to skip such rows"
+    for number, (location, row) in enumerate(split.rows, start=1):
         report.n_rows += 1
-        try:
-            out.append(make(number, row))
-        except (RowProblem, DataError) as problem:
-            if on_error == "raise":
-                if isinstance(problem, DataError):
-                    raise
-                raise DataError(f"{where}, row {number}: {problem}") from None
-            kind = problem.kind if isinstance(problem, RowProblem) else "invalid record"
-            report.skipped.append(SkippedRow(number, kind, str(problem)))
-            logger.debug("%s, row %d skipped: %s", where, number, problem)
+        if isinstance(row, BadLine):  # its detail already says what to do about it
+            kind, detail, message = row.kind, row.detail, f"{location}: {row.detail} (or {skip})"
+        else:
+            try:
+                out.append(make(number, location, row))
+                continue
+            except RowProblem as exc:
+                kind, detail = exc.kind, str(exc)
+            except DataError as exc:  # a record check, its location in the message
+                kind, detail = "invalid record", str(exc)
+            except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:
+                # a value of a type no parser check foresaw (the raw data is untrusted): still this row's fault
+                kind, detail = "malformed row", f"malformed row: {type(exc).__name__}: {exc}"
+            message = detail if kind == "invalid record" else f"{location}: {detail}; fix the row, or {skip}"
+        if on_error == "raise":
+            raise DataError(message) from None
+        report.skipped.append(SkippedRow(number, kind, detail, location))
+        logger.debug("%s skipped: %s", location, detail)
     report.n_loaded = len(out)
     if report.skipped:
         logger.warning("%s: skipped %d of %d rows %s", where, report.n_skipped, report.n_rows,
                        report.reason_counts())
+        if not out:  # an empty output would only fail later, naming no input
+            raise DataError(f"{where}: all {report.n_rows} rows are bad ({report.reason_counts()}), nothing to "
+                            "load; check that this is the right file and source")
     logger.info("%s: loaded %d rows", where, report.n_loaded)
     return out
 
@@ -306,36 +274,23 @@ def _local_file(path_or_id: str, split: str, suffix: str) -> Path:
     return path
 
 
-def _records_from_jsonl(path: Path, report: LoadReport, on_error: str) -> list[PreferenceRecord]:
-    seen: set[str] = set()
+def _own_records(split: Split, report: LoadReport, on_error: str) -> list[PreferenceRecord]:
+    """Rows of our record schema (sources jsonl and parquet), each id once."""
+    first_at: dict[str, str] = {}
 
-    def make(line, row):
-        record = validate_record(row, path, line)
-        if record.id in seen:
-            raise DataError(f"{path}, row {line}: duplicate id {record.id!r}")
-        seen.add(record.id)
-        return record
-
-    return _collect(_rows_with_lines(path), make, report, str(path), on_error)
-
-
-def _records_from_parquet(path: Path, report: LoadReport, on_error: str, cache_dir) -> list[PreferenceRecord]:
-    dataset, where = open_split(str(path), "train", cache_dir=cache_dir)
-    seen: set[str] = set()
-
-    def make(number, row):
-        if isinstance(row.get("metadata"), str):  # metadata may be stored as JSON text
+    def make(number, location, row):
+        if isinstance(row.get("metadata"), str):  # Parquet may store metadata as JSON text
             try:
                 row = {**row, "metadata": json.loads(row["metadata"])}
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}, row {number}: metadata is not valid JSON: {exc.msg}") from exc
-        record = validate_record(row, where, number)
-        if record.id in seen:
-            raise DataError(f"{where}, row {number}: duplicate id {record.id!r}")
-        seen.add(record.id)
+                raise RowProblem("bad metadata", f"metadata is not valid JSON: {exc.msg}") from None
+        record = validate_record(row, location, None)
+        if record.id in first_at:
+            raise RowProblem("duplicate id", f"id {record.id!r} is already at {first_at[record.id]}")
+        first_at[record.id] = location
         return record
 
-    return _collect(_numbered(dataset), make, report, where, on_error)
+    return _collect(split, make, report, on_error)
 
 
 def load_preference_data(source: str, path_or_id: str | None, split: str, on_error: str = "raise",
@@ -344,7 +299,8 @@ def load_preference_data(source: str, path_or_id: str | None, split: str, on_err
 
     source: "hh", "tldr", "ultrafeedback" (raw hub schema; `path_or_id` None means the paper's hub
     id), "jsonl" or "parquet" (our record schema; a folder means `{folder}/{split}.jsonl`).
-    on_error: "raise" (first bad row raises DataError) or "skip" (bad rows counted in the report).
+    on_error: "raise" (first bad row raises DataError) or "skip" (bad rows counted in the report by
+    kind; a file that cannot be read as a whole, rpo.data.raw, raises under both).
     config: the hub config name (default "comparisons" for tldr, none otherwise).
     Record ids are f"{source}-{split}-{row_index}" (0-based index in the split), stable under skips.
     """
@@ -357,20 +313,19 @@ def load_preference_data(source: str, path_or_id: str | None, split: str, on_err
             raise ConfigError(f"path: source {source!r} needs a file or folder")
         path_or_id = HUB_IDS[source]
     report = LoadReport(source, str(path_or_id), split)
-    if source == "jsonl":
-        return _records_from_jsonl(_local_file(path_or_id, split, ".jsonl"), report, on_error), report
-    if source == "parquet":
-        path = _local_file(path_or_id, split, ".parquet")
-        return _records_from_parquet(path, report, on_error, cache_dir), report
+    if source in ("jsonl", "parquet"):
+        path = _local_file(path_or_id, split, f".{source}")
+        return _own_records(open_split(str(path), "train"), report, on_error), report
     parse_row, columns = _RAW_SOURCES[source]
     config = DEFAULT_CONFIGS.get(source) if config is _DEFAULT else config
-    dataset, where = open_split(path_or_id, split, config, cache_dir)
-    _require_columns(dataset, columns, where)
+    opened = open_split(path_or_id, split, config, cache_dir)
+    _require_columns(opened, columns)
 
-    def make(number, row):
-        return _build_record(source, split, number, where, parse_row(row))
+    def make(number, location, row):
+        _require_fields(row, columns)
+        return _build_record(source, split, number, location, parse_row(row))
 
-    return _collect(_numbered(dataset), make, report, where, on_error), report
+    return _collect(opened, make, report, on_error), report
 
 
 def load_eval_prompts(source: str = "alpaca_eval", path_or_id: str | None = None, split: str = "eval",
@@ -379,7 +334,7 @@ def load_eval_prompts(source: str = "alpaca_eval", path_or_id: str | None = None
 
     source "alpaca_eval" reads the raw hub schema (instruction, output, generator, dataset);
     "jsonl" reads our EvalPrompt rows. metadata["instruction"] keeps the raw instruction verbatim,
-    because AlpacaEval matches model outputs to its references by that exact text.
+    because AlpacaEval matches model outputs to its references by that exact text (so each occurs once).
     """
     if source == "jsonl":
         return read_eval_prompts(_local_file(path_or_id, split, ".jsonl"))
@@ -387,19 +342,26 @@ def load_eval_prompts(source: str = "alpaca_eval", path_or_id: str | None = None
         raise ConfigError(f"source: unknown eval source {source!r}; known: alpaca_eval, jsonl")
     path_or_id = HUB_IDS[source] if path_or_id is None else path_or_id
     config = DEFAULT_CONFIGS[source] if config is _DEFAULT else config
-    dataset, where = open_split(path_or_id, split, config, cache_dir)
-    _require_columns(dataset, ("instruction", "output"), where)
+    opened = open_split(path_or_id, split, config, cache_dir)
+    _require_columns(opened, ("instruction", "output"))
+    first_at: dict[str, str] = {}
 
-    def make(number, row):
+    def make(number, location, row):
+        _require_fields(row, ("instruction", "output"))
         instruction, output = row["instruction"], row["output"]
-        if not isinstance(instruction, str) or not instruction.strip():
+        if instruction is not None and not isinstance(instruction, str):
+            raise RowProblem("bad instruction", f"instruction is {type(instruction).__name__}, expected a string")
+        if not instruction or not instruction.strip():
             raise RowProblem("empty instruction", "instruction is missing or blank")
         if not isinstance(output, str):
             raise RowProblem("bad output", f"output is {type(output).__name__}, expected a string")
+        if instruction in first_at:
+            raise RowProblem("duplicate instruction", f"the same instruction is already at {first_at[instruction]}")
+        first_at[instruction] = location
         metadata = {"source": source, "split": split, "task": "instruction", "truncation": "keep_end",
                     "instruction": instruction, "generator": row.get("generator"),
                     "dataset": row.get("dataset")}
         return EvalPrompt(f"{source}-{split}-{number - 1}", format_turns([("user", instruction.strip())]),
                           output, metadata)
 
-    return _collect(_numbered(dataset), make, LoadReport(source, str(path_or_id), split), where, "raise")
+    return _collect(opened, make, LoadReport(source, str(path_or_id), split), "raise")

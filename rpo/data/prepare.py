@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from rpo.data.records import write_eval_prompts, write_records
-from rpo.errors import ConfigError, DataError
+from rpo.errors import USER_ERRORS, ConfigError
 from rpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         parser.error(f"--data-config: invalid JSON: {exc.msg}")
     try:
         prepare(data_config, args.out)
-    except (ConfigError, DataError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,11 +8,10 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from rpo.errors import DataError
-from rpo.io import read_jsonl, write_jsonl
+from rpo.io import read_jsonl_numbered, write_jsonl
 
 USER = "\n<|user|>\n"
 ASSISTANT = "\n<|assistant|>\n"
@@ -73,7 +72,7 @@ def format_turns(turns: Sequence[tuple[str, str]]) -> str:
 
 
 def _where(source, line) -> str:
-    return f"{source}, row {line}"
+    return source if line is None else f"{source}, row {line}"  # line None: `source` is the whole location
 
 
 def _require_str(row: dict, name: str, where: str, *, non_blank: bool) -> str:
@@ -126,11 +125,8 @@ def validate_eval_prompt(row, source, line) -> EvalPrompt:
 
 
 def _rows_with_lines(path) -> list[tuple[int, dict]]:
-    """read_jsonl skips blank lines; pair each row with its real 1-based line number."""
-    rows = read_jsonl(path)
-    text = Path(path).read_text(encoding="utf-8")
-    lines = [number for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    return list(zip(lines, rows))
+    """Each row with its real 1-based line number (read_jsonl skips blank lines)."""
+    return read_jsonl_numbered(path)
 
 
 def _check_unique_ids(items, path, lines) -> None:

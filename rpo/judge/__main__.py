@@ -23,7 +23,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from rpo.errors import ConfigError, DataError
+from rpo.errors import USER_ERRORS, ConfigError
 from rpo.io import write_json, write_jsonl
 from rpo.judge.base import TASKS, Judge, JudgeAPIError, judge_samples, read_samples
 from rpo.judge.cache import JudgeCache
@@ -116,13 +116,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (JudgeAPIError, ConfigError, DataError) as exc:
+    except (JudgeAPIError, *USER_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     rate = "n/a" if summary["win_rate"] is None else f"{100 * summary['win_rate']:.2f}%"
     print(f"{summary['run']}: win rate {rate} over {summary['n']} prompts "
           f"({summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses, "
-          f"{summary['unparseable']} unparseable)")
+          f"{summary['unparseable']} unparseable answers, {summary['failed_items']} failed calls)")
+    for failure in summary["failures"]:
+        print(f"failed: item {failure['id']}: {failure['error']}", file=sys.stderr)
     return 0
 
 

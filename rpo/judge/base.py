@@ -59,7 +59,8 @@ class Judgment:
     raw: str  # the judge's full answer
     cached: bool = False  # answered from the annotation cache, no call made
     retries: int = 0  # failed attempts before the answer (compare.py makes one attempt: any retry = no winner there)
-    failed: bool = False  # no answer after every attempt, counted as no winner (OpenAIJudge failed_as_no_winner)
+    failed: bool = False  # no answer (refused, or every attempt failed), counted as no winner
+    error: str = ""  # why a failed call failed, e.g. "HTTP 400: ... maximum context length ..."
 
 
 class Judge(abc.ABC):
@@ -155,10 +156,13 @@ SAMPLE_FIELDS = ("id", "prompt", "response", "chosen")
 def read_samples(path, required: Sequence[str] = SAMPLE_FIELDS, metadata_fields: Sequence[str] = ()) -> list[dict]:
     """Rows of a samples JSONL file (rpo.generate's output), checked for the (string) fields needed."""
     numbered = _rows_with_lines(path)
+    if not numbered:  # judged, it would give a summary of n = 0 that looks like a finished run
+        raise DataError(f"{path}: no samples; regenerate it (delete it and rerun the generate step)")
     for line, row in numbered:
         problem = _row_problem(row, required) or _row_problem(row.get("metadata") or {}, metadata_fields, "metadata.")
         if problem:
-            raise DataError(f"{path}, line {line}: {problem}")
+            raise DataError(f"{path}, line {line}: {problem}; regenerate the samples (delete the file and rerun "
+                            "the generate step)")
     return [row for _, row in numbered]
 
 
@@ -211,6 +215,7 @@ def judge_samples(samples: Sequence[dict], task: str, judge: Judge, seed: int) -
             "cached": j.cached,
             "retries": j.retries,
             "failed": j.failed,
+            "error": j.error,
         }
         for item_id, s, first, j in zip(ids, samples, orders, judgments)
     ]

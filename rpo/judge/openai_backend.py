@@ -8,8 +8,11 @@ retries it took, so the public code's reading (any retried item = no winner) can
 Other items keep going; when all are done, a JudgeAPIError names the items that still failed, or,
 with `failed_as_no_winner`, they are recorded as failed, unparseable answers (the public code's
 reading; not cached, so a rerun asks again). Every answer received is already in the cache, so
-rerunning pays only for the failed items. The API key is read from OPENAI_API_KEY only and never
-written anywhere; error messages are scrubbed of it.
+rerunning pays only for the failed items. A 401, 403 or 404 stops the run at once, without retries
+(a ConfigError saying what to fix): every other item would be refused the same way. A 400, 413 or 422
+refuses only that request (e.g. a prompt over the model's context): the item is recorded as failed with
+its reason (a non-win, not cached) and the others go on. The API key is read from OPENAI_API_KEY only and
+never written anywhere; error messages are scrubbed of it.
 """
 from __future__ import annotations
 
@@ -40,6 +43,13 @@ PRICES_PER_MILLION = {
     "gpt-4-0125-preview": (10.0, 30.0),
 }
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
+# The endpoint refused this one request (e.g. 400: a prompt over the model's context): that item fails with
+# its reason and the others go on. A 401/403/404 would be refused for every item: it stops the run at once.
+REFUSED_STATUSES = (400, 413, 422)
+FATAL = {401: "the API key was refused (the judge reads it from OPENAI_API_KEY); set a valid key",
+         403: "this API key may not use model {model!r}; use a key with access to it, or another judge model",
+         404: "no model {model!r} at this endpoint (or no chat-completions route there); check the judge model "
+              "name and the base URL"}
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
@@ -88,6 +98,7 @@ class OpenAIJudge(Judge):
         self.progress = progress
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
+        self._stopped = threading.Event()  # set on a 401/403/404: workers start no further call
         self._usage = {"api_calls": 0, "cached": 0, "input_tokens": 0, "output_tokens": 0}
 
     def usage(self) -> dict:
@@ -122,11 +133,13 @@ class OpenAIJudge(Judge):
                     except ConfigError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - recorded, reported once all items are done
-                        if self.failed_as_no_winner:
+                        reason = _reason(exc)
+                        refused = getattr(exc, "status_code", None) in REFUSED_STATUSES
+                        if refused or self.failed_as_no_winner:
                             retries = getattr(exc, "judge_attempts", self.max_attempts) - 1
-                            results[index] = Judgment("unparseable", "", retries=retries, failed=True)
+                            results[index] = Judgment("unparseable", "", retries=retries, failed=True, error=reason)
                             continue
-                        failures.append((items[index].id, scrub_api_key(f"{type(exc).__name__}: {exc}")))
+                        failures.append((items[index].id, reason))
             except BaseException:
                 # Ctrl-C or a config error: finish the calls in flight (their answers get cached), start no more.
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -149,6 +162,8 @@ class OpenAIJudge(Judge):
                     self._usage["cached"] += 1
                 raw, attempts = entry
                 return Judgment(parse_answer(self.protocol, item.task, raw), raw, cached=True, retries=attempts - 1)
+        if self._stopped.is_set():  # the run is stopping: this item's future is about to be dropped
+            raise ConfigError("judge: stopped by an earlier refusal")
         messages = render_messages(self.protocol, item.task, item.prompt, item.response_a, item.response_b)
         raw, input_tokens, output_tokens, attempts = self._call_with_retries(messages)
         if self.cache is not None:
@@ -169,7 +184,16 @@ class OpenAIJudge(Judge):
                     exc.judge_attempts = attempt + 1
                     raise
                 time.sleep(self._backoff(attempt))
-            except openai.OpenAIError as exc:  # not retried: a 4xx cannot succeed on a second try
+            except openai.APIStatusError as exc:  # not retried: a 4xx cannot succeed on a second try
+                if exc.status_code in FATAL:
+                    self._stopped.set()
+                    raise ConfigError(f"judge: HTTP {exc.status_code} from {client.base_url}: "
+                                      f"{FATAL[exc.status_code].format(model=self.model)} (server: "
+                                      f"{_server_message(exc)}); "
+                                      "answers received so far are cached") from None
+                exc.judge_attempts = attempt + 1
+                raise
+            except openai.OpenAIError as exc:
                 exc.judge_attempts = attempt + 1
                 raise
         usage = response.usage
@@ -185,3 +209,15 @@ class OpenAIJudge(Judge):
     def _backoff(self, attempt: int) -> float:
         # Jitter spreads out threads that hit the same rate limit at the same moment.
         return random.uniform(0.5, 1.0) * min(self.backoff_max, self.backoff_base * 2**attempt)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body.get("message", exc.body) if isinstance(exc.body, dict) else exc.message
+    return scrub_api_key(" ".join(str(body).split())[:300])
+
+
+def _reason(exc: Exception) -> str:
+    """One line on why a call failed, the API key masked: "BadRequestError (HTTP 400): <the server's words>"."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"{type(exc).__name__} (HTTP {exc.status_code}): {_server_message(exc)}"
+    return scrub_api_key(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])

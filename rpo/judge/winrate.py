@@ -19,8 +19,13 @@ def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = N_RESAMP
     """`judgments`: outcome strings or judgment rows with a "verdict" key (one of OUTCOMES).
 
     Returns n, wins, ties, losses, unparseable, win_rate, ci_low, ci_high (the rates are None for n = 0).
+    unparseable counts answers without a verdict; a row marked failed (no answer at all: attempt_counts'
+    failed_items) is a non-win too but is not counted there, so n = wins + ties + losses + unparseable + failed.
     """
+    judgments = list(judgments)
     outcomes = [j if isinstance(j, str) else j["verdict"] for j in judgments]
+    failed = sum(1 for j, o in zip(judgments, outcomes)
+                 if o == "unparseable" and not isinstance(j, str) and j.get("failed", False))
     unknown = sorted(set(outcomes) - set(OUTCOMES))
     if unknown:
         raise DataError(f"judgments: unknown verdicts {unknown}; expected one of {', '.join(OUTCOMES)}")
@@ -31,7 +36,7 @@ def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = N_RESAMP
         "wins": counts["model_win"],
         "ties": counts["tie"],
         "losses": counts["chosen_win"],
-        "unparseable": counts["unparseable"],
+        "unparseable": counts["unparseable"] - failed,
         "win_rate": None,
         "ci_low": None,
         "ci_high": None,
@@ -46,8 +51,10 @@ def summarize(judgments: Iterable, *, seed: int = 0, n_resamples: int = N_RESAMP
 
 def attempt_counts(rows: Iterable[dict]) -> dict:
     """retried_items: items whose answer took more than one attempt; failed_items: items with no answer
-    after every attempt (counted as no winner). The public code makes one attempt and reads any failure
-    as no winner, so its count would treat every retried item as unparseable."""
+    (the request was refused, or every attempt failed; counted as no winner), and each one's id and error in
+    failures. The public code makes one attempt and reads any failure as no winner, so its count would treat
+    every retried item as unparseable."""
     rows = list(rows)
+    failures = [{"id": r["id"], "error": r.get("error", "")} for r in rows if r.get("failed", False)]
     return {"retried_items": sum(1 for r in rows if r.get("retries", 0) > 0),
-            "failed_items": sum(1 for r in rows if r.get("failed", False))}
+            "failed_items": len(failures), "failures": failures}

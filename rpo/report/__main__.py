@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from rpo.config import validate_config
-from rpo.errors import ConfigError, DataError
+from rpo.errors import USER_ERRORS, ConfigError, DataError
 from rpo.pipeline import ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults
 from rpo.report import figures, regime, tables
 from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_trained_runs, load_metrics
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             written.append(write_weight_example(args))
         elif args.command == "heatmap":
             written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out)
-    except (DataError, ConfigError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for path in written:

@@ -140,6 +140,7 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
                 raise DataError(f"{path}: names run {result.get('run')!r} of task {result.get('task')!r}, "
                                 f"expected {run!r} of {task!r}")
             _check_fraction(result, ("win_rate", "ci_low", "ci_high"), path)
+            _check_judged_samples(judgments_dir / f"{run}.jsonl", results_dir / task / "samples" / f"{run}.jsonl")
             config = read_run_config(trained[run], run, task)
             rows.append({"task": task, "run": run, **config, **{k: result[k] for k in WINRATE_KEYS},
                          "judge_seed": result.get("seed"),
@@ -157,6 +158,28 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
         raise DataError(f"{results_dir}: no judged runs under tasks {', '.join(tasks)}")
     return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS, *WINRATE_KEYS, "judge_seed", "protocol",
                                        "template_sha256", "judgments", "samples"])
+
+
+def _check_judged_samples(judgments: Path, samples: Path) -> None:
+    """Where both exist, the judgments must be of exactly the samples beside them: samples regenerated after
+    judging (another prompt set, other responses) would pair a win rate with responses it never judged.
+    rpo.judge records the prompt and response of every verdict; judgments without them cannot be checked."""
+    if not (judgments.is_file() and samples.is_file()):
+        return
+    judged = {str(row.get("id")): row for row in read_jsonl(judgments)}
+    if not all("prompt" in row and "response" in row for row in judged.values()):
+        return
+    sampled = {str(row.get("id")): row for row in read_jsonl(samples)}
+    only = sorted(set(judged) ^ set(sampled))
+    changed = [i for i in sorted(set(judged) & set(sampled)) if any(
+        judged[i][key] != sampled[i].get(key) for key in ("prompt", "response"))]
+    if not only and not changed:
+        return
+    example = (f"id {only[0]!r} is only in {judgments if only[0] in judged else samples}" if only else
+               f"id {changed[0]!r} has another prompt or response")
+    raise DataError(f"{judgments}: judged {len(judged)} samples, but {samples} holds {len(sampled)} that differ "
+                    f"({example}); the samples changed after judging: delete {judgments} and its .winrate.json "
+                    "and rerun the judge")
 
 
 def _find_run_config(results_dir: Path, run: str) -> tuple[str, Path] | None:
