@@ -23,6 +23,7 @@ SMOKE = {
     "seeds": [1, 2],
     "seeded_methods": ["dpo"],  # DPO pooled over 2 seeds; RPO-paired (1 seed) pairs with its seed 1
     "threads": 1,
+    "fork_server": True,  # the embedded default's launcher, end to end (rpo.launch)
     "mem_mb": 2000,
     "gpus": 0,
     "data": {"source": "world", "tasks": ["dialogue", "summarization"],

@@ -18,6 +18,12 @@ config = validate_config(config)
 # Shell commands call `python -m rpo...`: use the interpreter running Snakemake (`.venv/bin/snakemake`
 # works without an activated venv); with --sdm conda the job's env still comes first on PATH.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+# fork_server: `python -m rpo.<stage>` jobs run as children of one process that imported torch and
+# transformers once (rpo.launch); an environment variable, so no rule, command or param changes with it.
+if config["fork_server"]:
+    os.environ["RPO_FORK_SERVER"] = "1"
+else:
+    os.environ.pop("RPO_FORK_SERVER", None)
 
 RESULTS = config["results_dir"]
 DATA = f"{RESULTS}/data"
