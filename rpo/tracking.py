@@ -24,8 +24,10 @@ def trl_name(key: str) -> str:
 
 
 def scalars(row: dict) -> dict[str, float]:
-    """A metrics.jsonl row as the trackers log it: TRL's names, the step left out (it is the x axis)."""
-    return {trl_name(k): float(v) for k, v in row.items() if k != "step"}
+    """A metrics.jsonl row as the trackers log it: TRL's names, the step left out (it is the x axis), and
+    the end-of-training loss-logit histogram too (32 bin counts: a record for rpo.report.regime, not a
+    curve to watch)."""
+    return {trl_name(k): float(v) for k, v in row.items() if k != "step" and not k.startswith("logits/hist")}
 
 
 def check_report_to(value) -> list[str]:

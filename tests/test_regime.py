@@ -70,7 +70,9 @@ def test_histogram_quantiles_interpolate_within_bins():
 def test_regime_table_numbers_equal_the_inputs(seeded):
     table = regime(collect_runs(seeded), DEFAULTS)
     data = table.data
-    assert "SFT" not in set(data["label"])  # the reference, not a row
+    sft = row_of(data, task="dialogue", method="sft")  # the reference row
+    assert sft["log_ratio"] == 0.0 and np.isnan(sft["identical_sft"]) and sft["identical_dpo"] == 0.75
+    assert np.isnan(sft["saturated"]) and sft["runs"] == "sft_seed1"
     rpo = row_of(data, task="dialogue", method="rpo-paired")
     assert rpo["n_seeds"] == 2 and rpo["saturated"] == 0.25
     assert rpo["logit_q50"] == pytest.approx(0.125)

@@ -72,7 +72,7 @@ def test_every_table_has_its_rows(rehearsal):
             body = list(csv.DictReader(f))
         expected = {(task, run.name) for task, run in table_runs(config, table)}
         assert {(r["task"], r.get("runs") or r["run"]) for r in body} == expected, table
-        assert all(0 <= float(r["win_rate"]) <= 1 for r in body), table
+        assert all(0 <= float(r["win_rate"]) <= 1 for r in body if "win_rate" in r), table  # not regime's
 
 
 def test_the_pad_eos_tokenizer_keeps_eos_in_the_labels_and_trains(rehearsal):

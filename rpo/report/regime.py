@@ -21,11 +21,10 @@ import pandas as pd
 from rpo.diagnostics import HIST_EDGES
 from rpo.errors import DataError
 from rpo.io import read_jsonl
-from rpo.pipeline import TABLE1_METHODS, WEIGHTING_ABLATIONS, Defaults
+from rpo.pipeline import Defaults
 from rpo.report.collect import load_metrics
 from rpo.report.tables import METHOD_LABELS, TASK_NOTE, Table, _method_order, percent, select
 
-METHODS = tuple(m for m in (*TABLE1_METHODS, *WEIGHTING_ABLATIONS) if m != "sft")
 MATCHED_LABEL = "DPO at RPO-Paired's beta_eff"
 N_BINS = len(HIST_EDGES) - 1
 
@@ -92,14 +91,16 @@ def histogram_quantiles(counts: np.ndarray, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) ->
 def _run_diagnostics(row, sft: dict, dpo: dict | None) -> dict:
     results = Path(row["judgments"]).parents[2]
     samples = read_samples(row["samples"])
+    is_sft = row["method"] == "sft"  # the reference row: no loss logits, log-ratio 0 by definition
     return {**logit_summary(load_metrics(results, row["task"], row["run"]), results / row["task"] / "models" / row["run"]),
-            "log_ratio": mean_log_ratio(samples, sft, row["samples"]),
+            "log_ratio": 0.0 if is_sft else mean_log_ratio(samples, sft, row["samples"]),
             "identical_dpo": None if dpo is None else identical_share(samples, dpo),
-            "identical_sft": identical_share(samples, sft)}
+            "identical_sft": None if is_sft else identical_share(samples, sft)}
 
 
 def regime(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
-    """One row per (model, task, method) of Table 1 and the weighting ablations, plus the matched-beta control."""
+    """One row per (model, task, method) of Table 1 and the weighting ablations, plus the matched-beta
+    control; SFT's row is the reference (log-ratio 0, its samples' share identical to DPO's)."""
     selected = select(runs, "regime", defaults)
     matched = selected["beta_of"].notna()
     selected = selected.assign(label=np.where(matched, MATCHED_LABEL, selected["method"].map(METHOD_LABELS)),
@@ -112,7 +113,7 @@ def regime(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
         sft = read_samples(sft_rows.iloc[0]["samples"])
         dpo_by_seed = {int(r["seed"]): read_samples(r["samples"]) for _, r in block[
             (block["method"] == "dpo") & block["beta_of"].isna()].iterrows()}
-        for label, cell in block[block["method"] != "sft"].sort_values(["order", "seed"]).groupby("label", sort=False):
+        for label, cell in block.sort_values(["order", "seed"]).groupby("label", sort=False):
             is_dpo = label == METHOD_LABELS["dpo"]
             per_seed = [_run_diagnostics(r, sft, None if is_dpo else dpo_by_seed.get(int(r["seed"])))
                         for _, r in cell.iterrows()]
@@ -121,14 +122,14 @@ def regime(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
             q = histogram_quantiles(counts) if n else [float("nan")] * 5
             ratios = [d["log_ratio"] for d in per_seed]
             same_dpo = [d["identical_dpo"] for d in per_seed if d["identical_dpo"] is not None]
-            same_sft = [d["identical_sft"] for d in per_seed]
+            same_sft = [d["identical_sft"] for d in per_seed if d["identical_sft"] is not None]
             item = {"task": task, "model": model, "method": cell["method"].iloc[0], "label": label,
-                    "n_seeds": len(cell), "loss_end": float(np.mean([d["loss"] for d in per_seed])),
+                    "runs": ", ".join(cell["run"]), "n_seeds": len(cell), "loss_end": float(np.mean([d["loss"] for d in per_seed])),
                     "logit_q05": q[0], "logit_q25": q[1], "logit_q50": q[2], "logit_q75": q[3], "logit_q95": q[4],
                     "saturated": sum(d["n_saturated"] for d in per_seed) / n if n else float("nan"),
                     "log_ratio": float(np.mean(ratios)), "log_ratio_low": min(ratios), "log_ratio_high": max(ratios),
                     "identical_dpo": float(np.mean(same_dpo)) if same_dpo else float("nan"),
-                    "identical_sft": float(np.mean(same_sft))}
+                    "identical_sft": float(np.mean(same_sft)) if same_sft else float("nan")}
             data.append(item)
             lines.append({"task": task, "model": model, "method": label, "seeds": len(cell),
                           "loss (end)": "n/a" if not n else f"{item['loss_end']:.3f}",
@@ -136,9 +137,9 @@ def regime(runs: pd.DataFrame, defaults: Defaults = Defaults()) -> Table:
                           "|x| > 1 (%)": "n/a" if not n else percent(item["saturated"]),
                           "log-ratio, test chosen (nats)": _spread(ratios, "{:+.2f}"),
                           "identical to DPO (%)": "-" if not same_dpo else _spread(same_dpo, "{:.1f}", 100),
-                          "identical to SFT (%)": _spread(same_sft, "{:.1f}", 100)})
-    if not lines:
-        raise DataError("regime: no preference runs")
+                          "identical to SFT (%)": "-" if not same_sft else _spread(same_sft, "{:.1f}", 100)})
+    if len(lines) == selected.groupby(["model", "task"], dropna=False).ngroups:
+        raise DataError("regime: no preference runs beside SFT")
     notes = ["Loss logits: the argument of each contrast's -log sigmoid (beta*S_ii for DPO and cDPO, beta*w_ij*S_ij "
              "over the whole matrix for RPO, beta*S_ij for the uniform and diagonal variants, KTO's two sigmoid "
              "arguments; IPO: beta*S_ii, its loss being squared), over the last 10% of training steps, seeds "

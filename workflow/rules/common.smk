@@ -20,10 +20,7 @@ config = validate_config(config)
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 # fork_server: `python -m rpo.<stage>` jobs run as children of one process that imported torch and
 # transformers once (rpo.launch); an environment variable, so no rule, command or param changes with it.
-if config["fork_server"]:
-    os.environ["RPO_FORK_SERVER"] = "1"
-else:
-    os.environ.pop("RPO_FORK_SERVER", None)
+os.environ.update(RPO_FORK_SERVER="1" if config["fork_server"] else "0")
 
 RESULTS = config["results_dir"]
 DATA = f"{RESULTS}/data"
