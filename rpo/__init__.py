@@ -16,11 +16,16 @@ def _hand_over_to_fork_server() -> None:
         return
     if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank: start as usual
         return
-    from rpo.launch import STAGES, run
+    from rpo.launch import STAGES, ServerUnavailable, run
 
     module = argv[2]
     if module in STAGES and not os.environ.get("RPO_FORK_CHILD"):
-        sys.exit(run(module, argv[3:]))
+        try:
+            code = run(module, argv[3:])
+        except ServerUnavailable as exc:  # not handed over: start the stage here, as without the switch
+            print(f"rpo.launch: {exc}; running {module} in this process", file=sys.stderr)
+            return
+        sys.exit(code)
 
 
 _hand_over_to_fork_server()

@@ -64,7 +64,12 @@ def server_key() -> str:
 
 def socket_path(key: str) -> Path:
     folder = Path(tempfile.gettempdir()) / f"rpo-launch-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    if len(str(folder)) > 70:  # a UNIX socket's path must stay under 108 bytes
+        folder = Path("/tmp") / f"rpo-launch-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ServerUnavailable(f"cannot create {folder}: {exc.strerror}") from exc
     return folder / f"{key}.sock"
 
 
@@ -98,6 +103,10 @@ def _read(reader):
 
 
 # -- the job's side ---------------------------------------------------------------------------------
+class ServerUnavailable(RuntimeError):
+    """No server answers and none could be started: the job has not been handed over."""
+
+
 def _connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -113,7 +122,11 @@ def _server(path: Path) -> socket.socket:
     conn = _connect(path)
     if conn is not None:
         return conn
-    with open(path.with_suffix(".lock"), "w") as lock:
+    try:
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError as exc:
+        raise ServerUnavailable(f"cannot create {path.with_suffix('.lock')}: {exc.strerror}") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         conn = _connect(path)
         if conn is None:
@@ -121,12 +134,12 @@ def _server(path: Path) -> socket.socket:
             with open(path.with_suffix(".log"), "ab") as log:
                 subprocess.Popen([sys.executable, "-m", "rpo.launch", "--serve", str(path)], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, start_new_session=True)
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 120
             while conn is None and time.monotonic() < deadline:
                 time.sleep(0.05)
                 conn = _connect(path)
             if conn is None:
-                raise RuntimeError(f"rpo.launch: the fork server did not start; see {path.with_suffix('.log')}")
+                raise ServerUnavailable(f"the fork server did not start; see {path.with_suffix('.log')}")
     return conn
 
 

@@ -2,9 +2,11 @@
 status, directory, environment, umask, arguments and stdin), servers are reused only by jobs of the
 same interpreter, environment and rpo source, and a job killed takes its child with it."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,9 +33,11 @@ sys.exit(int(sys.argv[1]))
 @pytest.fixture
 def probe(tmp_path):
     (tmp_path / "launch_probe.py").write_text(PROBE)
+    sockets = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: a socket path has < 108 bytes
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "RPO_FORK_PRELOAD": "json",
-           "RPO_FORK_IDLE": "5", "PROBE_VALUE": "one", "TMPDIR": str(tmp_path)}
-    return tmp_path, env
+           "RPO_FORK_IDLE": "5", "PROBE_VALUE": "one", "TMPDIR": str(sockets)}
+    yield tmp_path, env
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def launch(tmp_path, env, *args, stdin="hello", cwd=None, umask=None):
@@ -100,11 +104,20 @@ def test_a_killed_job_takes_its_child_with_it(probe):
     assert child != job.pid and not Path(f"/proc/{child}").exists()  # gone (and reaped by the server)
 
 
+def test_without_a_server_a_stage_starts_in_its_own_process(probe, tmp_path):
+    tmp_path, env = probe
+    (Path(env["TMPDIR"]) / f"rpo-launch-{os.getuid()}").write_text("")  # a file where the socket folder goes
+    result = subprocess.run([sys.executable, "-m", "rpo.models", "--help"], capture_output=True, text=True,
+                            env={**env, "RPO_FORK_SERVER": "1"}, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and "usage" in result.stdout
+    assert "running rpo.models in this process" in result.stderr
+
+
 def test_stages_hand_over_when_the_switch_is_on(probe):
     """RPO_FORK_SERVER=1 python -m rpo.<stage> runs in a server's child (rpo/__init__.py): a server socket
     appears under TMPDIR; without the switch the stage runs in its own process and none does."""
     tmp_path, env = probe
-    servers = tmp_path / f"rpo-launch-{os.getuid()}"
+    servers = Path(env["TMPDIR"]) / f"rpo-launch-{os.getuid()}"
     for switch in ("0", "1"):
         result = subprocess.run([sys.executable, "-m", "rpo.models", "--help"], capture_output=True, text=True,
                                 env={**env, "RPO_FORK_SERVER": switch, "RPO_FORK_PRELOAD": "rpo.models"},
