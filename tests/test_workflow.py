@@ -142,7 +142,8 @@ def test_whole_dag_end_to_end_on_tiny_sizes(tmp_path):
     matched = json.loads((results / "tiny/dialogue/models" / control["runs"] / "run.json").read_text())
     assert matched["beta"] == pytest.approx(0.1 * source["contrast_weights"]["mean_diagonal"], rel=1e-12)
     regime = list(csv.DictReader(open(results / "tables/tiny/regime.data.csv")))
-    assert all(0 <= float(row["identical_sft"]) <= 1 for row in regime)
+    assert all(0 <= float(row["identical_sft"]) <= 1 for row in regime if row["method"] != "sft")
+    assert {float(row["log_ratio"]) for row in regime if row["method"] == "sft"} == {0.0}  # the reference
     # dialogue runs the ablations (11 runs + DPO's seed 2 + the control), summarization Table 1's methods (6
     # runs + DPO's seed 2 + the control)
     assert len(list((results / "figures/tiny/curves/dialogue").rglob("*.png"))) == 13
