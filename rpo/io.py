@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -104,6 +105,22 @@ def read_jsonl_numbered(path) -> list[tuple[int, dict]]:
 
 def read_jsonl(path) -> list[dict]:
     return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_once(path, missing: str) -> tuple[dict, ...]:
+    """read_jsonl, read once per process and file version (path, mtime, size): the report reads each
+    judgments and samples file for several checks and cells. The rows are shared: do not change them.
+    A file that is not there is a DataError ending in `missing` (what to do)."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file: {exc.strerror}; {missing}") from exc
+    return _read_jsonl_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_jsonl_version(path: str, *_version) -> tuple[dict, ...]:
+    return tuple(read_jsonl(path))
 
 
 def read_json_object(path) -> dict:

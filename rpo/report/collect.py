@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.io import read_json_object, read_jsonl
+from rpo.io import read_json_object, read_jsonl, read_jsonl_once
 from rpo.losses import REGISTRY
 
 TASKS = ("dialogue", "summarization")
@@ -166,10 +166,10 @@ def _check_judged_samples(judgments: Path, samples: Path) -> None:
     rpo.judge records the prompt and response of every verdict; judgments without them cannot be checked."""
     if not (judgments.is_file() and samples.is_file()):
         return
-    judged = {str(row.get("id")): row for row in read_jsonl(judgments)}
+    judged = {str(row.get("id")): row for row in read_jsonl_once(judgments, "rejudge the run")}
     if not all("prompt" in row and "response" in row for row in judged.values()):
         return
-    sampled = {str(row.get("id")): row for row in read_jsonl(samples)}
+    sampled = {str(row.get("id")): row for row in read_jsonl_once(samples, "regenerate the samples")}
     only = sorted(set(judged) ^ set(sampled))
     changed = [i for i in sorted(set(judged) & set(sampled)) if any(
         judged[i][key] != sampled[i].get(key) for key in ("prompt", "response"))]

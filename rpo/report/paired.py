@@ -12,13 +12,10 @@ McNemar p-value on the prompts where exactly one of the two wins.
 """
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.io import read_jsonl
+from rpo.io import read_jsonl_once
 from rpo.stats import hierarchical_interval, mcnemar_exact, paired_difference
 
 PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
@@ -30,22 +27,14 @@ POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model"
 
 def wins_by_prompt(run) -> dict[str, float]:
     """prompt id -> 1.0 if the run's response won, else 0.0 (ties and losses are non-wins, as in win rates)."""
-    try:
-        stat = os.stat(run["judgments"])
-    except OSError as exc:
-        raise DataError(f"{run['judgments']}: cannot read the per-prompt verdicts of {run['task']}/{run['run']}: "
-                        f"{exc.strerror}; rejudge the run") from exc
-    return dict(_wins(run["judgments"], int(run["n"]), int(run["wins"]), stat.st_mtime_ns, stat.st_size))
-
-
-@lru_cache(maxsize=None)  # a baseline's verdicts are compared with every row of a table: read them once
-def _wins(path: str, n: int, wins: int, *_version) -> tuple[tuple[str, float], ...]:
-    judged = read_jsonl(path)
+    path, n, wins = run["judgments"], int(run["n"]), int(run["wins"])
+    # read once: a baseline's verdicts are compared with every row of a table
+    judged = read_jsonl_once(path, f"rejudge {run['task']}/{run['run']}")
     won = sum(row.get("verdict") == "model_win" for row in judged)
     if (len(judged), won) != (n, wins):
         raise DataError(f"{path}: {len(judged)} verdicts with {won} wins, but its winrate.json says n={n}, "
                         f"wins={wins}: rejudge this run")
-    return tuple((row["id"], float(row.get("verdict") == "model_win")) for row in judged)
+    return {row["id"]: float(row.get("verdict") == "model_win") for row in judged}
 
 
 def _seed_matrix(group: pd.DataFrame, seeds: list, prompts: list | None = None) -> tuple[list, list[list[float]]]:

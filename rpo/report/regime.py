@@ -11,8 +11,6 @@ Per method and task, seeds pooled (rpo.diagnostics says what the trainer records
 """
 from __future__ import annotations
 
-import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pandas as pd
 
 from rpo.diagnostics import HIST_EDGES
 from rpo.errors import DataError
-from rpo.io import read_jsonl
+from rpo.io import read_jsonl_once
 from rpo.pipeline import Defaults
 from rpo.report.collect import load_metrics
 from rpo.report.tables import METHOD_LABELS, TASK_NOTE, Table, _method_order, percent, select
@@ -29,22 +27,13 @@ MATCHED_LABEL = "DPO at RPO-Paired's beta_eff"
 N_BINS = len(HIST_EDGES) - 1
 
 
-@lru_cache(maxsize=None)
-def _samples(path: str, *_version) -> dict[str, dict]:
-    rows = read_jsonl(path)
+def read_samples(path) -> dict[str, dict]:
+    """id -> sample row of one samples file (read once per process and file version: rpo.io)."""
+    rows = read_jsonl_once(path, "regenerate the samples")
     missing = [i for i, row in enumerate(rows, 1) if "id" not in row or "response" not in row]
     if missing:
         raise DataError(f"{path}: row {missing[0]} has no 'id' or 'response'; regenerate the samples")
     return {row["id"]: row for row in rows}
-
-
-def read_samples(path) -> dict[str, dict]:
-    """id -> sample row of one samples file (read once per process and file version)."""
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the samples file: {exc.strerror}; regenerate it") from exc
-    return _samples(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def identical_share(a: dict, b: dict) -> float:
