@@ -15,6 +15,7 @@ shards, rpo.checkpoint); metrics are global (all ranks).
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import math
@@ -187,14 +188,14 @@ class Trainer:
         """Forward and backward of every micro-batch of this step (this rank's share); global metrics."""
         accum, paired = self.cfg["gradient_accumulation_steps"], self.loss.batching != "unpaired"
         stats: dict[str, list] = {}
-        counts: dict[str, float] = {}  # loss-logit counts (rpo.diagnostics): summed, not averaged
+        counts = collections.Counter()  # loss-logit counts (rpo.diagnostics): summed, not averaged
         at_end = self.step + 1 >= self.final_step
         n_tokens = 0
         if self.cfg["contrast_scope"] == "global":
             out, pc, pr, n_tokens = self.global_scope_backward()
             _accumulate(stats, out, pc, pr, paired=paired)
             if self.env.is_main:  # every rank holds the same global matrix: count it once
-                _add(counts, diagnostics.logit_metrics(out.logits, at_end))
+                counts.update(diagnostics.logit_metrics(out.logits, at_end))
         else:
             mine = local_micro_batches(self.plan, self.step, accum, self.env)
             for k, (chosen_idx, rejected_idx) in enumerate(mine):
@@ -203,7 +204,7 @@ class Trainer:
                     (out.loss / accum).backward()
                 n_tokens += tokens
                 _accumulate(stats, out, pc, pr, paired=paired)
-                _add(counts, diagnostics.logit_metrics(out.logits, at_end))
+                counts.update(diagnostics.logit_metrics(out.logits, at_end))
         # Means over micro-batches of all ranks; a non-finite loss anywhere stops every rank here.
         sums = [x for k in METRIC_KEYS for x in (sum(stats.get(k, [])), len(stats.get(k, [])))]
         count_keys = diagnostics.logit_keys()
@@ -349,11 +350,6 @@ class Trainer:
                     "global_batch_size": cfg["batch_size"] * cfg["gradient_accumulation_steps"] * world})
             shutil.rmtree(cfg["checkpoint_dir"], ignore_errors=True)
         barrier(self.env)
-
-
-def _add(counts: dict, row: dict) -> None:
-    for key, value in row.items():
-        counts[key] = counts.get(key, 0.0) + value
 
 
 def _accumulate(stats: dict, out, pc, pr, paired: bool) -> None:
