@@ -177,3 +177,19 @@ def test_one_gpu_dry_run_plans_table1_and_the_tau_grid_on_one_gpu(tmp_path):
         taus = sorted(a["tau"] for a in planned if a["method"] == "rpo-paired")
         assert taus == sorted(paper["rpo"]["taus"]) == [0.25, 0.5, 0.75], task  # paper.yaml's tau grid
         assert {a["embedder"] for a in planned if "embedder" in a} == {paper["rpo"]["default_embedder"]}
+
+
+def test_judge_retries_are_a_switch_the_public_codes_single_attempt_reachable_from_the_config(tmp_path):
+    """Retries are a named deviation: judge.max_attempts 1 + judge.failed_as_no_winner true + timeout 10
+    give compare.py's one attempt with a 10 s alarm, a failed item counted as no winner."""
+    config = yaml.safe_load(ONE_GPU.read_text())
+    config["judge"].update(max_attempts=1, failed_as_no_winner=True, timeout=10)
+    path = tmp_path / "public-judge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "-p",
+                             "--configfile", str(path), "--directory", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    judges = [line for line in result.stdout.splitlines() if "python -m rpo.judge --samples" in line]
+    assert judges and all("--timeout 10 --max-attempts 1 --failed-as-no-winner" in line for line in judges)

@@ -44,6 +44,8 @@ rule judge:
         protocol=JUDGE["protocol"],
         max_tokens=JUDGE["max_tokens"],
         timeout=JUDGE["timeout"],
+        max_attempts=JUDGE["max_attempts"],
+        failed="--failed-as-no-winner" if JUDGE["failed_as_no_winner"] else "",
         seed=config["seeds"][0],
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/judge_{{run}}.log",
@@ -59,6 +61,7 @@ rule judge:
         "{params.wrapper} python -m rpo.judge --samples {input.samples} --task {wildcards.task} --backend openai"
         " {params.base_url} --model {params.model:q} --protocol {params.protocol} --cache {params.cache} --seed {params.seed}"
         " --concurrency {params.concurrency} --max-tokens {params.max_tokens} --timeout {params.timeout}"
+        " --max-attempts {params.max_attempts} {params.failed}"
         " --no-progress --out {output.judgments} --summary {output.summary}"
         " > {log} 2>&1"
 
