@@ -48,7 +48,7 @@ def world_prompt_finder(world):
     prompts = {record.prompt for by_split in getattr(world, "splits", {}).values()
                for records in by_split.values() for record in records}
     exact = {paper_history(prompt): prompt for prompt in prompts}
-    squeezed = [(" ".join(paper_history(prompt).split()), prompt) for prompt in prompts]
+    squeezed = [(" ".join(history.split()), prompt) for history, prompt in exact.items()]
 
     def find(history: str) -> str:
         if history in exact:
