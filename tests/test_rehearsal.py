@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,20 @@ def smallest_profile(results: Path) -> dict:
     return profile
 
 
+def run_in_own_group(command, timeout, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: on a timeout the whole tree (snakemake, the judge server,
+    torchrun's ranks) is killed, not only the direct child, so nothing keeps running into later tests."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     root = tmp_path_factory.mktemp("rehearsal")
@@ -55,8 +70,8 @@ def rehearsal(tmp_path_factory):
     path.write_text(yaml.safe_dump(profile))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("OPENAI_API_KEY", None)  # the local server's throwaway key is the only one the DAG may see
-    done = subprocess.run([sys.executable, "-m", "rpo.rehearsal", "--configfile", str(path), "--", "--quiet"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = run_in_own_group([sys.executable, "-m", "rpo.rehearsal", "--configfile", str(path), "--", "--quiet"],
+                            cwd=ROOT, env=env, timeout=600)
     logs = "\n".join(f"--- {log}\n{log.read_text()[-1500:]}" for log in sorted((results / "logs").rglob("*.log"))
                      if done.returncode)
     assert done.returncode == 0, f"{done.stderr[-4000:]}\n{logs[-8000:]}"
