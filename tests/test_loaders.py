@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rpo.data.loaders import KNOWN_SOURCES, load_eval_prompts, load_preference_data, parse_hh_transcript
+from rpo.data.loaders import KNOWN_SOURCES, load_eval_prompts, load_preference_data
 from rpo.data.records import PreferenceRecord, format_turns, write_records
 from rpo.errors import ConfigError, DataError
 
@@ -65,28 +65,44 @@ def test_hh_folder_reads_every_subset_of_the_split(cache):
     assert [r.chosen for r in test][0] == "The capital of Australia is Canberra."
 
 
-def test_parse_hh_transcript_turns():
-    text = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant:  See you. "
-    assert parse_hh_transcript(text, "chosen") == [("user", "Hi"), ("assistant", "Hello."), ("user", "Bye"),
-                                                   ("assistant", "See you.")]
+def test_hh_spaces_collapsed_and_responses_kept_unstripped(tmp_path, cache):
+    # dataloader.py get_hh: runs of 2+ spaces or tabs become one space (prompt and responses), a single tab
+    # stays, and the responses are what follows the prompt, not stripped
+    row = {"chosen": "\n\nHuman: Hi  there\tfriend\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant:  See  you. \n",
+           "rejected": "\n\nHuman: Hi  there\tfriend\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant: Go."}
+    [record], report = load_preference_data("hh", str(write_jsonl(tmp_path / "hh.jsonl", [row])), "train",
+                                            cache_dir=cache)
+    assert record.prompt == "\n<|user|>\nHi there\tfriend\n<|assistant|>\nHello.\n<|user|>\nBye\n<|assistant|>\n"
+    assert (record.chosen, record.rejected) == (" See you. \n", "Go.")
+    assert record.metadata["n_turns"] == 3 and report.kept == {}
+
+
+def test_hh_keeps_every_row_the_public_code_keeps(tmp_path, cache):
+    rows = [
+        # a marker after a single newline is a turn too; text before the first turn is kept; the histories are
+        # not compared: the rejected response starts at the chosen prompt's length (here past its end: empty)
+        {"chosen": "Intro text\n\nHuman: a\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: x\n\nAssistant: yy"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: a\n\nAssistant: same"},
+        # no "\n\nAssistant: ": the prompt is the first 12 characters
+        {"chosen": "Human: hello there Assistant: hi", "rejected": "Human: hello world"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "rejected": "\n\nHuman: a\n\nAssistant: e"},
+    ]
+    path = write_jsonl(tmp_path / "hh_odd.jsonl", rows)
+    records, report = load_preference_data("hh", str(path), "train", on_error="raise", cache_dir=cache)
+    assert [(r.prompt, r.chosen, r.rejected) for r in records] == [
+        ("Intro text\n<|user|>\na\n<|user|>\nb\n<|assistant|>\n", "c", ""),
+        ("\n<|user|>\na\n<|assistant|>\n", "same", "same"),
+        ("\n<|user|>\nhello", " there Assistant: hi", " world"),
+        ("\n<|user|>\na\n<|assistant|>\nb\n<|user|>\nc\n<|assistant|>\n", "d", ""),
+    ]
+    assert (report.n_loaded, report.n_skipped) == (4, 0)
+    assert report.kept == {"empty response": 2, "identical responses": 1}
+    assert json.loads(json.dumps(report.to_dict()))["kept"] == report.kept
 
 
 @pytest.mark.parametrize("bad, problem", [
-    ({"chosen": "just some text", "rejected": "other text"}, "unparseable transcript: chosen has no 'Human:'"),
-    ({"chosen": "Intro\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"},
-     "chosen has text before the first turn"),
-    ({"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nAssistant: d"},
-     "wrong turn order: chosen turn 2 is user, expected assistant"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c"},
-     "missing final assistant turn: rejected ends with a user turn"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: x\n\nAssistant: y"},
-     "histories differ"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "rejected": "\n\nHuman: a\n\nAssistant: e"},
-     "histories differ"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant:", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "empty response"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: a\n\nAssistant:  same"},
-     "identical responses"),
     ({"chosen": None, "rejected": "\n\nHuman: a\n\nAssistant: b"}, "not a string: chosen is NoneType"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": 3}, "not a string: rejected is int"),
 ])
 def test_hh_bad_rows_raise_with_file_and_row(tmp_path, cache, bad, problem):
     path = write_jsonl(tmp_path / "hh_bad.jsonl", [GOOD_HH, bad])
@@ -97,21 +113,18 @@ def test_hh_bad_rows_raise_with_file_and_row(tmp_path, cache, bad, problem):
 
 
 def test_hh_skip_policy_counts_and_logs(tmp_path, cache, caplog):
-    rows = [GOOD_HH, {"chosen": "no turns", "rejected": "none"}, GOOD_HH,
-            {"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nAssistant: d"},
-            {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: a\n\nAssistant: x"},
-            {"chosen": "\n\nHuman: q\n\nAssistant: x", "rejected": "\n\nHuman: q\n\nAssistant: y"}]
+    rows = [GOOD_HH, {"chosen": 7, "rejected": "none"}, GOOD_HH, {"chosen": "\n\nHuman: q\n\nAssistant: x"}]
     path = write_jsonl(tmp_path / "hh_mixed.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="rpo.data.loaders"):
         records, report = load_preference_data("hh", str(path), "train", on_error="skip", cache_dir=cache)
-    assert [r.id for r in records] == ["hh-train-0", "hh-train-2", "hh-train-5"]
-    assert (report.n_rows, report.n_loaded, report.n_skipped) == (6, 3, 3)
-    assert [skip.row for skip in report.skipped] == [2, 4, 5]
-    assert report.reason_counts() == {"unparseable transcript": 1, "wrong turn order": 1, "identical responses": 1}
-    assert "skipped 3 of 6 rows" in caplog.text and "hh_mixed.jsonl" in caplog.text
+    assert [r.id for r in records] == ["hh-train-0", "hh-train-2"]
+    assert (report.n_rows, report.n_loaded, report.n_skipped) == (4, 2, 2)
+    assert [skip.row for skip in report.skipped] == [2, 4]
+    assert report.reason_counts() == {"not a string": 1, "missing field": 1}
+    assert "skipped 2 of 4 rows" in caplog.text and "hh_mixed.jsonl" in caplog.text
     summary = json.loads(json.dumps(report.to_dict()))
-    assert summary["n_skipped"] == 3 and summary["skipped"][0]["row"] == 2
-    assert summary["skipped"][0]["detail"] == "unparseable transcript: chosen has no 'Human:'/'Assistant:' turns"
+    assert summary["n_skipped"] == 2 and summary["skipped"][0]["row"] == 2
+    assert summary["skipped"][0]["detail"] == "not a string: chosen is int"
 
 
 # ---- TL;DR -------------------------------------------------------------------------------------
