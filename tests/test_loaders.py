@@ -129,37 +129,41 @@ def test_hh_skip_policy_counts_and_logs(tmp_path, cache, caplog):
 
 # ---- TL;DR -------------------------------------------------------------------------------------
 
-def test_tldr_prompt_choice_and_metadata(cache):
+def test_tldr_prompt_is_the_post_only_and_summaries_unstripped(cache):
     records, report = load_preference_data("tldr", str(TLDR_DIR), "train", cache_dir=cache)
     assert report.n_loaded == 6
     first = records[0]
     assert first.id == "tldr-train-0"
-    assert first.prompt == format_turns([("user",
-        "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food, how do I bring it up?\n"
-        "POST: We've lived together for a year and things are mostly fine. Lately groceries I buy disappear "
-        "within a day. I've labelled things but it keeps happening. I don't want to ruin the friendship over "
-        "yogurt.\nTL;DR:")])
-    assert first.chosen.startswith("Roommate keeps eating") and first.rejected == "roommate food"
+    # dataloader.py get_tldr: "\n<|user|>\n" + post + "\n<|assistant|>\n", no subreddit, title or "TL;DR:"
+    post = first_fixture_row(TLDR_DIR / "comparisons" / "train.jsonl")["info"]["post"]
+    assert first.prompt == "\n<|user|>\n" + post + "\n<|assistant|>\n"
+    assert first.prompt.startswith("\n<|user|>\nWe've lived together for a year")
+    assert first.chosen.startswith(" Roommate keeps eating") and first.rejected == " roommate food"
     assert first.metadata == {"source": "tldr", "split": "train", "task": "summarization", "truncation": "keep_start",
                               "post_id": "t3_a1", "subreddit": "relationships", "site": None,
                               "chosen_policy": "sup2", "rejected_policy": "ref", "comparison_split": "train",
                               "confidence": 7}
     picked_second = records[2]  # choice == 1
-    assert picked_second.chosen.startswith("Can run 10k now") and picked_second.rejected == "I want to run."
+    assert picked_second.chosen.startswith(" Can run 10k now") and picked_second.rejected == " I want to run."
     assert picked_second.metadata["chosen_policy"] == "sup2"
 
 
-def test_tldr_article_row_when_post_is_null(cache):
-    records, _ = load_preference_data("tldr", str(TLDR_DIR), "validation", cache_dir=cache)
-    article = records[1]
-    assert article.prompt.startswith("\n<|user|>\nTITLE: Council votes to reopen the old town library\nARTICLE: ")
-    assert "SUBREDDIT" not in article.prompt and article.prompt.endswith("TL;DR:\n<|assistant|>\n")
+def test_tldr_rows_without_a_post_share_the_empty_post_prompt(tmp_path, cache):
+    records, report = load_preference_data("tldr", str(TLDR_DIR), "validation", cache_dir=cache)
+    article = records[1]  # a CNN/DM item: info.post is null, the text is in info.article
+    assert article.prompt == "\n<|user|>\n\n<|assistant|>\n"
     assert article.metadata["site"] == "dailymail" and article.metadata["comparison_split"] == "valid2"
+    assert report.kept == {"no post (CNN/DM article): the empty-post prompt": 1}
+    # spaces collapsed in the post and the summaries, as remove_extra_spaces
+    row = first_fixture_row(TLDR_DIR / "comparisons" / "train.jsonl")
+    row["info"]["post"], row["summaries"][row["choice"]]["text"] = "Two  spaces\t\tand tabs.", " a  b "
+    [record], _ = load_preference_data("tldr", str(write_jsonl(tmp_path / "t.jsonl", [row])), "train", cache_dir=cache)
+    assert (record.prompt, record.chosen) == ("\n<|user|>\nTwo spaces and tabs.\n<|assistant|>\n", " a b ")
 
 
 @pytest.mark.parametrize("change, problem", [
     (lambda row: row.update(choice=2), "bad choice: choice must be 0 or 1, got 2"),
-    (lambda row: row["info"].update(post=None, article=None), "missing post"),
+    (lambda row: row["info"].update(post=3), "bad info: info.post is int"),
     (lambda row: row.update(summaries=row["summaries"][:1]), "bad summaries"),
 ])
 def test_tldr_bad_rows(tmp_path, cache, change, problem):
@@ -202,18 +206,35 @@ def test_ultrafeedback_bad_rows(tmp_path, cache, change, problem):
 
 # ---- AlpacaEval --------------------------------------------------------------------------------
 
-def test_alpaca_eval_prompts(cache):
+def test_alpaca_eval_reads_the_gpt4_turbo_reference_config(cache):
     prompts = load_eval_prompts("alpaca_eval", str(ALPACA_DIR), "eval", cache_dir=cache)
     assert len(prompts) == 6 and prompts[0].id == "alpaca_eval-eval-0"
+    assert {p.metadata["generator"] for p in prompts} == {"gpt4_turbo"}
     poem = prompts[2]
-    assert poem.prompt == "\n<|user|>\nWrite a short poem about a lighthouse.\n<|assistant|>\n"
+    # the public code's prompt: the instruction as it is, trailing spaces included
+    assert poem.prompt == "\n<|user|>\nWrite a short poem about a lighthouse.  \n<|assistant|>\n"
     assert poem.metadata["instruction"] == "Write a short poem about a lighthouse.  "  # verbatim
     assert poem.reference == "Alone upon the rocky shore,\nit sweeps the dark forevermore."
-    assert (poem.metadata["generator"], poem.metadata["dataset"]) == ("gpt4_1106_preview", "selfinstruct")
+    assert prompts[5].metadata["instruction"] == "What is the ratio of 3/4 to 1/2?"  # "\\/" in the file
+    assert (poem.metadata["generator"], poem.metadata["dataset"]) == ("gpt4_turbo", "selfinstruct")
+    same = load_eval_prompts("alpaca_eval", str(ALPACA_DIR / "alpaca_eval_gpt4_baseline.json"), "eval")
+    assert same == prompts
+    with pytest.raises(DataError, match=r"alpaca_eval: no alpaca_eval\.json \(the file of AlpacaEval config "):
+        load_eval_prompts("alpaca_eval", str(ALPACA_DIR), "eval", config="alpaca_eval")
+
+
+def test_alpaca_eval_file_without_the_reference_columns(tmp_path):
+    rows = json.loads((ALPACA_DIR / "alpaca_eval_gpt4_baseline.json").read_text())
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"]} for r in rows]))
+    with pytest.raises(DataError) as info:
+        load_eval_prompts("alpaca_eval", str(path), "eval")
+    assert str(info.value).startswith(f"{path}: missing column(s) ['generator', 'dataset']")
+    assert "\n" not in str(info.value)
 
 
 def test_alpaca_eval_blank_instruction(tmp_path, cache):
-    rows = json.loads((ALPACA_DIR / "alpaca_eval.json").read_text())
+    rows = json.loads((ALPACA_DIR / "alpaca_eval_gpt4_baseline.json").read_text())
     rows[1]["instruction"] = "  "
     path = tmp_path / "alpaca_bad.json"
     path.write_text(json.dumps(rows))
@@ -236,9 +257,9 @@ def test_jsonl_source_reads_split_file_from_folder(tmp_path):
 
 def test_jsonl_source_skip_uses_line_numbers(tmp_path):
     rows = [r.to_dict() for r in sample_records()]
-    rows[2]["chosen"] = rows[2]["rejected"]
+    rows[2]["chosen"] = 5
     path = write_jsonl(tmp_path / "mine.jsonl", rows)
-    with pytest.raises(DataError, match=r"mine\.jsonl, row 3: 'chosen' and 'rejected' are identical"):
+    with pytest.raises(DataError, match=r"mine\.jsonl, row 3: field 'chosen' must be a string"):
         load_preference_data("jsonl", str(path), "train")
     records, report = load_preference_data("jsonl", str(path), "train", on_error="skip")
     assert [r.id for r in records] == ["w-0", "w-1", "w-3"]
@@ -286,6 +307,25 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path, cache):
 def test_hub_id_fails_fast_offline_with_the_id_named(cache):
     with pytest.raises(DataError, match="Anthropic/hh-rlhf: cannot load split 'train'"):
         load_preference_data("hh", None, "train", cache_dir=cache)
+
+
+def test_alpaca_eval_hub_id_reads_the_configs_raw_file(cache, monkeypatch):
+    # the hub repository's loading script (which datasets 4+ refuses to run) maps a config c to the file c.json
+    import huggingface_hub
+
+    asked = []
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename, kwargs["repo_type"]))
+        return str(ALPACA_DIR / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    prompts = load_eval_prompts("alpaca_eval", None, "eval", cache_dir=cache)
+    assert asked == [("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json", "dataset")]
+    assert len(prompts) == 6 and prompts[0].metadata["generator"] == "gpt4_turbo"
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"^tatsu-lab/alpaca_eval: cannot fetch alpaca_eval_gpt4_baseline\.json: "):
+        load_eval_prompts("alpaca_eval", None, "eval", cache_dir=cache)
 
 
 def test_a_local_folder_rewritten_in_place_loads_its_new_rows(tmp_path):
