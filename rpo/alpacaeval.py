@@ -45,18 +45,21 @@ LC_HUB_REPO, LC_HUB_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
 # looks up each instruction's difficulty by that row, so the exports carry it (generation shuffles).
 _ALPACA_ROW = re.compile(r"^alpaca_eval-.+-(\d+)$")
 ROW_FIELD = "alpaca_eval_index"
-REFERENCE_GENERATOR = "gpt4_turbo"
+# A reference row whose data names no generator (the generated world's instructions have none).
+UNNAMED_REFERENCE = "unnamed reference"
 
 
 class AlpacaEvalError(RuntimeError):
     """The alpaca_eval run failed; the message carries the end of its (key-scrubbed) log."""
 
 
-def _export(path, out_path, field: str, generator_name: str) -> int:
+def _export(path, out_path, field: str, generator_name: str | None) -> int:
+    """generator_name None: each row's metadata.generator (the data's generator column), else UNNAMED_REFERENCE."""
     rows = read_samples(path, required=("id", field), metadata_fields=("instruction",))
     outputs = []
     for row in rows:
-        output = {"instruction": row["metadata"]["instruction"], "output": row[field], "generator": generator_name,
+        generator = generator_name or row["metadata"].get("generator") or UNNAMED_REFERENCE
+        output = {"instruction": row["metadata"]["instruction"], "output": row[field], "generator": generator,
                   "dataset": row["metadata"].get("dataset")}
         number = _ALPACA_ROW.match(str(row["id"]))
         if number:
@@ -75,8 +78,9 @@ def export_model_outputs(samples_path, out_path, generator_name: str) -> int:
     return _export(samples_path, out_path, "response", generator_name)
 
 
-def export_reference_outputs(path, out_path, generator_name: str = REFERENCE_GENERATOR) -> int:
-    """Reference outputs from EvalPrompt rows (`reference`) or samples rows (`chosen`)."""
+def export_reference_outputs(path, out_path, generator_name: str | None = None) -> int:
+    """Reference outputs from EvalPrompt rows (`reference`) or samples rows (`chosen`), each named by the
+    generator its data names (metadata.generator, from AlpacaEval's generator column) unless one is given."""
     rows = read_jsonl(path)
     field = "reference" if rows and "reference" in rows[0] else "chosen"
     return _export(path, out_path, field, generator_name)
@@ -164,6 +168,8 @@ def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_
     if not env.get("OPENAI_API_KEY") and not env.get("OPENAI_CLIENT_CONFIG_PATH"):
         raise ConfigError("OPENAI_API_KEY: not set (nor OPENAI_CLIENT_CONFIG_PATH); alpaca_eval needs one")
     generator = read_json_list(model_outputs)[0]["generator"]
+    # Table 2 names the reference by what its rows say, not by what the config meant to use
+    reference_generator = ", ".join(sorted({row["generator"] for row in read_json_list(reference_outputs)}))
     output_dir.mkdir(parents=True, exist_ok=True)
     caching_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -188,7 +194,7 @@ def run_alpaca_eval(model_outputs, reference_outputs, annotators_config=DEFAULT_
                               f"({output_dir / 'alpaca_eval.log'}):\n{log[-2000:]}")
     # alpaca_eval puts results in a sub-folder named after a built-in annotator, not after a path.
     results_dir = output_dir if "/" in annotator else output_dir / annotator
-    return _read_results(results_dir, generator, annotator, seed)
+    return {**_read_results(results_dir, generator, annotator, seed), "reference_generator": reference_generator}
 
 
 def read_json_list(path) -> list[dict]:
@@ -284,7 +290,8 @@ def main(argv=None) -> int:
     export.add_argument("--reference-out", type=Path, default=None, help="also write the reference outputs")
     export.add_argument("--reference-from", type=Path, default=None,
                         help="EvalPrompt JSONL holding the references (default: the samples' chosen)")
-    export.add_argument("--reference-generator", default=REFERENCE_GENERATOR)
+    export.add_argument("--reference-generator", default=None,
+                        help="name the references so (default: the generator each row's data names)")
     evaluate = commands.add_parser("evaluate", help="annotate with alpaca_eval and summarise")
     evaluate.add_argument("--model-outputs", required=True, type=Path)
     evaluate.add_argument("--reference-outputs", required=True, type=Path)

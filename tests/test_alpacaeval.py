@@ -44,7 +44,8 @@ def write_samples(path, n=5):
         "prompt": f"\n<|user|>\nInstruction {i}: list {i} fruits.\n<|assistant|>\n",
         "response": f"GOOD answer {i}" if i < 3 else f"bad answer {i}",
         "chosen": f"fine reference answer {i}",
-        "metadata": {"instruction": f"Instruction {i}: list {i} fruits.", "dataset": "helpful_base"},
+        "metadata": {"instruction": f"Instruction {i}: list {i} fruits.", "dataset": "helpful_base",
+                     "generator": "text_davinci_003"},  # the data's generator column, carried by generation
     } for i in range(n)]
     write_jsonl(path, rows)
     return rows
@@ -59,9 +60,11 @@ def test_exports(tmp_path):
     export_reference_outputs(tmp_path / "s.jsonl", tmp_path / "r.json")
     reference = json.loads((tmp_path / "r.json").read_text())
     assert [r["output"] for r in reference] == [f"fine reference answer {i}" for i in range(5)]
-    assert {r["generator"] for r in reference} == {"gpt4_turbo"}
+    assert {r["generator"] for r in reference} == {"text_davinci_003"}  # as the data names it, not a constant
     evals = [{"id": "e0", "prompt": "p", "reference": "the reference", "metadata": {"instruction": "raw"}}]
     write_jsonl(tmp_path / "eval.jsonl", evals)
+    export_reference_outputs(tmp_path / "eval.jsonl", tmp_path / "r1.json")
+    assert json.loads((tmp_path / "r1.json").read_text())[0]["generator"] == "unnamed reference"
     export_reference_outputs(tmp_path / "eval.jsonl", tmp_path / "r2.json", "gpt4_1106_preview")
     assert json.loads((tmp_path / "r2.json").read_text())[0] == {  # not AlpacaEval's: no row of its 805
         "instruction": "raw", "output": "the reference", "generator": "gpt4_1106_preview", "dataset": None}
@@ -125,6 +128,7 @@ def test_alpaca_eval_end_to_end_with_cache_and_no_key_leak(tmp_path, monkeypatch
         assert format_turns([("user", "Instruction 2: list 2 fruits.")]) in world.prompts
         result = json.loads((tmp_path / "result.json").read_text())
         assert result["annotator"] == annotator
+        assert result["reference_generator"] == "text_davinci_003"  # read from the reference rows, for Table 2
         assert result["win_rate"] == pytest.approx(win_rate, abs=1e-9) and result["n"] == 5
         assert (result["n_wins"], result["n_losses"]) == (3, 2)
         assert result["standard_error"] == pytest.approx(0.2449 * (scores[0] - scores[-1]), abs=1e-3)

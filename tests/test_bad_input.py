@@ -64,6 +64,17 @@ def test_an_empty_file_is_an_error_naming_it(tmp_path, source, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("source", GOOD)
+def test_a_file_that_is_not_json_lines_at_all_names_its_line_1(tmp_path, source, policy):
+    # e.g. a CSV export named .jsonl: refused as invalid JSON at line 1, not as "missing column(s) ... found []"
+    path = write(tmp_path / "data.jsonl", "chosen,rejected\n\"Human: hi\",\"Assistant: yo\"\n")
+    message = refused(source, path, policy)
+    assert message.startswith(f"{path}, line 1: invalid JSON (Expecting value at column 1); no line of the file is "
+                              "a JSON object, so it is not JSON lines")
+    assert "\n" not in message and "missing column" not in message
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_an_empty_split_of_a_folder_and_an_empty_parquet_are_errors(tmp_path, policy):
     (tmp_path / "hh").mkdir()
     empty = write(tmp_path / "hh" / "train.jsonl", "")

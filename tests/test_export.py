@@ -5,8 +5,11 @@ import json
 import datasets
 import pytest
 
-from rpo.data.export import export_hub_layout, main, post_fields, prompt_turns
-from rpo.data.loaders import hh_transcript, load_eval_prompts, load_preference_data, parse_hh_transcript
+from pathlib import Path
+
+from rpo.data.export import export_hub_layout, main, post_fields, prompt_turns, write_alpaca_eval_json
+from rpo.data.hub_rows import hh_row, hh_transcript
+from rpo.data.loaders import load_eval_prompts, load_preference_data
 from rpo.data.prepare import prepare
 from rpo.data.records import format_turns, read_eval_prompts, read_records, write_records
 from rpo.errors import DataError
@@ -34,11 +37,12 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("hf-cache"))
 
 
-def test_hh_transcript_inverts_parse_hh_transcript():
+def test_hh_transcript_is_read_back_by_the_hh_parser():
     turns = [("user", "Hi"), ("assistant", "Hello."), ("user", "Help me\nwith this."), ("assistant", "Sure.")]
     text = hh_transcript(turns)
     assert text == "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Help me\nwith this.\n\nAssistant: Sure."
-    assert parse_hh_transcript(text, "chosen") == turns
+    prompt, chosen, _, _ = hh_row({"chosen": text, "rejected": text})
+    assert (prompt, chosen) == (format_turns(turns[:-1]), "Sure.")
 
 
 def test_prompt_turns_inverts_format_turns_and_rejects_unmarked_prompts():
@@ -78,9 +82,9 @@ def test_summarization_keeps_pairs_order_and_post_fields(world, exported, cache)
         assert [(r.chosen, r.rejected) for r in loaded] == [(r.chosen, r.rejected) for r in original]
         assert [r.metadata["post_id"] for r in loaded] == [r.id for r in original]
         for before, after in zip(original, loaded):
-            # the info fields rebuild the world's post exactly ...
+            # the world's post frame holds its fields ...
             assert format_turns([("user", POST_FRAME.format(**post_fields(before.prompt, "t")))]) == before.prompt
-            # ... and the loader's prompt (tldr_prompt_text) is the world's, byte for byte
+            # ... and the loader's prompt (info.post alone, as the public code) is the world's, byte for byte
             assert after.prompt == before.prompt
     rows = [json.loads(line) for line in (out / "summarize_from_feedback" / "comparisons" / "train.jsonl").open()]
     assert {row["choice"] for row in rows} == {0, 1}  # the chosen summary sits in both positions
@@ -93,18 +97,25 @@ def test_exported_hh_rows_are_valid_under_raise(world, exported, cache):
     assert len(rows) == len(world.records("dialogue", "train"))
     for row in rows:
         assert set(row) == {"chosen", "rejected"} and row["chosen"].startswith("\n\nHuman: ")
-        chosen, rejected = parse_hh_transcript(row["chosen"], "chosen"), parse_hh_transcript(row["rejected"], "rejected")
-        assert chosen[:-1] == rejected[:-1] and chosen[-1] != rejected[-1]
+        chosen_prompt = row["chosen"][: row["chosen"].rfind("\n\nAssistant: ")]
+        assert row["rejected"].startswith(chosen_prompt + "\n\nAssistant: ") and row["chosen"] != row["rejected"]
     records, report = load_preference_data("hh", str(path), "train", on_error="raise", cache_dir=cache)
     assert (report.n_rows, report.n_loaded, report.n_skipped) == (len(rows), len(rows), 0)
 
 
-def test_alpaca_eval_file_is_a_json_list_of_raw_rows(world, exported, cache):
-    _, out = exported
-    rows = json.loads((out / "alpaca_eval" / "alpaca_eval.json").read_text())
-    assert [set(row) for row in rows] == [{"instruction", "output", "generator", "dataset"}] * len(world.instructions)
+def test_alpaca_eval_file_is_the_gpt4_baseline_configs_raw_format(world, exported, cache, tmp_path):
+    hub, out = exported
+    assert hub["instructions"]["config"] == "alpaca_eval_gpt4_baseline"
+    text = (out / "alpaca_eval" / "alpaca_eval_gpt4_baseline.json").read_text()
+    rows = json.loads(text)
+    assert [list(row) for row in rows] == [["dataset", "instruction", "output", "generator"]] * len(world.instructions)
+    # byte for byte the hub file's format: the writer reproduces the fixture copied from that format
+    fixture = Path(__file__).parent / "fixtures" / "hub" / "alpaca_eval" / "alpaca_eval_gpt4_baseline.json"
+    write_alpaca_eval_json(tmp_path / "again.json", json.loads(fixture.read_text()))
+    assert (tmp_path / "again.json").read_bytes() == fixture.read_bytes()
     loaded = load_eval_prompts("alpaca_eval", str(out / "alpaca_eval"), "eval", cache_dir=cache)
     assert [p.prompt for p in loaded] == [p.prompt for p in world.instructions]
+    assert {p.metadata["generator"] for p in loaded} == {"world"}
 
 
 def test_data_folder_world_json_and_world_export_the_same_bytes(world, exported, tmp_path, capsys):

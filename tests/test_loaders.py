@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rpo.data.loaders import KNOWN_SOURCES, load_eval_prompts, load_preference_data, parse_hh_transcript
+from rpo.data.loaders import KNOWN_SOURCES, load_eval_prompts, load_preference_data
 from rpo.data.records import PreferenceRecord, format_turns, write_records
 from rpo.errors import ConfigError, DataError
 
@@ -65,28 +65,44 @@ def test_hh_folder_reads_every_subset_of_the_split(cache):
     assert [r.chosen for r in test][0] == "The capital of Australia is Canberra."
 
 
-def test_parse_hh_transcript_turns():
-    text = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant:  See you. "
-    assert parse_hh_transcript(text, "chosen") == [("user", "Hi"), ("assistant", "Hello."), ("user", "Bye"),
-                                                   ("assistant", "See you.")]
+def test_hh_spaces_collapsed_and_responses_kept_unstripped(tmp_path, cache):
+    # dataloader.py get_hh: runs of 2+ spaces or tabs become one space (prompt and responses), a single tab
+    # stays, and the responses are what follows the prompt, not stripped
+    row = {"chosen": "\n\nHuman: Hi  there\tfriend\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant:  See  you. \n",
+           "rejected": "\n\nHuman: Hi  there\tfriend\n\nAssistant: Hello.\n\nHuman: Bye\n\nAssistant: Go."}
+    [record], report = load_preference_data("hh", str(write_jsonl(tmp_path / "hh.jsonl", [row])), "train",
+                                            cache_dir=cache)
+    assert record.prompt == "\n<|user|>\nHi there\tfriend\n<|assistant|>\nHello.\n<|user|>\nBye\n<|assistant|>\n"
+    assert (record.chosen, record.rejected) == (" See you. \n", "Go.")
+    assert record.metadata["n_turns"] == 3 and report.kept == {}
+
+
+def test_hh_keeps_every_row_the_public_code_keeps(tmp_path, cache):
+    rows = [
+        # a marker after a single newline is a turn too; text before the first turn is kept; the histories are
+        # not compared: the rejected response starts at the chosen prompt's length (here past its end: empty)
+        {"chosen": "Intro text\n\nHuman: a\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: x\n\nAssistant: yy"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: a\n\nAssistant: same"},
+        # no "\n\nAssistant: ": the prompt is the first 12 characters
+        {"chosen": "Human: hello there Assistant: hi", "rejected": "Human: hello world"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "rejected": "\n\nHuman: a\n\nAssistant: e"},
+    ]
+    path = write_jsonl(tmp_path / "hh_odd.jsonl", rows)
+    records, report = load_preference_data("hh", str(path), "train", on_error="raise", cache_dir=cache)
+    assert [(r.prompt, r.chosen, r.rejected) for r in records] == [
+        ("Intro text\n<|user|>\na\n<|user|>\nb\n<|assistant|>\n", "c", ""),
+        ("\n<|user|>\na\n<|assistant|>\n", "same", "same"),
+        ("\n<|user|>\nhello", " there Assistant: hi", " world"),
+        ("\n<|user|>\na\n<|assistant|>\nb\n<|user|>\nc\n<|assistant|>\n", "d", ""),
+    ]
+    assert (report.n_loaded, report.n_skipped) == (4, 0)
+    assert report.kept == {"empty response": 2, "identical responses": 1}
+    assert json.loads(json.dumps(report.to_dict()))["kept"] == report.kept
 
 
 @pytest.mark.parametrize("bad, problem", [
-    ({"chosen": "just some text", "rejected": "other text"}, "unparseable transcript: chosen has no 'Human:'"),
-    ({"chosen": "Intro\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"},
-     "chosen has text before the first turn"),
-    ({"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nAssistant: d"},
-     "wrong turn order: chosen turn 2 is user, expected assistant"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c"},
-     "missing final assistant turn: rejected ends with a user turn"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: x\n\nAssistant: y"},
-     "histories differ"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "rejected": "\n\nHuman: a\n\nAssistant: e"},
-     "histories differ"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant:", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "empty response"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: a\n\nAssistant:  same"},
-     "identical responses"),
     ({"chosen": None, "rejected": "\n\nHuman: a\n\nAssistant: b"}, "not a string: chosen is NoneType"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": 3}, "not a string: rejected is int"),
 ])
 def test_hh_bad_rows_raise_with_file_and_row(tmp_path, cache, bad, problem):
     path = write_jsonl(tmp_path / "hh_bad.jsonl", [GOOD_HH, bad])
@@ -97,56 +113,57 @@ def test_hh_bad_rows_raise_with_file_and_row(tmp_path, cache, bad, problem):
 
 
 def test_hh_skip_policy_counts_and_logs(tmp_path, cache, caplog):
-    rows = [GOOD_HH, {"chosen": "no turns", "rejected": "none"}, GOOD_HH,
-            {"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nAssistant: d"},
-            {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: a\n\nAssistant: x"},
-            {"chosen": "\n\nHuman: q\n\nAssistant: x", "rejected": "\n\nHuman: q\n\nAssistant: y"}]
+    rows = [GOOD_HH, {"chosen": 7, "rejected": "none"}, GOOD_HH, {"chosen": "\n\nHuman: q\n\nAssistant: x"}]
     path = write_jsonl(tmp_path / "hh_mixed.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="rpo.data.loaders"):
         records, report = load_preference_data("hh", str(path), "train", on_error="skip", cache_dir=cache)
-    assert [r.id for r in records] == ["hh-train-0", "hh-train-2", "hh-train-5"]
-    assert (report.n_rows, report.n_loaded, report.n_skipped) == (6, 3, 3)
-    assert [skip.row for skip in report.skipped] == [2, 4, 5]
-    assert report.reason_counts() == {"unparseable transcript": 1, "wrong turn order": 1, "identical responses": 1}
-    assert "skipped 3 of 6 rows" in caplog.text and "hh_mixed.jsonl" in caplog.text
+    assert [r.id for r in records] == ["hh-train-0", "hh-train-2"]
+    assert (report.n_rows, report.n_loaded, report.n_skipped) == (4, 2, 2)
+    assert [skip.row for skip in report.skipped] == [2, 4]
+    assert report.reason_counts() == {"not a string": 1, "missing field": 1}
+    assert "skipped 2 of 4 rows" in caplog.text and "hh_mixed.jsonl" in caplog.text
     summary = json.loads(json.dumps(report.to_dict()))
-    assert summary["n_skipped"] == 3 and summary["skipped"][0]["row"] == 2
-    assert summary["skipped"][0]["detail"] == "unparseable transcript: chosen has no 'Human:'/'Assistant:' turns"
+    assert summary["n_skipped"] == 2 and summary["skipped"][0]["row"] == 2
+    assert summary["skipped"][0]["detail"] == "not a string: chosen is int"
 
 
 # ---- TL;DR -------------------------------------------------------------------------------------
 
-def test_tldr_prompt_choice_and_metadata(cache):
+def test_tldr_prompt_is_the_post_only_and_summaries_unstripped(cache):
     records, report = load_preference_data("tldr", str(TLDR_DIR), "train", cache_dir=cache)
     assert report.n_loaded == 6
     first = records[0]
     assert first.id == "tldr-train-0"
-    assert first.prompt == format_turns([("user",
-        "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food, how do I bring it up?\n"
-        "POST: We've lived together for a year and things are mostly fine. Lately groceries I buy disappear "
-        "within a day. I've labelled things but it keeps happening. I don't want to ruin the friendship over "
-        "yogurt.\nTL;DR:")])
-    assert first.chosen.startswith("Roommate keeps eating") and first.rejected == "roommate food"
+    # dataloader.py get_tldr: "\n<|user|>\n" + post + "\n<|assistant|>\n", no subreddit, title or "TL;DR:"
+    post = first_fixture_row(TLDR_DIR / "comparisons" / "train.jsonl")["info"]["post"]
+    assert first.prompt == "\n<|user|>\n" + post + "\n<|assistant|>\n"
+    assert first.prompt.startswith("\n<|user|>\nWe've lived together for a year")
+    assert first.chosen.startswith(" Roommate keeps eating") and first.rejected == " roommate food"
     assert first.metadata == {"source": "tldr", "split": "train", "task": "summarization", "truncation": "keep_start",
                               "post_id": "t3_a1", "subreddit": "relationships", "site": None,
                               "chosen_policy": "sup2", "rejected_policy": "ref", "comparison_split": "train",
                               "confidence": 7}
     picked_second = records[2]  # choice == 1
-    assert picked_second.chosen.startswith("Can run 10k now") and picked_second.rejected == "I want to run."
+    assert picked_second.chosen.startswith(" Can run 10k now") and picked_second.rejected == " I want to run."
     assert picked_second.metadata["chosen_policy"] == "sup2"
 
 
-def test_tldr_article_row_when_post_is_null(cache):
-    records, _ = load_preference_data("tldr", str(TLDR_DIR), "validation", cache_dir=cache)
-    article = records[1]
-    assert article.prompt.startswith("\n<|user|>\nTITLE: Council votes to reopen the old town library\nARTICLE: ")
-    assert "SUBREDDIT" not in article.prompt and article.prompt.endswith("TL;DR:\n<|assistant|>\n")
+def test_tldr_rows_without_a_post_share_the_empty_post_prompt(tmp_path, cache):
+    records, report = load_preference_data("tldr", str(TLDR_DIR), "validation", cache_dir=cache)
+    article = records[1]  # a CNN/DM item: info.post is null, the text is in info.article
+    assert article.prompt == "\n<|user|>\n\n<|assistant|>\n"
     assert article.metadata["site"] == "dailymail" and article.metadata["comparison_split"] == "valid2"
+    assert report.kept == {"no post (CNN/DM article): the empty-post prompt": 1}
+    # spaces collapsed in the post and the summaries, as remove_extra_spaces
+    row = first_fixture_row(TLDR_DIR / "comparisons" / "train.jsonl")
+    row["info"]["post"], row["summaries"][row["choice"]]["text"] = "Two  spaces\t\tand tabs.", " a  b "
+    [record], _ = load_preference_data("tldr", str(write_jsonl(tmp_path / "t.jsonl", [row])), "train", cache_dir=cache)
+    assert (record.prompt, record.chosen) == ("\n<|user|>\nTwo spaces and tabs.\n<|assistant|>\n", " a b ")
 
 
 @pytest.mark.parametrize("change, problem", [
     (lambda row: row.update(choice=2), "bad choice: choice must be 0 or 1, got 2"),
-    (lambda row: row["info"].update(post=None, article=None), "missing post"),
+    (lambda row: row["info"].update(post=3), "bad info: info.post is int"),
     (lambda row: row.update(summaries=row["summaries"][:1]), "bad summaries"),
 ])
 def test_tldr_bad_rows(tmp_path, cache, change, problem):
@@ -189,18 +206,35 @@ def test_ultrafeedback_bad_rows(tmp_path, cache, change, problem):
 
 # ---- AlpacaEval --------------------------------------------------------------------------------
 
-def test_alpaca_eval_prompts(cache):
+def test_alpaca_eval_reads_the_gpt4_turbo_reference_config(cache):
     prompts = load_eval_prompts("alpaca_eval", str(ALPACA_DIR), "eval", cache_dir=cache)
     assert len(prompts) == 6 and prompts[0].id == "alpaca_eval-eval-0"
+    assert {p.metadata["generator"] for p in prompts} == {"gpt4_turbo"}
     poem = prompts[2]
-    assert poem.prompt == "\n<|user|>\nWrite a short poem about a lighthouse.\n<|assistant|>\n"
+    # the public code's prompt: the instruction as it is, trailing spaces included
+    assert poem.prompt == "\n<|user|>\nWrite a short poem about a lighthouse.  \n<|assistant|>\n"
     assert poem.metadata["instruction"] == "Write a short poem about a lighthouse.  "  # verbatim
     assert poem.reference == "Alone upon the rocky shore,\nit sweeps the dark forevermore."
-    assert (poem.metadata["generator"], poem.metadata["dataset"]) == ("gpt4_1106_preview", "selfinstruct")
+    assert prompts[5].metadata["instruction"] == "What is the ratio of 3/4 to 1/2?"  # "\\/" in the file
+    assert (poem.metadata["generator"], poem.metadata["dataset"]) == ("gpt4_turbo", "selfinstruct")
+    same = load_eval_prompts("alpaca_eval", str(ALPACA_DIR / "alpaca_eval_gpt4_baseline.json"), "eval")
+    assert same == prompts
+    with pytest.raises(DataError, match=r"alpaca_eval: no alpaca_eval\.json \(the file of AlpacaEval config "):
+        load_eval_prompts("alpaca_eval", str(ALPACA_DIR), "eval", config="alpaca_eval")
+
+
+def test_alpaca_eval_file_without_the_reference_columns(tmp_path):
+    rows = json.loads((ALPACA_DIR / "alpaca_eval_gpt4_baseline.json").read_text())
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps([{"instruction": r["instruction"], "output": r["output"]} for r in rows]))
+    with pytest.raises(DataError) as info:
+        load_eval_prompts("alpaca_eval", str(path), "eval")
+    assert str(info.value).startswith(f"{path}: missing column(s) ['generator', 'dataset']")
+    assert "\n" not in str(info.value)
 
 
 def test_alpaca_eval_blank_instruction(tmp_path, cache):
-    rows = json.loads((ALPACA_DIR / "alpaca_eval.json").read_text())
+    rows = json.loads((ALPACA_DIR / "alpaca_eval_gpt4_baseline.json").read_text())
     rows[1]["instruction"] = "  "
     path = tmp_path / "alpaca_bad.json"
     path.write_text(json.dumps(rows))
@@ -223,9 +257,9 @@ def test_jsonl_source_reads_split_file_from_folder(tmp_path):
 
 def test_jsonl_source_skip_uses_line_numbers(tmp_path):
     rows = [r.to_dict() for r in sample_records()]
-    rows[2]["chosen"] = rows[2]["rejected"]
+    rows[2]["chosen"] = 5
     path = write_jsonl(tmp_path / "mine.jsonl", rows)
-    with pytest.raises(DataError, match=r"mine\.jsonl, row 3: 'chosen' and 'rejected' are identical"):
+    with pytest.raises(DataError, match=r"mine\.jsonl, row 3: field 'chosen' must be a string"):
         load_preference_data("jsonl", str(path), "train")
     records, report = load_preference_data("jsonl", str(path), "train", on_error="skip")
     assert [r.id for r in records] == ["w-0", "w-1", "w-3"]
@@ -273,6 +307,25 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path, cache):
 def test_hub_id_fails_fast_offline_with_the_id_named(cache):
     with pytest.raises(DataError, match="Anthropic/hh-rlhf: cannot load split 'train'"):
         load_preference_data("hh", None, "train", cache_dir=cache)
+
+
+def test_alpaca_eval_hub_id_reads_the_configs_raw_file(cache, monkeypatch):
+    # the hub repository's loading script (which datasets 4+ refuses to run) maps a config c to the file c.json
+    import huggingface_hub
+
+    asked = []
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename, kwargs["repo_type"]))
+        return str(ALPACA_DIR / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    prompts = load_eval_prompts("alpaca_eval", None, "eval", cache_dir=cache)
+    assert asked == [("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json", "dataset")]
+    assert len(prompts) == 6 and prompts[0].metadata["generator"] == "gpt4_turbo"
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"^tatsu-lab/alpaca_eval: cannot fetch alpaca_eval_gpt4_baseline\.json: "):
+        load_eval_prompts("alpaca_eval", None, "eval", cache_dir=cache)
 
 
 def test_a_local_folder_rewritten_in_place_loads_its_new_rows(tmp_path):

@@ -109,7 +109,7 @@ def build_tree(root):
                           ("rpo-paired_tau0.5_minilm_bs8_seed1", 0.331, 0.30)):
         (alpaca / f"{run}.json").write_text(json.dumps({"run": run, "win_rate": rate, "standard_error": 0.015, "n": 805,
                                                         "annotator": "alpaca_eval_gpt4_turbo_fn",
-                                                        "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
+                                                        "reference_generator": "gpt4_turbo", "lc_win_rate": lc, "ci_low": rate - 0.03, "ci_high": rate + 0.03}))
     # as rpo.alpacaeval writes it: generator instead of run, no LC rate and why, the leaderboard's annotator
     (alpaca / "kto_bs8_seed1.json").write_text(json.dumps({
         "generator": "kto_bs8_seed1", "win_rate": 0.2, "standard_error": 0.01, "n": 800, "ci_low": 0.175,
@@ -290,6 +290,9 @@ def test_table2_alpacaeval(tree):
     paired = row_of(frame, method="RPO-Paired")
     assert (paired["win rate"], paired["paper"], paired["LC win rate"], paired["SE"]) == ("33.1 [30.1, 36.1]", "38.88", "30.0", "1.5")
     assert (paired["annotator"], paired["n"]) == ("alpaca_eval_gpt4_turbo_fn", 805)
+    # the reference as its rows name it; a result from before it was recorded says so
+    assert (paired["reference"], row_of(frame, method="KTO")["reference"]) == ("gpt4_turbo", "not recorded")
+    assert table.notes[0].startswith("AlpacaEval win rate vs the reference outputs of gpt4_turbo, not recorded (")
     # an old result without the reason says so, never a bare n/a
     assert row_of(frame, method="SFT")[["paper", "LC win rate"]].tolist() == ["n/a", "n/a (not recorded)"]
     kto = row_of(frame, method="KTO")

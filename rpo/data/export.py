@@ -7,7 +7,7 @@ be rehearsed offline on generated data through the real loaders of rpo/data/load
 writes, laid out like the hub repositories (tests/fixtures/hub/ has the same layouts):
     DIR/hh-rlhf/helpful-base/{train,test}.jsonl.gz          dialogue: {"chosen", "rejected"} transcripts
     DIR/summarize_from_feedback/comparisons/{train,validation}.jsonl   summarization: TL;DR comparisons
-    DIR/alpaca_eval/alpaca_eval.json                         instructions: [{instruction, output, ...}]
+    DIR/alpaca_eval/alpaca_eval_gpt4_baseline.json           instructions: [{dataset, instruction, output, generator}]
 and prints the `data.hub` section that reads them back. DIR is replaced as a whole on success.
 
 It lives in rpo/data, not rpo/world: it is the inverse of the loaders and imports them, and the
@@ -16,8 +16,9 @@ world must not depend on the loaders (docs/design.md, dependency direction).
 Round trip: loaded records keep the world's order, prompt (see below), chosen and rejected; ids
 become the loaders' f"{source}-{split}-{index}" (index = position in the world's split file, so
 "dialogue-train-00007" -> "hh-train-7"); the world's metadata (rewards, clusters) is not carried.
-Summarization prompts round-trip exactly too: the world writes its posts in the format
-tldr_prompt_text rebuilds from the info fields (rpo/world/lexicon_posts.py POST_FRAME).
+Summarization prompts round-trip exactly too: the TL;DR loader's prompt is info.post alone (the public
+code's), so info.post holds the world's whole post text (its SUBREDDIT/TITLE/POST/TL;DR: frame, POST_FRAME of
+rpo/world/lexicon_posts.py); the title and subreddit fields are filled from that frame as well.
 """
 from __future__ import annotations
 
@@ -29,16 +30,18 @@ import string
 import sys
 from pathlib import Path
 
-from rpo.data.loaders import hh_transcript
+from rpo.data.hub_rows import hh_transcript
 from rpo.data.records import ASSISTANT, USER, read_eval_prompts, read_records
 from rpo.errors import ConfigError, DataError
-from rpo.io import atomic_path, write_json, write_jsonl
+from rpo.io import atomic_path, write_jsonl
 
 HH_SUBSET = "helpful-base"
 # world split -> the hub's split name of each source (TL;DR's held-out comparisons are "validation").
 HH_SPLITS = {"train": "train", "test": "test"}
 TLDR_SPLITS = {"train": "train", "test": "validation"}
 ALPACA_SPLIT = "eval"
+ALPACA_CONFIG = "alpaca_eval_gpt4_baseline"  # the paper's reference outputs (AlpacaEval 2.0's GPT-4 Turbo)
+ALPACA_COLUMNS = ("dataset", "instruction", "output", "generator")  # in the hub file's order
 GENERATOR = "world"  # generator / policy / worker fields of the raw rows: these texts are the world's
 
 # The hub repositories declare their configs in README.md; `datasets` reads a local folder the same way.
@@ -77,15 +80,8 @@ configs:
 ---
 # Exported from the generated world (summarization) in openai/summarize_from_feedback's layout
 """
-_ALPACA_README = """---
-configs:
-- config_name: alpaca_eval
-  data_files:
-  - split: eval
-    path: alpaca_eval.json
----
-# Exported from the generated world (instructions) in tatsu-lab/alpaca_eval's layout
-"""
+# The hub repository declares no configs in its card: its loading script maps config c to the file c.json.
+_ALPACA_README = "# Exported from the generated world (instructions) in tatsu-lab/alpaca_eval's layout\n"
 
 
 # ---- reading the world's records back into their parts -----------------------------------------
@@ -152,7 +148,7 @@ def tldr_row(record, index: int, hub_split: str, where: str) -> dict:
     choice = index % 2
     texts = [record.rejected, record.chosen] if choice else [record.chosen, record.rejected]
     return {
-        "info": {"id": record.id, "post": fields["body"], "title": fields["title"],
+        "info": {"id": record.id, "post": prompt_turns(record.prompt, where)[0][1], "title": fields["title"],
                  "subreddit": fields["subreddit"], "site": None, "article": None},
         "summaries": [{"text": text, "policy": GENERATOR, "note": None} for text in texts],
         "choice": choice, "worker": GENERATOR, "batch": GENERATOR, "split": hub_split,
@@ -164,10 +160,19 @@ def alpaca_row(item, where: str) -> dict:
     turns = prompt_turns(item.prompt, where)
     if len(turns) != 1:
         raise DataError(f"{where}: an instruction prompt must be a single user turn, got {len(turns)} turns")
-    return {"instruction": turns[0][1], "output": item.reference, "generator": GENERATOR, "dataset": GENERATOR}
+    return {"dataset": GENERATOR, "instruction": turns[0][1], "output": item.reference, "generator": GENERATOR}
 
 
 # ---- the folders ----------------------------------------------------------------------------------
+
+def write_alpaca_eval_json(path: Path, rows) -> None:
+    """The hub file's exact format: pandas' records JSON with indent 2 (as tatsu-lab/alpaca_eval writes its
+    outputs: no space after a colon, "/" escaped, non-ASCII as \\uXXXX, no final newline)."""
+    import pandas as pd
+
+    path.write_text(pd.DataFrame(rows, columns=list(ALPACA_COLUMNS)).to_json(orient="records", indent=2),
+                    encoding="utf-8")
+
 
 def _write_jsonl_gz(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,9 +243,10 @@ def export_hub_layout(world_or_data_dir, out_dir) -> dict:
         rows = [alpaca_row(item, f"{where['instructions']}, row {n}") for n, item in enumerate(instructions, start=1)]
         (tmp / "alpaca_eval").mkdir()
         (tmp / "alpaca_eval" / "README.md").write_text(_ALPACA_README, encoding="utf-8")
-        write_json(tmp / "alpaca_eval" / "alpaca_eval.json", rows)
+        write_alpaca_eval_json(tmp / "alpaca_eval" / f"{ALPACA_CONFIG}.json", rows)
         counts["instructions"] = len(rows)
-        hub["instructions"] = {"source": "alpaca_eval", "path": str(out_dir / "alpaca_eval"), "split": ALPACA_SPLIT}
+        hub["instructions"] = {"source": "alpaca_eval", "path": str(out_dir / "alpaca_eval"), "config": ALPACA_CONFIG,
+                               "split": ALPACA_SPLIT}
     return {**hub, "counts": counts}
 
 

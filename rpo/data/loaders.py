@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rpo.data.raw import Split, open_split
-from rpo.data.records import EvalPrompt, PreferenceRecord, format_turns, read_eval_prompts, validate_record
+from rpo.data.hub_rows import RAW_SOURCES, RowProblem
+from rpo.data.raw import Split, hub_file, looks_local, open_split
+from rpo.data.records import ASSISTANT, USER, EvalPrompt, PreferenceRecord, read_eval_prompts, validate_record
 from rpo.errors import ConfigError, DataError
 from rpo.io import BadLine
 
@@ -29,19 +29,12 @@ HUB_IDS = {
     "ultrafeedback": "HuggingFaceH4/ultrafeedback_binarized",
     "alpaca_eval": "tatsu-lab/alpaca_eval",
 }
-DEFAULT_CONFIGS = {"tldr": "comparisons", "alpaca_eval": "alpaca_eval"}
-DIALOGUE = {"task": "dialogue", "truncation": "keep_end"}
-SUMMARIZATION = {"task": "summarization", "truncation": "keep_start"}
+# alpaca_eval_gpt4_baseline: AlpacaEval 2.0's GPT-4 Turbo reference outputs, alpaca-eval's default reference
+# (the paper's); the config "alpaca_eval" holds AlpacaEval 1.0's text-davinci-003 outputs.
+DEFAULT_CONFIGS = {"tldr": "comparisons", "alpaca_eval": "alpaca_eval_gpt4_baseline"}
+ALPACA_EVAL_COLUMNS = ("instruction", "output", "generator", "dataset")
 ON_ERROR = ("raise", "skip")
 _DEFAULT = object()
-
-
-class RowProblem(Exception):
-    """One raw row cannot become a record; `kind` is a short label the skip report counts by."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
 
 
 @dataclass
@@ -60,6 +53,8 @@ class LoadReport:
     n_rows: int = 0
     n_loaded: int = 0
     skipped: list[SkippedRow] = field(default_factory=list)
+    # loaded rows of note, by kind: pairs the public code keeps although they carry no preference
+    kept: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_skipped(self) -> int:
@@ -86,146 +81,21 @@ def _require_fields(row: dict, columns) -> None:
         raise RowProblem("missing field", f"no field {missing[0]!r}")
 
 
-# ---- per-source row parsers: raw row -> (prompt, chosen, rejected, metadata) -----------------
-
-_HH_MARKER = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+KNOWN_SOURCES = (*RAW_SOURCES, "jsonl", "parquet")
 
 
-def parse_hh_transcript(text, which: str) -> list[tuple[str, str]]:
-    """"\\n\\nHuman: ...\\n\\nAssistant: ..." -> [(role, text)], alternating, ending with the assistant."""
-    if not isinstance(text, str):
-        raise RowProblem("not a string", f"{which} is {type(text).__name__}")
-    parts = _HH_MARKER.split(text)
-    if len(parts) < 3:
-        raise RowProblem("unparseable transcript", f"{which} has no 'Human:'/'Assistant:' turns")
-    if parts[0].strip():
-        raise RowProblem("unparseable transcript", f"{which} has text before the first turn")
-    turns = [(_HH_ROLES[role], body.strip()) for role, body in zip(parts[1::2], parts[2::2])]
-    for position, (role, _) in enumerate(turns, start=1):
-        expected = "user" if position % 2 else "assistant"
-        if role != expected:
-            raise RowProblem("wrong turn order", f"{which} turn {position} is {role}, expected {expected}")
-    if turns[-1][0] != "assistant":
-        raise RowProblem("missing final assistant turn", f"{which} ends with a user turn")
-    return turns
-
-
-def hh_transcript(turns) -> str:
-    """The inverse of parse_hh_transcript: [(role, text)] -> "\\n\\nHuman: ...\\n\\nAssistant: ..."."""
-    names = {role: name for name, role in _HH_ROLES.items()}
-    return "".join(f"\n\n{names[role]}: {text}" for role, text in turns)
-
-
-def _shared_history(chosen_turns, rejected_turns):
-    history = chosen_turns[:-1]
-    if history != rejected_turns[:-1]:
-        differ = next((i for i, (a, b) in enumerate(zip(history, rejected_turns[:-1]), 1) if a != b),
-                      min(len(history), len(rejected_turns) - 1) + 1)
-        raise RowProblem("histories differ", f"chosen and rejected differ before the final reply (turn {differ})")
-    return history
-
-
-def _hh_row(row: dict):
-    chosen_turns = parse_hh_transcript(row["chosen"], "chosen")
-    rejected_turns = parse_hh_transcript(row["rejected"], "rejected")
-    history = _shared_history(chosen_turns, rejected_turns)
-    prompt = format_turns(history)
-    return prompt, chosen_turns[-1][1], rejected_turns[-1][1], {**DIALOGUE, "n_turns": len(history)}
-
-
-def tldr_prompt_text(info: dict) -> str:
-    """The post as the OpenAI summarisation papers show it, ending with "TL;DR:".
-
-    Lines: "SUBREDDIT: r/<name>", "TITLE: <title>", "POST: <post>" (or "ARTICLE: <article>" for the
-    CNN/DM items, whose post is null), "TL;DR:". Subreddit and title lines are left out when null.
-    """
-    if not isinstance(info, dict):
-        raise RowProblem("bad info", f"info is {type(info).__name__}, expected an object")
-    post, article = info.get("post"), info.get("article")
-    for name, value in (("post", post), ("article", article)):
-        if value is not None and not isinstance(value, str):
-            raise RowProblem("bad info", f"info.{name} is {type(value).__name__}, expected a string")
-    if isinstance(post, str) and post.strip():
-        body = f"POST: {post.strip()}"
-    elif isinstance(article, str) and article.strip():
-        body = f"ARTICLE: {article.strip()}"
-    else:
-        raise RowProblem("missing post", "info has neither a post nor an article")
-    lines = []
-    if info.get("subreddit"):
-        lines.append(f"SUBREDDIT: r/{info['subreddit']}")
-    if info.get("title"):
-        lines.append(f"TITLE: {str(info['title']).strip()}")
-    return "\n".join(lines + [body, "TL;DR:"])
-
-
-def _tldr_row(row: dict):
-    prompt = format_turns([("user", tldr_prompt_text(row["info"]))])
-    summaries, choice = row["summaries"], row["choice"]
-    if not isinstance(summaries, list) or len(summaries) != 2:
-        raise RowProblem("bad summaries", "expected a list of exactly two summaries")
-    texts = []
-    for position, summary in enumerate(summaries):
-        if not isinstance(summary, dict) or not isinstance(summary.get("text"), str):
-            raise RowProblem("bad summaries", f"summaries[{position}] has no text string")
-        texts.append(summary["text"].strip())
-    if isinstance(choice, bool) or not isinstance(choice, int) or choice not in (0, 1):
-        raise RowProblem("bad choice", f"choice must be 0 or 1, got {choice!r}")
-    info, extra = row["info"], row.get("extra") or {}
-    metadata = {
-        **SUMMARIZATION,
-        "post_id": info.get("id"),
-        "subreddit": info.get("subreddit"),
-        "site": info.get("site"),
-        "chosen_policy": summaries[choice].get("policy"),
-        "rejected_policy": summaries[1 - choice].get("policy"),
-        "comparison_split": row.get("split"),
-        "confidence": extra.get("confidence") if isinstance(extra, dict) else None,
-    }
-    return prompt, texts[choice], texts[1 - choice], metadata
-
-
-def _messages(value, which: str) -> list[tuple[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise RowProblem("bad messages", f"{which} must be a non-empty list of messages")
-    turns = []
-    for position, message in enumerate(value, start=1):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise RowProblem("bad messages", f"{which} message {position} has no content string")
-        if message.get("role") not in ("user", "assistant"):
-            raise RowProblem("bad messages", f"{which} message {position} has role {message.get('role')!r}")
-        turns.append((message["role"], message["content"].strip()))
-    if turns[-1][0] != "assistant" or len(turns) < 2 or turns[-2][0] != "user":
-        raise RowProblem("bad messages", f"{which} must end with a user message then the assistant reply")
-    return turns
-
-
-def _ultrafeedback_row(row: dict):
-    chosen_turns = _messages(row["chosen"], "chosen")
-    rejected_turns = _messages(row["rejected"], "rejected")
-    history = _shared_history(chosen_turns, rejected_turns)
-    metadata = {**DIALOGUE, "prompt_id": row.get("prompt_id"), "score_chosen": row.get("score_chosen"),
-                "score_rejected": row.get("score_rejected")}
-    return format_turns(history), chosen_turns[-1][1], rejected_turns[-1][1], metadata
-
-
-_RAW_SOURCES = {
-    "hh": (_hh_row, ("chosen", "rejected")),
-    "tldr": (_tldr_row, ("info", "summaries", "choice")),
-    "ultrafeedback": (_ultrafeedback_row, ("chosen", "rejected")),
-}
-KNOWN_SOURCES = (*_RAW_SOURCES, "jsonl", "parquet")
 
 
 # ---- the loop shared by all sources ----------------------------------------------------------
 
-def _build_record(source, split, number, where, parsed) -> PreferenceRecord:
+def _build_record(source, split, number, where, parsed, report: LoadReport) -> PreferenceRecord:
     prompt, chosen, rejected, metadata = parsed
-    if not chosen.strip() or not rejected.strip():
-        raise RowProblem("empty response", "chosen or rejected reply is empty")
-    if chosen == rejected:
-        raise RowProblem("identical responses", "chosen and rejected replies are the same text")
+    # The public code trains on these pairs as they are; counted, so load_report.json shows how many.
+    notes = {"identical responses": chosen == rejected,
+             "empty response": not chosen.strip() or not rejected.strip(),
+             "no post (CNN/DM article): the empty-post prompt": metadata.get("task") == "summarization"
+                                                                and prompt == USER + ASSISTANT}
+    report.kept.update({kind: report.kept.get(kind, 0) + 1 for kind, found in notes.items() if found})
     row = {"id": f"{source}-{split}-{number - 1}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
            "metadata": {"source": source, "split": split, **metadata}}
     return validate_record(row, where, None)
@@ -261,6 +131,8 @@ def _collect(split: Split, make, report: LoadReport, on_error: str) -> list:
         if not out:  # an empty output would only fail later, naming no input
             raise DataError(f"{where}: all {report.n_rows} rows are bad ({report.reason_counts()}), nothing to "
                             "load; check that this is the right file and source")
+    if report.kept:
+        logger.warning("%s: kept, as the public code keeps them: %s", where, report.kept)
     logger.info("%s: loaded %d rows", where, report.n_loaded)
     return out
 
@@ -316,23 +188,40 @@ def load_preference_data(source: str, path_or_id: str | None, split: str, on_err
     if source in ("jsonl", "parquet"):
         path = _local_file(path_or_id, split, f".{source}")
         return _own_records(open_split(str(path), "train"), report, on_error), report
-    parse_row, columns = _RAW_SOURCES[source]
+    parse_row, columns = RAW_SOURCES[source]
     config = DEFAULT_CONFIGS.get(source) if config is _DEFAULT else config
     opened = open_split(path_or_id, split, config, cache_dir)
     _require_columns(opened, columns)
 
     def make(number, location, row):
         _require_fields(row, columns)
-        return _build_record(source, split, number, location, parse_row(row))
+        return _build_record(source, split, number, location, parse_row(row), report)
 
     return _collect(opened, make, report, on_error), report
+
+
+def _alpaca_eval_file(path_or_id: str, config: str, cache_dir) -> str:
+    """The file of one AlpacaEval config: the hub repository serves each as a JSON array at its root,
+    f"{config}.json", through a loading script that `datasets` (4 and later) no longer runs, so the file is
+    read directly. A local folder laid out like that repository holds the same file; a file is itself."""
+    name = f"{config}.json"
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if not (path / name).is_file():
+            raise DataError(f"{path}: no {name} (the file of AlpacaEval config {config!r}); point the path at "
+                            "the file, or at a folder laid out like tatsu-lab/alpaca_eval")
+        return str(path / name)
+    if path.is_file() or looks_local(path_or_id):
+        return path_or_id
+    return str(hub_file(path_or_id, name, cache_dir))
 
 
 def load_eval_prompts(source: str = "alpaca_eval", path_or_id: str | None = None, split: str = "eval",
                       config=_DEFAULT, cache_dir=None) -> list[EvalPrompt]:
     """AlpacaEval instructions as EvalPrompts (reference = the dataset's output); any bad row raises.
 
-    source "alpaca_eval" reads the raw hub schema (instruction, output, generator, dataset);
+    source "alpaca_eval" reads the raw hub schema (instruction, output, generator, dataset) of `config`
+    (default alpaca_eval_gpt4_baseline);
     "jsonl" reads our EvalPrompt rows. metadata["instruction"] keeps the raw instruction verbatim,
     because AlpacaEval matches model outputs to its references by that exact text (so each occurs once).
     """
@@ -342,26 +231,28 @@ def load_eval_prompts(source: str = "alpaca_eval", path_or_id: str | None = None
         raise ConfigError(f"source: unknown eval source {source!r}; known: alpaca_eval, jsonl")
     path_or_id = HUB_IDS[source] if path_or_id is None else path_or_id
     config = DEFAULT_CONFIGS[source] if config is _DEFAULT else config
-    opened = open_split(path_or_id, split, config, cache_dir)
-    _require_columns(opened, ("instruction", "output"))
+    opened = open_split(_alpaca_eval_file(path_or_id, config, cache_dir), split)
+    _require_columns(opened, ALPACA_EVAL_COLUMNS)
     first_at: dict[str, str] = {}
 
     def make(number, location, row):
-        _require_fields(row, ("instruction", "output"))
-        instruction, output = row["instruction"], row["output"]
+        _require_fields(row, ALPACA_EVAL_COLUMNS)
+        instruction, output, generator = row["instruction"], row["output"], row["generator"]
         if instruction is not None and not isinstance(instruction, str):
             raise RowProblem("bad instruction", f"instruction is {type(instruction).__name__}, expected a string")
         if not instruction or not instruction.strip():
             raise RowProblem("empty instruction", "instruction is missing or blank")
         if not isinstance(output, str):
             raise RowProblem("bad output", f"output is {type(output).__name__}, expected a string")
+        if not isinstance(generator, str) or not generator.strip():
+            raise RowProblem("bad generator", f"generator must name the reference's model, got {generator!r}")
         if instruction in first_at:
             raise RowProblem("duplicate instruction", f"the same instruction is already at {first_at[instruction]}")
         first_at[instruction] = location
         metadata = {"source": source, "split": split, "task": "instruction", "truncation": "keep_end",
                     "instruction": instruction, "generator": row.get("generator"),
                     "dataset": row.get("dataset")}
-        return EvalPrompt(f"{source}-{split}-{number - 1}", format_turns([("user", instruction.strip())]),
-                          output, metadata)
+        # The public code's prompt: the instruction as it is (not stripped, spaces not collapsed).
+        return EvalPrompt(f"{source}-{split}-{number - 1}", USER + instruction + ASSISTANT, output, metadata)
 
     return _collect(opened, make, LoadReport(source, str(path_or_id), split), "raise")

@@ -52,8 +52,9 @@ def _prepare_hub(data_config: dict, out: Path) -> dict:
             report["tasks"][f"{task}/{name}"] = load_report.to_dict()
             log.info("%s/%s: %d records (%d rows skipped)", task, name, len(records), load_report.n_skipped)
     instructions = hub.get("instructions") or {"source": "alpaca_eval", "path": None, "split": "eval"}
+    config = {"config": instructions["config"]} if "config" in instructions else {}  # else the loader's default
     prompts = load_eval_prompts(instructions.get("source", "alpaca_eval"), instructions.get("path"),
-                                instructions.get("split", "eval"))
+                                instructions.get("split", "eval"), **config)
     write_eval_prompts(out / "instructions" / "eval.jsonl", prompts)
     return report
 

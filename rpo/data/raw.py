@@ -77,6 +77,17 @@ def _hub_split(hub_id: str, split: str, config, cache_dir) -> Split:
                  set(dataset.column_names))
 
 
+def hub_file(repo_id: str, filename: str, cache_dir=None) -> Path:
+    """One raw file of a hub dataset repository, downloaded (or found in the HF cache)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type="dataset", cache_dir=cache_dir))
+    except Exception as exc:  # offline, unknown repo or file, HTTP errors: many types
+        raise DataError(f"{repo_id}: cannot fetch {filename}: {_first_line(exc)}; check the id and config, or point "
+                        "the config's path at a local copy") from exc
+
+
 def _folder_config(folder: Path, config):
     """A local folder without named configs is read as the requested config."""
     if config is None:
@@ -156,6 +167,10 @@ def _file_rows(file: Path) -> list[tuple[Path, str, int, dict | BadLine]]:
         if whole is not None:
             return whole
     rows, bad = parse_jsonl(file, text)
+    if bad and not rows:  # not one line is an object: the file is in another format (a CSV named .jsonl, ...)
+        first = bad[0]
+        raise DataError(f"{file}, line {first.line}: {first.detail.split(';')[0]}; no line of the file is a JSON "
+                        "object, so it is not JSON lines: check the file's format")
     numbered = sorted([(line, row) for line, row in rows] + [(line.line, line) for line in bad],
                       key=lambda item: item[0])
     return [(file, "line", line, value) for line, value in numbered]

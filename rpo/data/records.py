@@ -105,10 +105,10 @@ def validate_record(row, source, line) -> PreferenceRecord:
         raise DataError(f"{where}: expected an object, got {type(row).__name__}")
     record_id = _require_str(row, "id", where, non_blank=True)
     prompt = _require_str(row, "prompt", where, non_blank=True)
-    chosen = _require_str(row, "chosen", where, non_blank=True)
-    rejected = _require_str(row, "rejected", where, non_blank=True)
-    if chosen == rejected:
-        raise DataError(f"{where}: 'chosen' and 'rejected' are identical; the pair carries no preference")
+    # Empty or identical responses are allowed: the paper's data holds such pairs and its public code
+    # trains on them (rpo.data.loaders counts them in load_report.json).
+    chosen = _require_str(row, "chosen", where, non_blank=False)
+    rejected = _require_str(row, "rejected", where, non_blank=False)
     return PreferenceRecord(record_id, prompt, chosen, rejected, dict(_require_metadata(row, where)))
 
 

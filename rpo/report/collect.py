@@ -228,7 +228,9 @@ def collect_alpacaeval(results_dir, expected_runs: Sequence[str] | None = None) 
             continue
         config = read_run_config(found[1], run)
         rows.append({"task": ALPACAEVAL_TASK, "run": run, "trained_on": found[0], **config,
-                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "annotator", "lc_win_rate")}, **lc_why})
+                     **{k: result[k] for k in (*ALPACAEVAL_KEYS, "annotator", "lc_win_rate")}, **lc_why,
+                     # the references' generator as their rows name it (absent in results before it was recorded)
+                     "reference_generator": result.get("reference_generator")})
     present = {row["run"] for row in rows}
     for run in sorted((wanted or set()) - present):
         problems.append(f"expected AlpacaEval run {run} is missing (no {folder / (run + '.json')})")

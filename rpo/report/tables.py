@@ -317,6 +317,10 @@ def _lc_cell(row) -> tuple[str, str | None]:
     return f"{paper.NOT_AVAILABLE} ({short})", f"LC n/a ({short}): {reason or short}"
 
 
+def _reference_name(row) -> str:
+    return _value(row.get("reference_generator")) or "not recorded"
+
+
 def table2(alpacaeval: pd.DataFrame) -> Table:
     """AlpacaEval 2.0 win rate per run and annotator, beside the paper's values."""
     lines, data, lc_notes = [], [], {}
@@ -327,15 +331,18 @@ def table2(alpacaeval: pd.DataFrame) -> Table:
         if lc_note is not None:
             lc_notes.setdefault(lc_note, []).append(row["run"])
         lines.append({"model": row["model"], "method": METHOD_LABELS[row["method"]], "run": row["run"],
-                      "annotator": row["annotator"], "n": int(row["n"]),
+                      "annotator": row["annotator"], "reference": _reference_name(row), "n": int(row["n"]),
                       "win rate": format_cell(row["win_rate"], row["ci_low"], row["ci_high"]),
                       "SE": percent(row["standard_error"]), "LC win rate": lc_text,
                       "paper": paper.paper_cell("alpacaeval", row["method"])})
         data.append({"task": "instructions", "model": row["model"], "method": row["method"],
                      "label": METHOD_LABELS[row["method"]], "run": row["run"], "annotator": row["annotator"],
+                     "reference": _reference_name(row),
                      "n": int(row["n"]), "win_rate": row["win_rate"], "ci_low": row["ci_low"],
                      "ci_high": row["ci_high"], "paper": paper.paper_win_rate("alpacaeval", row["method"])})
-    notes = ["AlpacaEval 2.0 win rate vs GPT-4 Turbo reference outputs in %, 95% interval in brackets (percentile "
+    references = ", ".join(sorted({line["reference"] for line in lines}))
+    notes = [f"AlpacaEval win rate vs the reference outputs of {references} (as the reference rows name their "
+             "generator; the paper's: gpt4_turbo, AlpacaEval 2.0) in %, 95% interval in brackets (percentile "
              "bootstrap over alpaca_eval's per-instruction preferences, soft ones included); SE: alpaca_eval's "
              "standard error; LC: length-controlled (the paper reports the plain rate).",
              ANNOTATOR_NOTE, INSTRUCTIONS_NOTE,
