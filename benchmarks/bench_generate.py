@@ -4,7 +4,7 @@
         [--records results/data/dialogue/test.jsonl] [--config config.yaml] [--repeats 2] [--threads 1]
 
 A trained model of the embedded run (any run folder) on its task's test prompts, with config.yaml's
-generation settings exactly (n_prompts, max_new_tokens, top_p, temperature, batch_size, training's
+generation settings exactly (n_prompts, max_new_tokens, top_k, top_p, temperature, batch_size, training's
 prompt cut). Each repeat generates every prompt once with each sampler, alternating (A B, then B A) so
 load drift hits both alike; the figure is the median wall time, the ratio HF / ours (> 1: ours faster).
 It also says whether the two wrote the same samples (they should: the same mask, HF's multinomial).
@@ -38,7 +38,7 @@ def main() -> None:
     gen, training = config["generation"], config["training"]
     prompts = select_prompts(read_prompt_records(args.records), gen["n_prompts"], config["seeds"][0])
     settings = dict(max_new_tokens=gen["max_new_tokens"], max_length=gen["max_length"], top_p=gen["top_p"],
-                    temperature=gen["temperature"], batch_size=gen["batch_size"], seed=config["seeds"][0],
+                    top_k=gen["top_k"], temperature=gen["temperature"], batch_size=gen["batch_size"], seed=config["seeds"][0],
                     max_prompt_length=training["max_prompt_length"], train_max_length=training["max_length"],
                     dtype=training["dtype"], progress=False)
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -56,7 +56,7 @@ def main() -> None:
     ours, theirs = statistics.median(times[True]), statistics.median(times[False])
     same = sum(a == b for a, b in zip(samples[True], samples[False]))
     print(f"{len(prompts)} prompts, batch {gen['batch_size']}, max_new_tokens {gen['max_new_tokens']}, "
-          f"top_p {gen['top_p']}, {args.threads} thread(s), {args.repeats} repeats")
+          f"top_k {gen['top_k']}, top_p {gen['top_p']}, {args.threads} thread(s), {args.repeats} repeats")
     print(f"HF TopPLogitsWarper  {theirs:7.2f} s")
     print(f"FastNucleus          {ours:7.2f} s   ratio {theirs / ours:.2f}x")
     print(f"with --score-chosen  {scored:7.2f} s   (+{scored - ours:.2f} s)")

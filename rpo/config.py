@@ -119,6 +119,10 @@ def _check_cross_keys(config: dict) -> None:
             check_spec(spec)
         except ConfigError as exc:
             raise ConfigError(f"config key 'models.{name}': {exc}") from None
+    for name in config["generation"]["temperature_by_model"]:
+        if name not in config["models"]:
+            raise ConfigError(f"config key 'generation.temperature_by_model.{name}': {name!r} is not in models "
+                              f"({', '.join(config['models'])})")
     training = config["training"]
     if training["max_prompt_length"] >= training["max_length"]:
         raise ConfigError("config key 'training.max_prompt_length': must be below training.max_length")

@@ -1,4 +1,5 @@
-"""Sample responses to evaluation prompts (paper: 256 test prompts, nucleus sampling, top_p 0.95).
+"""Sample responses to evaluation prompts (paper: 256 test prompts in its loader's order, top_k 50 then
+top_p 0.95, the temperature of the model's generation config, batches of 32).
 
     prompts = select_prompts(read_records("test.jsonl"), n=256, seed=1)   # same prompts for every model
     generate("results/hh/models/dpo_bs8_seed1", prompts, "samples.jsonl", max_length=512, seed=1)
@@ -32,7 +33,8 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
 
 from rpo.data.tokenize import pair_prompt_ids, prompt_ids
 from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
@@ -47,11 +49,14 @@ def _as_row(record) -> dict:
 
 
 def select_prompts(records: Sequence, n: int, seed: int) -> list[dict]:
-    """The first n unique prompts after a seeded shuffle, as rows {id, prompt, chosen, metadata}.
+    """The public code's test prompts: its SFT loader's first n, as rows {id, prompt, chosen, rejected, metadata}.
 
-    `records` are PreferenceRecords / EvalPrompts or their dict rows; the reference is `chosen` or
-    `reference`. A prompt that occurs in several pairs (TL;DR has many per post) is kept once, with its
-    first pair's chosen response. Fewer than n unique prompts: all of them are returned.
+    As eval.py's sample mode draws them (dataloader.py, SFTDataLoader.__iter__, after BasicTrainer.__init__'s
+    `random.seed(seed)`): the unique prompts in the order they first occur, shuffled, then the list of their
+    examples shuffled again with the same generator; the first n. `records` are PreferenceRecords /
+    EvalPrompts or their dict rows; the reference is `chosen` or `reference`. A prompt that occurs in several
+    pairs (TL;DR has many per post) is kept once, with its first pair's chosen response (the loader's
+    sft_index 0). Fewer than n unique prompts: all of them (the public loader would start a second epoch).
     """
     if n < 1:
         raise ConfigError(f"n: must be a positive number of prompts, got {n}")
@@ -65,9 +70,27 @@ def select_prompts(records: Sequence, n: int, seed: int) -> list[dict]:
                 "rejected": record.get("rejected"),  # with chosen, decides the prompt cut as in training
                 "metadata": dict(record.get("metadata") or {}),
             }
-    rows = list(unique.values())
-    random.Random(seed).shuffle(rows)
+    rng = random.Random(seed)  # the global generator after random.seed(seed), as the public code uses it
+    prompts = list(unique)
+    rng.shuffle(prompts)  # the unique prompts, before the loader builds its flat list
+    rows = [unique[prompt] for prompt in prompts]
+    rng.shuffle(rows)  # the epoch's shuffle of the flat data
     return rows[:n]
+
+
+def resolve_temperature(model, model_path, temperature: float | None) -> float:
+    """`temperature`, or (None) the model's generation config's, as the public code samples: it passes no
+    temperature to generate. A config without one would sample at transformers' default 1.0 there; here
+    that silent default is refused, so a profile states it (generation.temperature_by_model)."""
+    if temperature is None:
+        temperature = getattr(getattr(model, "generation_config", None), "temperature", None)
+        if temperature is None:
+            raise ConfigError(f"generation.temperature: the generation config of {model_path} sets no temperature; "
+                              f"set generation.temperature_by_model.<model> (or generation.temperature), e.g. 1.0, "
+                              f"transformers' default (--temperature by hand)")
+    if not temperature > 0:
+        raise ConfigError(f"generation.temperature: must be > 0, got {temperature} (model {model_path})")
+    return float(temperature)
 
 
 def _prompt_as_trained(tokenizer, row: dict, max_prompt_length, train_max_length) -> list[int]:
@@ -79,28 +102,34 @@ def _prompt_as_trained(tokenizer, row: dict, max_prompt_length, train_max_length
 
 
 class FastNucleus(LogitsProcessor):
-    """HF's sampling warpers TemperatureLogitsWarper then TopPLogitsWarper (keep the top tokens until the
-    mass above a token reaches top_p; at least one), the nucleus found by a partial sort.
+    """HF's sampling warpers in HF's order: TemperatureLogitsWarper, TopKLogitsWarper (top_k > 0), then
+    TopPLogitsWarper (keep the top tokens until the mass above a token reaches top_p; at least one), the
+    nucleus found by a partial sort.
 
-    Why our own: HF's warper sorts the whole vocabulary at every decoding step; on CPU at the embedded
+    Why our own: HF's top-p warper sorts the whole vocabulary at every decoding step; on CPU at the embedded
     scale that sort is ~45% of a step (benchmarks/bench_generate.py). Here a top-`candidates` partial
-    sort finds the nucleus whenever it lies within those tokens; rows where it does not (flat
-    distributions) go to HF's warper itself, except rows already past their EOS, whose next token
-    generate replaces with padding whatever is drawn. The mask is HF's but for float rounding of a mass that
-    lands exactly on top_p, and HF's multinomial then draws from it: the same samples
-    (tests/test_generate.py checks both)."""
+    sort finds the nucleus whenever it lies within those tokens (always, when top_k <= candidates); rows
+    where it does not (flat distributions) go to HF's warper itself, except rows already past their EOS,
+    whose next token generate replaces with padding whatever is drawn. The mask is HF's but for float
+    rounding of a mass that lands exactly on top_p, and HF's multinomial then draws from it: the same
+    samples (tests/test_generate.py checks both)."""
 
-    def __init__(self, top_p: float, temperature: float = 1.0, eos_token_id: int | None = None, candidates: int = 256):
-        if not 0.0 < top_p <= 1.0 or temperature <= 0:
-            raise ConfigError(f"generation: top_p must be in (0, 1] and temperature > 0, got {top_p}, {temperature}")
+    def __init__(self, top_p: float, temperature: float = 1.0, eos_token_id: int | None = None, candidates: int = 256,
+                 top_k: int = 0):
+        if not 0.0 < top_p <= 1.0 or temperature <= 0 or top_k < 0:
+            raise ConfigError(f"generation: top_p must be in (0, 1], temperature > 0 and top_k >= 0, got {top_p}, "
+                              f"{temperature}, {top_k}")
         self.top_p, self.temperature, self.candidates, self.eos_token_id = top_p, temperature, candidates, eos_token_id
         self.temperature_warper = TemperatureLogitsWarper(temperature) if temperature != 1.0 else None
+        self.top_k_warper = TopKLogitsWarper(top_k) if top_k else None  # a top-k pick, no full sort
         self.full_sort = TopPLogitsWarper(top_p) if top_p < 1.0 else None
         self.prompt_width = None  # one processor per generate call: the first call's input is the prompt
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.temperature_warper is not None:
             scores = self.temperature_warper(input_ids, scores)
+        if self.top_k_warper is not None:
+            scores = self.top_k_warper(input_ids, scores)
         if self.full_sort is None:
             return scores
         top, index = scores.softmax(dim=-1).topk(min(self.candidates, scores.shape[-1]), dim=-1)
@@ -155,7 +184,7 @@ def generate(
     max_new_tokens: int = 256,
     max_length: int | None = None,
     top_p: float = 0.95,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     batch_size: int = 8,
     seed: int = 1,
     do_sample: bool = True,
@@ -167,6 +196,7 @@ def generate(
     env: DistEnv | None = None,
     score_chosen: bool = False,
     fast_nucleus: bool = True,
+    top_k: int = 50,
 ) -> list[dict]:
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
@@ -180,11 +210,15 @@ def generate(
     response as training tokenizes the pair (so a run's mean log-ratio to SFT on test data is a difference
     of two samples files: rpo.report.regime). `fast_nucleus` False: HF's own sampling warpers (the same
     samples, slower on CPU: benchmarks/bench_generate.py).
+    Sampling as the public code's generate call: top_p, top_k (its 50 is transformers' default, which it
+    leaves in place; 0 = none) and `temperature`, None = the model's generation config's (resolve_temperature).
     """
     from rpo.models import load_model
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"batch_size and max_new_tokens: must be positive, got {batch_size}, {max_new_tokens}")
+    if top_k < 0:
+        raise ConfigError(f"generation.top_k: must be >= 0 (0: no top-k), got {top_k}")
     if max_length is not None and (max_length < 1 or (max_prompt_length or 0) >= max_length):
         raise ConfigError(f"generation.max_length: {max_length} leaves no room for a response after "
                           f"max_prompt_length {max_prompt_length}")
@@ -198,10 +232,11 @@ def generate(
     options = {"do_sample": do_sample, "use_cache": True, "pad_token_id": tokenizer.pad_token_id,
                "eos_token_id": tokenizer.eos_token_id}
     if do_sample:
-        sampling.update(top_p=top_p, temperature=temperature)
-        # top_k=0 turns off any top-k default a model's generation_config carries: pure nucleus sampling.
-        options.update(top_k=0, **({"top_p": 1.0, "temperature": 1.0} if fast_nucleus else
-                                   {"top_p": top_p, "temperature": temperature}))
+        temperature = resolve_temperature(model, model_path, temperature)
+        sampling.update(top_p=top_p, top_k=top_k, temperature=temperature)
+        # Explicit values, so nothing else of the model's generation config warps (top_k=0: HF's "none").
+        options.update(**({"top_k": 0, "top_p": 1.0, "temperature": 1.0} if fast_nucleus else
+                          {"top_k": top_k, "top_p": top_p, "temperature": temperature}))
     starts = range(0, len(prompts), batch_size)
     mine = range(env.rank, len(starts), env.world_size)  # whole batches, round-robin: same seeds for any N
     local = {}
@@ -217,8 +252,9 @@ def generate(
             raise ConfigError(f"generation.max_length: {max_length} tokens, but batch {batch_index}'s prompts are "
                               f"{input_ids.shape[1]} tokens wide; set max_prompt_length")
         torch.manual_seed(seed + batch_index)
-        if do_sample and fast_nucleus:  # HF's temperature and top-p warpers, the nucleus by a partial sort
-            options["logits_processor"] = LogitsProcessorList([FastNucleus(top_p, temperature, tokenizer.eos_token_id)])
+        if do_sample and fast_nucleus:  # HF's temperature, top-k and top-p warpers, the nucleus by a partial sort
+            options["logits_processor"] = LogitsProcessorList([FastNucleus(top_p, temperature, tokenizer.eos_token_id,
+                                                                           top_k=top_k)])
         with torch.no_grad(), precision.autocast(model.device):
             output = model.generate(input_ids=input_ids.to(model.device), max_new_tokens=budget,
                                     attention_mask=attention_mask.to(model.device), **options)
@@ -277,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training max_length: cut a prompt only when it and its pair's longer response exceed it, "
                              "as training does (default: always cut to --max-prompt-length)")
     parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50,
+                        help="top-k before top-p (the public code: transformers' default 50); 0 = none")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="default: the model's generation config's (the public code); an error if it sets none")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of nucleus sampling")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
@@ -299,7 +338,7 @@ def main(argv=None) -> int:
     env = init_distributed(args.device)
     try:
         rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens,
-                        max_length=args.max_length, top_p=args.top_p,
+                        max_length=args.max_length, top_p=args.top_p, top_k=args.top_k,
                         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
                         do_sample=not args.greedy, max_prompt_length=args.max_prompt_length,
                         train_max_length=args.train_max_length, dtype=args.dtype,

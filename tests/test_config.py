@@ -33,6 +33,20 @@ def test_method_enum_is_the_registry():
         validate_config(config)
 
 
+def test_a_per_model_temperature_names_a_configured_model():
+    config = profile("workflow/paper.yaml")
+    config["generation"]["temperature_by_model"] = {"mistral-7B": 1.0}  # a typo of mistral-7b
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert str(err.value) == ("config key 'generation.temperature_by_model.mistral-7B': 'mistral-7B' is not in models "
+                              "(mistral-7b, llama2-7b, llama2-13b)")
+    config["generation"].update(temperature_by_model={}, temperature=0, top_k=-1)
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert "config key 'generation.temperature': 0 is less than or equal to the minimum of 0" in str(err.value)
+    assert "config key 'generation.top_k': -1 is less than the minimum of 0" in str(err.value)
+
+
 # -- defaults ------------------------------------------------------------------------------------------
 def test_defaults_are_filled_in_from_their_one_home():
     from rpo.train_config import DEFAULTS
@@ -180,7 +194,7 @@ def test_hand_run_cli_defaults_agree_with_the_pipeline_defaults():
         return properties[section]["properties"][key]["default"]
 
     generate = generate_parser().parse_args(["--model", "m", "--records", "r", "--out", "o"])
-    for key in ("n_prompts", "max_new_tokens", "top_p", "temperature", "batch_size"):
+    for key in ("n_prompts", "max_new_tokens", "top_p", "top_k", "temperature", "batch_size"):
         assert getattr(generate, "n" if key == "n_prompts" else key) == schema_default("generation", key), key
     judge = judge_parser().parse_args(["--samples", "s", "--task", "dialogue", "--out", "o", "--summary", "j"])
     for key in ("model", "concurrency", "max_tokens", "timeout"):

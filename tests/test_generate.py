@@ -1,5 +1,6 @@
 """Generation on a tiny random GPT-2 built in-test: prompt selection, left padding, seeding, output rows."""
 import json
+import random
 
 import pytest
 import torch
@@ -47,7 +48,8 @@ def prompt_rows(texts):
 
 
 def run(model_dir, tmp_path, prompts, name="s.jsonl", **kwargs):
-    options = dict(max_new_tokens=8, batch_size=2, seed=1, progress=False, device="cpu")
+    # the tiny model's generation config sets no temperature: tests state one unless they test that
+    options = dict(max_new_tokens=8, batch_size=2, seed=1, progress=False, device="cpu", temperature=1.0)
     options.update(kwargs)
     return generate(model_dir, prompts, tmp_path / name, **options)
 
@@ -110,7 +112,8 @@ def test_output_rows(model_dir, tmp_path):
     assert rows[0]["model"] == str(model_dir)
     assert rows[0]["sampling"] == {"do_sample": True, "max_new_tokens": 5, "max_length": None, "max_prompt_length": 256,
                                    "train_max_length": None,
-                                   "seed": 1, "batch_size": 2, "top_p": 0.9, "temperature": 0.7, "new_token_budget": 5}
+                                   "seed": 1, "batch_size": 2, "top_p": 0.9, "top_k": 50, "temperature": 0.7,
+                                   "new_token_budget": 5}
     assert all(row["response"] == row["response"].strip() for row in rows)
     from transformers import AutoTokenizer
 
@@ -207,7 +210,8 @@ def test_cli_with_preference_and_eval_records(model_dir, tmp_path):
                 "rejected": f"no {i}", "metadata": {"task": "dialogue", "truncation": "keep_end"}}
                for i in range(6)]
     write_jsonl(tmp_path / "test.jsonl", records)
-    common = ["--model", str(model_dir), "--n", "4", "--seed", "1", "--max-new-tokens", "4", "--device", "cpu"]
+    common = ["--model", str(model_dir), "--n", "4", "--seed", "1", "--max-new-tokens", "4", "--device", "cpu",
+              "--temperature", "1.0"]
     assert main(common + ["--records", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "s.jsonl")]) == 0
     rows = read_jsonl(tmp_path / "s.jsonl")
     assert len(rows) == 4 and all(r["chosen"] == "yes " + r["id"][1:] for r in rows)
@@ -250,23 +254,109 @@ def test_score_chosen_records_the_models_log_prob_of_the_chosen_response(model_d
             train_max_length=16)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fast_nucleus_masks_as_hfs_warpers_and_gives_hfs_samples(model_dir, tmp_path, temperature):
-    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.0, 50), (0.7, 50)])
+def test_fast_nucleus_masks_as_hfs_warpers_and_gives_hfs_samples(model_dir, tmp_path, temperature, top_k):
+    """HF's order: temperature, then top-k, then top-p; the same mask and so the same samples as HF's."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     import rpo.generate as gen
+
+    def hf(scores):
+        scores = TemperatureLogitsWarper(temperature)(None, scores) if temperature != 1.0 else scores
+        return TopPLogitsWarper(0.95)(None, TopKLogitsWarper(top_k)(None, scores) if top_k else scores)
 
     g = torch.Generator().manual_seed(0)
     for scale in (1.0, 4.0, 12.0):  # flat (the full-sort fallback) to peaked (the partial sort)
         scores = torch.randn(64, 300, generator=g) * scale
-        expected = TopPLogitsWarper(0.95)(None, TemperatureLogitsWarper(temperature)(None, scores.clone())
-                                          if temperature != 1.0 else scores.clone())
-        got = gen.FastNucleus(0.95, temperature, candidates=32)(None, scores.clone())
-        assert torch.equal(torch.isinf(got), torch.isinf(expected)) and torch.equal(got, expected)
+        expected = hf(scores.clone())
+        for candidates in (32, 256):  # top_k 50 past 32 candidates: the fallback on top-k's survivors
+            got = gen.FastNucleus(0.95, temperature, candidates=candidates, top_k=top_k)(None, scores.clone())
+            assert torch.equal(torch.isinf(got), torch.isinf(expected)) and torch.equal(got, expected)
+        if top_k and scale == 1.0:  # flat rows: top-k, not top-p, decides how many survive
+            assert (~torch.isinf(expected)).sum(dim=-1).max() <= top_k
     # end to end: the same samples as HF's own warpers
     prompts = prompt_rows(["how do I bake bread", "the cat sat", "a summary should keep", "the assistant"])
-    ours = run(model_dir, tmp_path, prompts, "ours.jsonl", temperature=temperature, max_new_tokens=12)
-    theirs = run(model_dir, tmp_path, prompts, "theirs.jsonl", temperature=temperature, max_new_tokens=12,
-                 fast_nucleus=False)
+    ours = run(model_dir, tmp_path, prompts, "ours.jsonl", temperature=temperature, top_k=top_k, max_new_tokens=12)
+    theirs = run(model_dir, tmp_path, prompts, "theirs.jsonl", temperature=temperature, top_k=top_k,
+                 max_new_tokens=12, fast_nucleus=False)
     assert [r["response"] for r in ours] == [r["response"] for r in theirs]
     assert len({r["response"] for r in ours}) > 1
+    assert ours[0]["sampling"]["top_k"] == top_k
+
+
+@pytest.mark.parametrize("fast_nucleus", [True, False])
+def test_top_k_reaches_the_sampler(model_dir, tmp_path, fast_nucleus):
+    """top_k 1 leaves one token per step: sampling is then greedy decoding, on either sampler."""
+    prompts = prompt_rows(["how do I bake bread", "the cat sat", "a summary should keep", "the assistant"])
+    greedy = run(model_dir, tmp_path, prompts, "greedy.jsonl", do_sample=False, max_new_tokens=12)
+    top1 = run(model_dir, tmp_path, prompts, "top1.jsonl", top_k=1, temperature=1.3, max_new_tokens=12,
+               fast_nucleus=fast_nucleus)
+    sampled = run(model_dir, tmp_path, prompts, "sampled.jsonl", temperature=1.3, max_new_tokens=12,
+                  fast_nucleus=fast_nucleus)
+    assert [r["response"] for r in top1] == [r["response"] for r in greedy]
+    assert [r["response"] for r in sampled] != [r["response"] for r in greedy]
+    with pytest.raises(ConfigError, match="generation.top_k: must be >= 0"):
+        run(model_dir, tmp_path, prompts, "bad.jsonl", top_k=-1)
+
+
+def test_temperature_comes_from_the_models_generation_config_unless_set(model_dir, tmp_path, capsys):
+    """The public code passes no temperature: the model's generation config decides. One that sets none
+    is refused in one line naming the model and the key, not sampled at a silent default."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from rpo.errors import run_cli
+    from rpo.models import load_model, save_model
+
+    hot = tmp_path / "hot"
+    shutil.copytree(model_dir, hot)
+    GenerationConfig(do_sample=True, temperature=0.25).save_pretrained(hot)  # as Llama-2's sets 0.6
+    # the pipeline's folders are save_model copies (the pretrained rule, the trainer): the setting survives
+    model, tokenizer = load_model(hot, device="cpu")
+    save_model(model, tokenizer, tmp_path / "copied")
+    prompts = prompt_rows(["how do I bake bread", "the cat sat", "a summary should keep", "the assistant"])
+    own = run(tmp_path / "copied", tmp_path, prompts, "own.jsonl", temperature=None, max_new_tokens=12)
+    stated = run(model_dir, tmp_path, prompts, "stated.jsonl", temperature=0.25, max_new_tokens=12)
+    default = run(model_dir, tmp_path, prompts, "default.jsonl", temperature=1.0, max_new_tokens=12)
+    assert own[0]["sampling"]["temperature"] == 0.25
+    assert [r["response"] for r in own] == [r["response"] for r in stated] != [r["response"] for r in default]
+    overridden = run(hot, tmp_path, prompts, "overridden.jsonl", temperature=1.0, max_new_tokens=12)
+    assert [r["response"] for r in overridden] == [r["response"] for r in default]
+    assert run(model_dir, tmp_path, prompts, "greedy.jsonl", temperature=None, do_sample=False)  # greedy needs none
+
+    records = [{"id": f"r{i}", "prompt": p["prompt"], "chosen": "yes", "rejected": "no", "metadata": {}}
+               for i, p in enumerate(prompts)]
+    write_jsonl(tmp_path / "test.jsonl", records)
+    out = tmp_path / "none.jsonl"
+    assert run_cli(main, ["--model", str(model_dir), "--records", str(tmp_path / "test.jsonl"), "--out", str(out),
+                          "--n", "2", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
+    assert error == (f"error: generation.temperature: the generation config of {model_dir} sets no temperature; "
+                     "set generation.temperature_by_model.<model> (or generation.temperature), e.g. 1.0, "
+                     "transformers' default (--temperature by hand)")
+    assert not out.exists()
+
+
+def test_test_prompts_are_the_public_sft_loaders_order():
+    """Re-derived from the public code's steps (dataloader.py, SFTDataLoader): the global `random` seeded
+    once, the unique prompts (first-occurrence order) shuffled, their examples shuffled again; the first n."""
+    records = [PreferenceRecord(f"r{i}", f"post {(i * 7) % 23}", f"good {i}", f"bad {i}", {}) for i in range(60)]
+    state = random.getstate()
+    try:
+        random.seed(1)
+        examples = {}
+        for record in records:
+            examples.setdefault(record.prompt, record)
+        keys = list(examples)
+        random.shuffle(keys)
+        flat = [examples[k] for k in keys]
+        random.shuffle(flat)
+    finally:
+        random.setstate(state)
+    selected = select_prompts(records, n=16, seed=1)
+    assert [r["id"] for r in selected] == [r.id for r in flat[:16]]
+    assert [r["chosen"] for r in selected] == [r.chosen for r in flat[:16]]  # each prompt's first pair
+    once = list({r.prompt: r for r in reversed(records)}.values())[::-1]  # not one shuffle of the unique list
+    random.Random(1).shuffle(once)
+    assert [r["id"] for r in selected] != [r.id for r in once[:16]]

@@ -193,3 +193,32 @@ def test_judge_retries_are_a_switch_the_public_codes_single_attempt_reachable_fr
     assert result.returncode == 0, result.stderr[-3000:]
     judges = [line for line in result.stdout.splitlines() if "python -m rpo.judge --samples" in line]
     assert judges and all("--timeout 10 --max-attempts 1 --failed-as-no-winner" in line for line in judges)
+
+
+def test_paper_sampling_is_the_public_codes_per_model(tmp_path):
+    """Each generate command of paper.yaml samples as the public code's generate call: top_k 50, top_p 0.95,
+    512 tokens over batches of 32; no --temperature where the model's generation config decides (Llama-2),
+    1.0 where Mistral-7B-v0.1's sets none (transformers' default there)."""
+    from rpo.generate import build_parser
+
+    r = "results"
+    targets = []
+    for model in ("mistral-7b", "llama2-7b"):
+        for path in (f"{r}/data/dialogue/test.jsonl", f"{r}/{model}/dialogue/models/dpo_bs8_seed1/config.json"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).touch()
+        targets.append(f"{r}/{model}/dialogue/samples/dpo_bs8_seed1.jsonl")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "-p",
+                             "--configfile", str(PAPER), "--directory", str(tmp_path), "--allowed-rules", "generate",
+                             "--", *targets], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        if " -m rpo.generate " in line:
+            words = shlex.split(line.split(" > ")[0].split("Shell command:")[-1])
+            args = build_parser().parse_args(words[words.index("rpo.generate") + 1:])
+            commands[args.model.parts[1]] = args
+    assert set(commands) == {"mistral-7b", "llama2-7b"}
+    for args in commands.values():
+        assert (args.top_k, args.top_p, args.max_length, args.batch_size, args.n) == (50, 0.95, 512, 32, 256)
+    assert commands["mistral-7b"].temperature == 1.0 and commands["llama2-7b"].temperature is None

@@ -42,11 +42,11 @@ def make_records():
 def commands(root: Path, out: Path) -> dict[str, list[str]]:
     data, model = str(root / "train.jsonl"), str(root / "model")
     gen = ["--model", model, "--records", data, "--n-prompts", str(N_PROMPTS), "--max-new-tokens", "6",
-           "--batch-size", str(GEN_BATCH), "--seed", "5", "--device", "cpu"]
+           "--batch-size", str(GEN_BATCH), "--seed", "5", "--device", "cpu", "--temperature", "1.0"]
     return {
         "refcache": ["--model", model, "--records", data, "--out", str(out / "ref.pt"), "--max-length", "64",
                      "--max-prompt-length", "32", "--batch-size", str(REF_BATCH), "--threads", "1"],
-        # the default sampling settings: nucleus sampling, top_p 0.95, temperature 1
+        # the default sampling settings: top_k 50, top_p 0.95; temperature 1 (the small model's config sets none)
         "sampled": [*gen, "--out", str(out / "sampled.jsonl")],
         "greedy": [*gen, "--out", str(out / "greedy.jsonl"), "--greedy"],
     }
@@ -122,7 +122,8 @@ def test_sampling_really_sampled(outputs):
     sampled, greedy = (generate.read_jsonl(outputs[0] / f"{name}.jsonl") for name in ("sampled", "greedy"))
     assert [r["id"] for r in sampled] == [r["id"] for r in greedy]
     assert sum(s["response"] != g["response"] for s, g in zip(sampled, greedy)) >= N_PROMPTS // 2
-    assert sampled[0]["sampling"]["top_p"] == 0.95 and sampled[0]["sampling"]["temperature"] == 1.0
+    assert {key: sampled[0]["sampling"][key] for key in ("top_k", "top_p", "temperature")} == {
+        "top_k": 50, "top_p": 0.95, "temperature": 1.0}
 
 
 def test_each_output_written_once_and_no_temporary_files_left(outputs):

@@ -41,7 +41,8 @@ SMOKE = {
             "control_embedder": "random", "matched_beta_control": True},
     "ablation_tasks": ["dialogue"],
     "batch_size_ablation": {"methods": ["dpo"], "batch_sizes": [4]},
-    "generation": {"n_prompts": 12, "max_new_tokens": 8, "batch_size": 12},
+    "generation": {"n_prompts": 12, "max_new_tokens": 8, "batch_size": 12,
+                   "temperature": 1.0},  # a small model's generation config sets none
     "judge": {"backend": "local-oracle", "concurrency": 4},
     "alpacaeval": {"runs": ["sft", "dpo"], "n_prompts": 6},
 }

@@ -136,11 +136,14 @@ JUDGE = config["judge"]
 ALPACAEVAL = config["alpacaeval"]
 
 
-def generation_args(n_prompts):
+def generation_args(n_prompts, model):
     # --max-length, when set, replaces --max-new-tokens (rpo.generate): the public code's total budget
     max_length = f" --max-length {GEN['max_length']}" if GEN["max_length"] is not None else ""
+    # no --temperature: rpo.generate takes the model's generation config's (the public code's)
+    temperature = GEN["temperature_by_model"].get(model, GEN["temperature"])
+    temperature = f" --temperature {temperature}" if temperature is not None else ""
     return (f"--n-prompts {n_prompts} --max-new-tokens {GEN['max_new_tokens']}{max_length}"
-            f" --top-p {GEN['top_p']} --temperature {GEN['temperature']} --batch-size {GEN['batch_size']}"
+            f" --top-p {GEN['top_p']} --top-k {GEN['top_k']}{temperature} --batch-size {GEN['batch_size']}"
             f" --max-prompt-length {config['training']['max_prompt_length']}"
             f" --train-max-length {config['training']['max_length']}")
 

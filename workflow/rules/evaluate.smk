@@ -9,7 +9,7 @@ rule generate:
     output:
         f"{RESULTS}/{{model}}/{{task}}/samples/{{run}}.jsonl",
     params:
-        args=generation_args(GEN["n_prompts"]),
+        args=lambda wc: generation_args(GEN["n_prompts"], wc.model),
         seed=config["seeds"][0],
         dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
@@ -74,7 +74,7 @@ rule generate_instructions:
         f"{RESULTS}/{{model}}/instructions/samples/{{run}}.jsonl",
     params:
         # all 805 at paper scale (the public code: 800)
-        args=generation_args(config["alpacaeval"]["n_prompts"]),
+        args=lambda wc: generation_args(config["alpacaeval"]["n_prompts"], wc.model),
         seed=config["seeds"][0],
         dtype=config["training"]["dtype"],
         launcher=lambda wc, resources: launcher(resources.gpu),
