@@ -328,13 +328,12 @@ def test_reference_cache_sums_unchanged_and_holds_per_token_logps(world):
     model, tok = load_model(world["model"], device="cpu")
     from rpo.data.records import read_records
     seqs = tokenize_records(read_records(world["data"]), tok, 64, 32, "keep_end")
-    for side in ("chosen", "rejected", "kl"):
+    for side in ("chosen", "rejected"):  # no KL side: KTO's KL sequences are the trainer's (rpo.kto)
         for start in range(0, 24, 8):  # the cache's batches (batch_size 8): the same packed rows, the same numbers
             with torch.no_grad():
                 scores = score(model, seqs[side][start:start + 8], tok.pad_token_id)
             assert torch.equal(cache[side][start:start + 8], scores.sums.float()), side
-            if side != "kl":
-                assert cache["token_counts"][side][start:start + 8].tolist() == scores.counts.tolist()
+            assert cache["token_counts"][side][start:start + 8].tolist() == scores.counts.tolist()
     for side in ("chosen", "rejected"):
         assert len(cache["tokens"][side]) == 24
         sums = torch.stack([t.double().sum() for t in cache["tokens"][side]])
