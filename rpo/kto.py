@@ -78,6 +78,11 @@ def mean_over_ranks(estimates: list[torch.Tensor], env, device) -> float:
 
 def step_z0(trainer) -> float:
     """z0 of the current step: every local micro-batch's estimate, averaged over all of the step's."""
+    if trainer.reference_kl is None:  # a step taken outside fit() (tests): only the first may prepare them
+        if trainer.step != 0:
+            raise RuntimeError("KTO's reference KL log-probs must come from the initial weights: call "
+                               "rpo.kto.prepare_reference before the first step")
+        prepare_reference(trainer, resumed=False)
     estimates = []
     for m in local_plan_indices(trainer.step, trainer.cfg["gradient_accumulation_steps"], trainer.env):
         policy = policy_kl_logps(trainer, m)
