@@ -66,9 +66,12 @@ def run_steps(config: dict, method: str, pairs: int) -> tuple[int, int]:
     stage = {**DEFAULTS, **config["sft" if method == "sft" else "preference"]}  # the trainer's defaults
     bs, accum, gpus = stage["batch_size"], stage["gradient_accumulation_steps"], max(config["gpus"], 1)
     batching = get_loss(method).batching
-    per_micro = bs // 2 if batching == "unpaired" else bs  # unpaired: bs/2 chosen + bs/2 rejected items
-    steps = (pairs // per_micro * stage["epochs"]) // (accum * gpus)  # incomplete batches dropped
-    sequences = steps * accum * gpus * {"paired": 2 * bs, "unpaired": bs, "sft": bs}[batching]
+    if batching == "items":  # kto, ppo: 2 items a pair, one global batch of bs x accum x gpus items a step
+        steps = 2 * pairs // (bs * accum * gpus) * stage["epochs"]
+    else:
+        per_micro = bs // 2 if batching == "unpaired" else bs  # unpaired: bs/2 chosen + bs/2 rejected items
+        steps = (pairs // per_micro * stage["epochs"]) // (accum * gpus)  # incomplete batches dropped
+    sequences = steps * accum * gpus * {"paired": 2 * bs, "unpaired": bs, "items": bs, "sft": bs}[batching]
     return steps, sequences
 
 
@@ -116,10 +119,12 @@ def main(argv=None) -> None:
         for method in dict.fromkeys(r.method for r in runs):
             n = sum(r.method == method for r in runs)
             steps, sequences = run_steps(config, method, TRAIN_PAIRS[task])
-            extra = sequences // 2 // 3 if "kl" in get_loss(method).needs else 0  # KTO: KL forward, no grad
+            # KTO: one KL sequence an item, forward without grad each step and once more before step 1
+            # (the initial weights' reference log-probs, rpo.kto): a third of forward+backward each
+            extra = 2 * (sequences // 3) if "kl" in get_loss(method).needs else 0
             add(method, n, steps, n * (sequences + extra) * seq)
-        # chosen, rejected and KTO's mismatched sequence of every pair, forward only (a third of seq)
-        add("reference cache", 1, None, 3 * TRAIN_PAIRS[task] * (seq // 3))
+        # chosen and rejected sequence of every pair, forward only (a third of seq)
+        add("reference cache", 1, None, 2 * TRAIN_PAIRS[task] * (seq // 3))
         decode = math.ceil(gen["n_prompts"] / gen["batch_size"]) * gen["max_length"]  # decode steps, a bound
         add(f"generate {gen['n_prompts']} test prompts", len(runs), decode, seconds=len(runs) * decode
             * ASSUMED_DECODE_STEP_S)

@@ -74,7 +74,8 @@ def save(trainer) -> None:
 
 def _run_state(trainer, rng: list) -> dict:
     return {"scheduler": trainer.scheduler.state_dict(), "step": trainer.step, "rng": rng,
-            "config_sha256": fingerprint(trainer.cfg), "world_size": trainer.env.world_size}
+            "config_sha256": fingerprint(trainer.cfg), "world_size": trainer.env.world_size,
+            "reference_kl": trainer.reference_kl}  # KTO: the KL sequences' initial log-probs (rpo.kto)
 
 
 def _save_full(trainer) -> None:
@@ -158,6 +159,7 @@ def resume(trainer) -> bool:
     except Exception as exc:  # shapes, missing entries, unreadable shards: nothing to resume from
         raise DataError(f"{found}: cannot be resumed ({_reason(exc)}); delete {root} to start this run over") from exc
     trainer.step = state["step"]
+    trainer.reference_kl = state.get("reference_kl")
     if trainer.env.is_main:
         truncate_metrics(root / "metrics.jsonl", trainer.step)
     return True

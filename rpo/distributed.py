@@ -128,7 +128,8 @@ def wrap_model(model: torch.nn.Module, env: DistEnv, fsdp: bool = False) -> torc
                               f"(torch >= 2.6), this is torch {torch.__version__}") from None
         blocks = set(getattr(model, "_no_split_modules", None) or [])
         for module in model.modules():
-            if type(module).__name__ in blocks:
+            # own_fsdp_unit: a module whose dtype differs from the model's (ppo's fp32 value head)
+            if type(module).__name__ in blocks or getattr(module, "own_fsdp_unit", False):
                 fully_shard(module)
         fully_shard(model)  # the root unit holds embeddings, final norm and (tied) head
         return model

@@ -116,13 +116,21 @@ def ipo(pc, pr, rc, rr, *, beta) -> LossOutput:
                       logits=(beta * (chosen - rejected)).detach())
 
 
-def kto(pc, pr, rc, rr, *, beta, policy_kl_logps=None, reference_kl_logps=None) -> LossOutput:
-    """KTO with lambda_D = lambda_U = 1; z0 from mismatched (x, y) pairs, clamped at 0 and detached."""
+def kto_z0(policy_kl_logps: Tensor, reference_kl_logps: Tensor) -> Tensor:
+    """KTO's z0 from one batch of mismatched (x, y') pairs: mean log-ratio, clamped at 0, detached."""
+    return (policy_kl_logps - reference_kl_logps).mean().detach().clamp(min=0)
+
+
+def kto(pc, pr, rc, rr, *, beta, policy_kl_logps=None, reference_kl_logps=None, z0=None) -> LossOutput:
+    """KTO with lambda_D = lambda_U = 1. z0 where given (the trainer's, averaged over ranks as the
+    public code does, rpo.kto), else `kto_z0` of the mismatched pairs' log-probs."""
     _check(pc, pr, rc, rr, paired=False)
-    if policy_kl_logps is None or reference_kl_logps is None:
-        raise ValueError("kto needs policy_kl_logps and reference_kl_logps (log-probs of mismatched (x, y) pairs)")
+    if z0 is None and (policy_kl_logps is None or reference_kl_logps is None):
+        raise ValueError("kto needs z0, or policy_kl_logps and reference_kl_logps (log-probs of "
+                         "mismatched (x, y) pairs)")
     chosen, rejected, cr, rj = _rewards(pc, pr, rc, rr, beta)
-    z0 = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
+    z0 = kto_z0(policy_kl_logps, reference_kl_logps) if z0 is None else \
+        torch.as_tensor(z0, dtype=pc.dtype, device=pc.device).detach()
     logits = torch.cat([beta * (chosen - z0), beta * (z0 - rejected)])
     loss = (1 - torch.sigmoid(logits)).mean() if logits.numel() else _no_loss(pc, pr)
     return LossOutput(loss, cr, rj, logits=logits.detach())
@@ -286,12 +294,12 @@ def ppo(pc, pr=None, *, reference_token_logps=None, response_mask=None, values=N
 # What each loss is and needs, in one place: the trainer (batching, inputs, hyperparameters), the
 # pipeline (which runs take an embedder), the report (labels, method order) and the config schema
 # (the method enum) all read it. Adding a loss = one function above + one entry below.
-BATCHINGS = ("paired", "unpaired", "sft")
+BATCHINGS = ("paired", "unpaired", "items", "sft")  # rpo.data.batching
 # Inputs a loss may need besides the four log-prob vectors; the trainer supplies exactly these.
 INPUTS = {
     "reference": ("reference_chosen_logps", "reference_rejected_logps"),
     "embeddings": ("chosen_prompt_embeddings", "rejected_prompt_embeddings"),
-    "kl": ("policy_kl_logps", "reference_kl_logps"),
+    "kl": ("policy_kl_logps", "reference_kl_logps", "z0"),
     "lengths": ("chosen_lengths",),
     # Per-token inputs (ppo): the cache's per-token reference log-probs on the response mask, the
     # value head's estimates and each episode's +1/-1 reward.
@@ -305,7 +313,7 @@ class LossSpec:
     name: str
     fn: Callable[..., LossOutput]
     label: str  # how tables and figures name it
-    batching: str  # paired: row i of both sides is prompt i; unpaired: independent chosen/rejected items
+    batching: str  # paired: row i of both sides is prompt i; unpaired: n/2 + n/2 independent items; items: mixed
     needs: frozenset = frozenset()  # keys of INPUTS
     hyperparameters: Mapping[str, float] = field(default_factory=dict)  # name -> default
 
@@ -335,15 +343,15 @@ REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in (
     LossSpec("ipo", ipo, "IPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
     LossSpec("cdpo", cdpo, "cDPO", "paired", PAIRED_REFERENCE, {"beta": 0.1, "epsilon": 0.2}),
     LossSpec("slic", slic, "SLiC", "paired", frozenset(), {"beta": 1.0, "lambda_coef": 0.1}),
-    # KTO takes paired batches here, read as desirable + undesirable items, as HALOs does with paired data.
-    LossSpec("kto", kto, "KTO", "paired", frozenset({"reference", "kl"}), {"beta": 0.1}),
+    # KTO and PPO: batches of independent items (the public UnpairedPreferenceDataLoader).
+    LossSpec("kto", kto, "KTO", "items", frozenset({"reference", "kl"}), {"beta": 0.1}),
     LossSpec("rpo-paired", rpo_paired, "RPO-Paired", "paired", WEIGHTED, {"beta": 0.1, "tau": 0.5}),
     LossSpec("rpo-unpaired", rpo_unpaired, "RPO-Unpaired", "unpaired", WEIGHTED, {"beta": 0.1, "tau": 0.5}),
     LossSpec("rpo-diagonal", rpo_diagonal, "RPO-Diagonal", "paired", PAIRED_REFERENCE,
              {"beta": 0.1, "diagonal_weight": 0.8}),
     LossSpec("rpo-uniform", rpo_uniform, "RPO-Uniform", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
-    # Offline PPO of the public code: chosen and rejected items are independent episodes.
-    LossSpec("ppo", ppo, "PPO", "unpaired", frozenset({"reference_tokens", "values"}),
+    # Offline PPO of the public code: every item an independent episode.
+    LossSpec("ppo", ppo, "PPO", "items", frozenset({"reference_tokens", "values"}),
              {"gamma": 0.99, "lam": 0.95, "cliprange": 0.5, "critic_coef": 0.01, "kl_coef": 0.1}),
 )}
 for _spec in REGISTRY.values():

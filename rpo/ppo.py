@@ -1,10 +1,14 @@
 """The trainer's pieces for offline PPO (loss `ppo`, rpo.losses): the policy's value head, the cached
 per-token reference log-probs of a micro-batch, and one micro-batch's forward and loss.
 
-The value head is a Linear(d_model, 1) submodule `v_head` of the policy, fed the last hidden state by
-a forward hook: it runs inside the model's forward, so DDP and FSDP (which wrap the whole model after
-the head is attached) treat it like any other parameter, the optimizer trains it and checkpoints
-carry it. The saved model drops it (`without_value_head`): the output folder has the keys of any run.
+The value head is the public code's (HALOs models.py ValueHead): an fp32 MLP Linear(d, d), ReLU,
+Linear(d, d), ReLU, Linear(d, 1) on the last hidden state DETACHED and cast to fp32, so no critic
+gradient reaches the language model (its dropouts have p = 0 there: disable_dropout, so none here).
+It is a submodule `v_head` of the policy fed by a forward hook: it runs inside the model's forward,
+so DDP and FSDP (which wrap the whole model after the head is attached) treat it like any other
+parameter, the optimizer trains it and checkpoints carry it; its gradient is clipped on its own
+(training key v_head_max_grad_norm, `parameter_groups`). The saved model drops it
+(`without_value_head`): the output folder has the keys of any run.
 """
 from __future__ import annotations
 
@@ -15,21 +19,41 @@ from rpo.errors import CacheMismatchError
 VALUE_HEAD = "v_head"
 
 
+class ValueHead(torch.nn.Sequential):
+    own_fsdp_unit = True  # fp32 beside a model of another dtype: FSDP shards it as a group of its own
+
+    def __init__(self, hidden_size: int, device=None):
+        d = hidden_size
+        super().__init__(torch.nn.Linear(d, d, device=device), torch.nn.ReLU(), torch.nn.Linear(d, d, device=device),
+                         torch.nn.ReLU(), torch.nn.Linear(d, 1, device=device))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # fp32 even under the policy's autocast: the public head runs in fp32 beside a bf16 model
+        with torch.autocast(hidden.device.type, enabled=False):
+            return super().forward(hidden.detach().float()).squeeze(-1)
+
+
 def _value_hook(module, args, output):
     # Only forwards that ask for hidden states (rpo.scoring.score with_values) get values. A key of
     # the output, not a bare attribute, so FSDP sees the tensor among the outputs it hooks for backward.
     if getattr(output, "hidden_states", None) is not None:
-        output["value_estimates"] = module.v_head(output.hidden_states[-1]).squeeze(-1)
+        output["value_estimates"] = module.v_head(output.hidden_states[-1])
     return output
 
 
 def attach_value_head(model: torch.nn.Module) -> torch.nn.Module:
-    """Add the value head (initialised from torch's current RNG, so the seed fixes it) before wrapping."""
-    parameter = next(model.parameters())
-    model.add_module(VALUE_HEAD, torch.nn.Linear(model.config.hidden_size, 1, dtype=parameter.dtype,
-                                                 device=parameter.device))
+    """Add the value head (fp32, initialised from torch's current RNG, so the seed fixes it) before wrapping."""
+    model.add_module(VALUE_HEAD, ValueHead(model.config.hidden_size, device=next(model.parameters()).device))
     model.register_forward_hook(_value_hook)
     return model
+
+
+def parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
+    """(the language model's parameters, the value head's): each group's gradient is clipped on its own,
+    as the public PPOTrainer.clip_gradient does (max_grad_norm, v_head_max_grad_norm)."""
+    head = getattr(model, VALUE_HEAD, None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    return [p for p in model.parameters() if id(p) not in head_ids], [p for p in model.parameters() if id(p) in head_ids]
 
 
 def without_value_head(model: torch.nn.Module, state_dict: dict | None) -> dict | None:

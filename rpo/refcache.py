@@ -34,7 +34,7 @@ from rpo.models import load_model, model_fingerprint, tokenizer_fingerprint
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
 from rpo.scoring import score
 
-SIDES = ("chosen", "rejected", "kl")
+SIDES = ("chosen", "rejected")  # KTO's KL sequences depend on the run's plan: the trainer scores them (rpo.kto)
 TOKEN_SIDES = ("chosen", "rejected")  # per-token log-probs are kept for these (ppo's episodes)
 
 

@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from rpo.data.records import read_records, sft_examples, unpaired_batches
+from rpo.data.batching import micro_batch_plan
+from rpo.data.records import read_records
 from rpo.data.tokenize import default_truncation, tokenize_records
 from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_state_dicts, gather_varlen,
                              gradient_sync, init_distributed, local_micro_batches, rank_device, set_rank_threads,
@@ -37,7 +37,7 @@ from rpo.distributed import (all_reduce_sum, as_local_tensor, barrier, full_stat
 from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, write_json
-from rpo import checkpoint, diagnostics, ppo
+from rpo import checkpoint, diagnostics, kto, ppo
 from rpo.losses import PPO_METRICS, get_loss
 from rpo.models import load_model
 from rpo.train_config import load_config, resolve_config
@@ -48,31 +48,6 @@ from rpo.tracking import Trackers
 
 METRIC_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
                "rewards/accuracies") + PPO_METRICS  # each logged where its loss reports it
-
-
-def micro_batch_plan(cfg, records) -> list[tuple[list[int], list[int]]]:
-    """Every micro-batch of the run as (chosen record indices, rejected record indices), in order.
-
-    Derived from the seed alone, so a resumed run finds its place by step number. Incomplete
-    trailing micro-batches are dropped so every contrast matrix has the configured size. An
-    unpaired micro-batch holds batch_size/2 chosen and batch_size/2 rejected items (records.unpaired_batches).
-    """
-    bs, plan, batching = cfg["batch_size"], [], get_loss(cfg["method"]).batching
-    if batching == "unpaired" and bs % 2:
-        raise ConfigError(f"training key batch_size is {bs}: {cfg['method']} takes batch_size/2 chosen and "
-                          "batch_size/2 rejected items per micro-batch, so it must be even")
-    # One generator per run, drawn from epoch after epoch: seed s's epoch e is never seed s+e's epoch 0.
-    generator, shuffler = torch.Generator().manual_seed(cfg["seed"]), random.Random(cfg["seed"])
-    for _ in range(cfg["epochs"]):
-        if batching == "unpaired":
-            plan.extend(unpaired_batches(records, bs // 2, rng=shuffler))
-            continue
-        pool = [i for i, _, _ in sft_examples(records)] if batching == "sft" else list(range(len(records)))
-        order = [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
-        for s in range(0, len(order) - bs + 1, bs):
-            chunk = order[s:s + bs]
-            plan.append((chunk, [] if batching == "sft" else chunk))
-    return plan
 
 
 class Trainer:
@@ -102,7 +77,7 @@ class Trainer:
         if "embeddings" in self.loss.needs:
             self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"], text_settings(
                 cfg["model"], cfg["max_length"], cfg["max_prompt_length"], self.truncation))
-        self.plan = micro_batch_plan(cfg, self.records)
+        self.plan = micro_batch_plan(cfg, self.records, self.env.world_size)
         accum = cfg["gradient_accumulation_steps"]
         self.total_steps = steps_in_plan(len(self.plan), accum, self.env.world_size)
         self.total_steps = min(self.total_steps, cfg["max_steps"] or self.total_steps)
@@ -110,6 +85,10 @@ class Trainer:
             raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
                               f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} "
                               "rank(s)")
+        # KTO: this step's z0 and the KL sequences' initial log-probs (rpo.kto); ppo: the value head's grad norm
+        self.z0 = self.reference_kl = self.v_head_grad_norm = None
+        if "kl" in self.loss.needs:
+            self.kl_sequences = kto.kl_sequences(self, self.total_steps * accum * self.env.world_size)
         opt_cls = torch.optim.RMSprop if cfg["optimizer"] == "rmsprop" else torch.optim.AdamW
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
@@ -146,15 +125,10 @@ class Trainer:
         scores = self.score(examples, model)
         return scores.sums, scores.counts, scores.n_tokens
 
-    @torch.no_grad()
-    def kl_logps(self, chosen_idx: list[int]) -> torch.Tensor:
-        """KTO's mismatched (x, y) pairs; z0 is detached, so no graph."""
-        return self.forward_logps([self.sequences["kl"][i] for i in chosen_idx], unwrap(self.model))[0]
-
     def reference_logps(self, side: str, indices: list[int]) -> torch.Tensor:
         return self.ref[side][torch.tensor(indices, dtype=torch.long)]
 
-    def contrast_loss(self, pc, pr, chosen_idx: list[int], rejected_idx: list[int], kl_logps=None, counts=None):
+    def contrast_loss(self, pc, pr, chosen_idx: list[int], rejected_idx: list[int], counts=None):
         """The configured loss over policy log-probs pc/pr of the records chosen_idx/rejected_idx."""
         needs, kw = self.loss.needs, {k: self.cfg[k] for k in self.loss.hyperparameters}
         if "lengths" in needs:
@@ -162,8 +136,8 @@ class Trainer:
         if "embeddings" in needs:
             ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
             kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
-        if "kl" in needs:
-            kw.update(policy_kl_logps=kl_logps, reference_kl_logps=self.reference_logps("kl", chosen_idx).to(kl_logps))
+        if "kl" in needs:  # this step's z0, over every micro-batch of all ranks (accumulate_gradients)
+            kw.update(z0=self.z0)
         if "reference" not in needs:
             return self.loss(pc, pr, **kw)
         return self.loss(pc, pr, self.reference_logps("chosen", chosen_idx).to(pc),
@@ -175,8 +149,7 @@ class Trainer:
         logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
         m = len(chosen_idx)
         pc, pr = logps[:m], logps[m:]
-        kl = self.kl_logps(chosen_idx) if "kl" in self.loss.needs else None
-        return self.contrast_loss(pc, pr, chosen_idx, rejected_idx, kl_logps=kl, counts=counts[:m]), pc, pr, n_tokens
+        return self.contrast_loss(pc, pr, chosen_idx, rejected_idx, counts=counts[:m]), pc, pr, n_tokens
 
     def check_loss(self, value: float) -> None:
         if not math.isfinite(value):
@@ -186,7 +159,9 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------------
     def accumulate_gradients(self) -> dict:
         """Forward and backward of every micro-batch of this step (this rank's share); global metrics."""
-        accum, paired = self.cfg["gradient_accumulation_steps"], self.loss.batching != "unpaired"
+        accum, paired = self.cfg["gradient_accumulation_steps"], self.loss.batching == "paired"
+        if "kl" in self.loss.needs:
+            self.z0 = kto.step_z0(self)
         stats: dict[str, list] = {}
         counts = collections.Counter()  # loss-logit counts (rpo.diagnostics): summed, not averaged
         at_end = self.step + 1 >= self.final_step
@@ -214,6 +189,8 @@ class Trainer:
         logged = dict(zip(count_keys, totals[len(sums):-1]))
         if logged["logits/n"]:  # a loss with logits; histogram bins only at the end of training
             row.update({k: int(v) for k, v in logged.items() if at_end or not k.startswith("logits/hist")})
+        if self.z0 is not None:
+            row["rewards/KL_estimate"] = self.z0  # the public code's name
         return {**row, "tokens": int(totals[-1])}
 
     def global_scope_backward(self):
@@ -238,7 +215,7 @@ class Trainer:
         kept_syncs = last == 0
 
         # (a) log-probs of every local sequence; only the last micro-batch keeps a graph
-        local_c, local_r, local_kl, n_tokens = [], [], [], 0
+        local_c, local_r, n_tokens = [], [], 0
         for k, (c_idx, r_idx) in enumerate(mine):
             if k == last:
                 with gradient_sync(model, sync=kept_syncs):  # DDP decides at forward time whether to sync
@@ -249,16 +226,13 @@ class Trainer:
                     logps = self.forward_logps(self.examples(c_idx, r_idx), unwrap(model))[0]
             local_c.append(logps[:len(c_idx)])
             local_r.append(logps[len(c_idx):])
-            if "kl" in self.loss.needs:  # z0 is detached: KL log-probs are needed as values only
-                local_kl.append(self.kl_logps(c_idx))
         # (b) the whole global batch on every rank
         pc = gather_varlen(torch.cat(local_c), chosen_sizes, env)
         pr = gather_varlen(torch.cat(local_r), rejected_sizes, env)
-        kl = gather_varlen(torch.cat(local_kl), chosen_sizes, env) if local_kl else None
         # (c) d loss / d logp on leaves; every rank computes the same loss, so all raise together
         pc_leaf, pr_leaf = pc.detach().requires_grad_(True), pr.detach().requires_grad_(True)
         out = self.contrast_loss(pc_leaf, pr_leaf, [i for c, _ in everyone for i in c],
-                                 [j for _, r in everyone for j in r], kl_logps=kl)
+                                 [j for _, r in everyone for j in r])
         self.check_loss(out.loss.item())
         coef_c, coef_r = torch.autograd.grad(out.loss, (pc_leaf, pr_leaf), allow_unused=True, materialize_grads=True)
         # DDP and FSDP average gradients over ranks; the global loss wants their sum.
@@ -282,7 +256,11 @@ class Trainer:
 
     def apply_gradients(self) -> float:
         """Clip, optimizer and scheduler step; returns the gradient norm before clipping."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["max_grad_norm"])
+        policy, head = ppo.parameter_groups(unwrap(self.model))  # ppo: the value head is clipped on its own
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy, self.cfg["max_grad_norm"])
+        if head:
+            self.v_head_grad_norm = float(as_local_tensor(
+                torch.nn.utils.clip_grad_norm_(head, self.cfg["v_head_max_grad_norm"])))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -294,7 +272,8 @@ class Trainer:
         row = self.accumulate_gradients()
         grad_norm = self.apply_gradients()
         tokens_per_s = row.pop("tokens") / (time.perf_counter() - started)
-        return {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        head = {} if self.v_head_grad_norm is None else {"grad_norm/v_head": self.v_head_grad_norm}
+        return {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **head,
                 "tokens_per_s": tokens_per_s}
 
     # -- checkpoints (formats, atomicity and the resume checks: rpo.checkpoint) ------------------
@@ -308,6 +287,8 @@ class Trainer:
     def fit(self) -> Path | None:
         cfg = self.cfg
         resumed = self.maybe_resume()
+        if "kl" in self.loss.needs:
+            kto.prepare_reference(self, resumed)
         self.model.train()
         metrics_path = Path(cfg["checkpoint_dir"]) / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ DEFAULTS = {
     "reference_cache": None, "embeddings": None, "embedder": None, "checkpoint_dir": None,
     "batch_size": 8, "gradient_accumulation_steps": 1, "epochs": 1, "max_steps": None,
     "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
-    "max_grad_norm": 10.0, "max_length": 512, "max_prompt_length": 256, "truncation": None,
+    "max_grad_norm": 10.0, "v_head_max_grad_norm": 0.1, "max_length": 512, "max_prompt_length": 256, "truncation": None,
     "seed": 1, "save_every": 50, "save_every_minutes": None, "dtype": "auto", "device": None, "threads": None,
     "contrast_scope": "micro", "fsdp": False,
     "packing": True,  # one row per micro-batch, attention per sequence (rpo.scoring); false: right-padded
@@ -63,7 +63,7 @@ def resolve_config(config: dict) -> dict:
         cfg["matched_beta"] = matched_beta(cfg["beta_matched_to"])
         given["beta"] = cfg["matched_beta"]["beta"]
     cfg.update(spec.resolve_hyperparameters(given))
-    for key in ("lr", "weight_decay", "max_grad_norm"):
+    for key in ("lr", "weight_decay", "max_grad_norm", "v_head_max_grad_norm"):
         cfg[key] = _as_number(cfg[key])
     for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
@@ -72,7 +72,7 @@ def resolve_config(config: dict) -> dict:
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
         raise ConfigError(f"training config key 'save_every_minutes' must be > 0 (or null: by steps only), "
                           f"got {minutes!r}")
-    for key in ("lr", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
+    for key in ("lr", "v_head_max_grad_norm", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
     if cfg["optimizer"] not in ("rmsprop", "adamw"):

@@ -92,6 +92,8 @@ def test_kto_by_hand_with_positive_and_clamped_kl():
         terms = [1 - sig(BETA * (w - z0)) for w in RW] + [1 - sig(BETA * (z0 - l)) for l in RL]
         out = call("kto", beta=BETA, policy_kl_logps=t(kl_policy), reference_kl_logps=t(kl_ref))
         assert out.loss.item() == pytest.approx(sum(terms) / 6, rel=1e-12)
+        # the trainer's z0 (averaged over ranks, rpo.kto) given directly: the same loss
+        assert call("kto", beta=BETA, z0=z0).loss.item() == pytest.approx(sum(terms) / 6, rel=1e-12)
 
 
 def test_rpo_weights_by_hand():
@@ -246,7 +248,8 @@ def test_registry_defaults_and_needs():
         **({"ppo": dict(REGISTRY["ppo"].hyperparameters)} if "ppo" in REGISTRY else {})}
     assert losses_needing("embeddings") == ("rpo-paired", "rpo-unpaired")
     assert losses_needing("kl") == ("kto",)
-    assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired", "ppo"]
+    assert [n for n, s in REGISTRY.items() if s.batching == "unpaired"] == ["rpo-unpaired"]
+    assert [n for n, s in REGISTRY.items() if s.batching == "items"] == ["kto", "ppo"]  # UnpairedPreferenceDataLoader
     assert dict(REGISTRY["ppo"].hyperparameters) == {"gamma": 0.99, "lam": 0.95, "cliprange": 0.5,
                                                      "critic_coef": 0.01, "kl_coef": 0.1}
 

@@ -3,8 +3,9 @@ from collections import Counter
 
 import pytest
 
+from rpo.data.batching import unpaired_batches, unpaired_items
 from rpo.data.records import (ASSISTANT, USER, EvalPrompt, PreferenceRecord, UnpairedItem, format_turns,
-                              read_eval_prompts, read_records, sft_examples, unpaired_batches, unpaired_items,
+                              read_eval_prompts, read_records, sft_examples,
                               validate_record, write_eval_prompts, write_records)
 from rpo.errors import DataError
 

@@ -96,7 +96,7 @@ def outputs(tmp_path_factory):
 
 def test_two_rank_reference_cache_equals_one_process(outputs):
     one, two = (torch.load(folder / "ref.pt", weights_only=True) for folder in outputs)
-    assert list(one) == list(two) == ["chosen", "rejected", "kl", "token_logps", "token_counts", "meta"]
+    assert list(one) == list(two) == ["chosen", "rejected", "token_logps", "token_counts", "meta"]
     for side in refcache.TOKEN_SIDES:  # ppo's per-token log-probs: the same on one rank and two
         assert torch.equal(one["token_logps"][side], two["token_logps"][side])
         assert torch.equal(one["token_counts"][side], two["token_counts"][side])

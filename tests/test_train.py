@@ -261,11 +261,12 @@ def test_config_errors_name_the_key(world, tmp_path):
 # -- ppo: the value head, per-token reference log-probs, resumption -----------------------------------
 def test_ppo_saves_the_model_without_its_value_head(world, tmp_path):
     trainer = Trainer(config(world, tmp_path, "ppo", max_steps=3))
-    assert trainer.model.v_head.weight.requires_grad  # a submodule: the optimizer trains it
-    assert any(p is trainer.model.v_head.weight for g in trainer.optimizer.param_groups for p in g["params"])
-    head_before = trainer.model.v_head.weight.detach().clone()
+    head = trainer.model.v_head[-1].weight
+    assert head.requires_grad  # a submodule: the optimizer trains it
+    assert any(p is head for g in trainer.optimizer.param_groups for p in g["params"])
+    head_before = head.detach().clone()
     out = trainer.fit()
-    assert not torch.equal(trainer.model.v_head.weight, head_before)  # the critic loss reached it
+    assert not torch.equal(head, head_before)  # the critic loss reached it
     saved = weights(out)
     assert set(saved) == set(weights(world["model"]))  # the keys of any other run, no v_head.*
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -277,8 +278,8 @@ def test_ppo_first_step_sees_the_reference_as_old_policy(world, tmp_path):
     """At step 1 the policy IS the reference: every ratio is 1, the KL term 0, nothing is clipped, and
     the policy loss is -mean(A) = 0 (whitened advantages have mean 0 over the response tokens)."""
     trainer = Trainer(config(world, tmp_path, "ppo"))
-    chosen, rejected = trainer.plan[0]
-    assert len(chosen) == len(rejected) == 2  # unpaired: n/2 chosen and n/2 rejected episodes
+    chosen, rejected = next((c, r) for c, r in trainer.plan if c and r)
+    assert len(chosen) + len(rejected) == 4  # items: chosen and rejected episodes as they fall
     out, pc, pr, _ = trainer.micro_batch_loss(chosen, rejected)
     assert abs(out.metrics["loss/policykl"].item()) < 1e-5 and out.metrics["clipfrac/policy"].item() == 0
     assert abs(out.metrics["loss/policy"].item()) < 1e-5
@@ -303,12 +304,12 @@ def test_ppo_resume_with_the_value_head_is_bit_identical(world, tmp_path):
     cfg_b = config(world, tmp_path / "b", "ppo", max_steps=5, save_every=2, stop_after_steps=3)
     assert Trainer(cfg_b).fit() is None
     state = torch.load(Path(cfg_b["checkpoint_dir"]) / "state.pt", weights_only=False)
-    assert "v_head.weight" in state["model"]  # the checkpoint carries the critic
+    assert "v_head.4.weight" in state["model"]  # the checkpoint carries the critic
     resumed_trainer = Trainer({**cfg_b, "stop_after_steps": None})
     resumed = resumed_trainer.fit()
     a, b = weights(full), weights(resumed)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(full_trainer.model.v_head.weight, resumed_trainer.model.v_head.weight)
+    assert torch.equal(full_trainer.model.v_head[-1].weight, resumed_trainer.model.v_head[-1].weight)
     rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     ref = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
@@ -327,13 +328,12 @@ def test_reference_cache_sums_unchanged_and_holds_per_token_logps(world):
     model, tok = load_model(world["model"], device="cpu")
     from rpo.data.records import read_records
     seqs = tokenize_records(read_records(world["data"]), tok, 64, 32, "keep_end")
-    for side in ("chosen", "rejected", "kl"):
+    for side in ("chosen", "rejected"):  # no KL side: KTO's KL sequences are the trainer's (rpo.kto)
         for start in range(0, 24, 8):  # the cache's batches (batch_size 8): the same packed rows, the same numbers
             with torch.no_grad():
                 scores = score(model, seqs[side][start:start + 8], tok.pad_token_id)
             assert torch.equal(cache[side][start:start + 8], scores.sums.float()), side
-            if side != "kl":
-                assert cache["token_counts"][side][start:start + 8].tolist() == scores.counts.tolist()
+            assert cache["token_counts"][side][start:start + 8].tolist() == scores.counts.tolist()
     for side in ("chosen", "rejected"):
         assert len(cache["tokens"][side]) == 24
         sums = torch.stack([t.double().sum() for t in cache["tokens"][side]])

@@ -6,7 +6,6 @@ ASSISTANT, so that every later stage (tokenisation, embedding, generation) sees 
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -157,41 +156,6 @@ def read_eval_prompts(path) -> list[EvalPrompt]:
 
 def write_eval_prompts(path, prompts: Iterable[EvalPrompt]) -> None:
     write_jsonl(path, (prompt.to_dict() for prompt in prompts))
-
-
-def unpaired_items(records: Sequence[PreferenceRecord], seed: int | None = None,
-                   rng: random.Random | None = None) -> list[UnpairedItem]:
-    """Split every triplet into a desirable (x, y_w) and an undesirable (x, y_l) item, then shuffle
-    with `rng` (a run's generator, drawn from once per epoch) or random.Random(seed).
-
-    The shuffled flat list feeds `unpaired_batches`' two queues.
-    """
-    items = []
-    for index, record in enumerate(records):
-        items.append(UnpairedItem(index, record.prompt, record.chosen, True))
-        items.append(UnpairedItem(index, record.prompt, record.rejected, False))
-    (rng or random.Random(seed)).shuffle(items)
-    return items
-
-
-def unpaired_batches(records: Sequence[PreferenceRecord], per_side: int, seed: int | None = None,
-                     rng: random.Random | None = None) -> list[tuple[list[int], list[int]]]:
-    """One epoch of unpaired batches as (chosen record indices, rejected record indices).
-
-    As the public code builds them: the shuffled split items fill a chosen queue and a rejected
-    queue in order, and each batch takes `per_side` from each, so every contrast matrix is
-    per_side x per_side while a batch's chosen and rejected items still come from independent
-    prompts. Both queues hold one item per record, so they run short together: the incomplete
-    last batch (len(records) % per_side items a side) is dropped, as the trainer drops every
-    incomplete trailing micro-batch.
-    """
-    if per_side < 1:
-        raise ValueError(f"unpaired_batches: per_side must be >= 1, got {per_side}")
-    items = unpaired_items(records, seed, rng)
-    chosen = [item.record_index for item in items if item.desirable]
-    rejected = [item.record_index for item in items if not item.desirable]
-    return [(chosen[s:s + per_side], rejected[s:s + per_side])
-            for s in range(0, min(len(chosen), len(rejected)) - per_side + 1, per_side)]
 
 
 def sft_examples(records: Sequence[PreferenceRecord]) -> list[tuple[int, str, str]]:

@@ -107,22 +107,15 @@ def default_truncation(records: Sequence[PreferenceRecord]) -> str:
     return records[0].metadata.get("truncation", "keep_end") if records else "keep_end"
 
 
-def kl_partner(index: int, n: int) -> int:
-    """The record whose chosen response is paired with prompt `index` for KTO's KL estimate."""
-    return (index + 1) % n
-
-
 def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
-    """Tokenise every record's chosen, rejected and mismatched (KL) sequence once."""
+    """Tokenise every record's chosen and rejected sequence once (KTO's KL sequences: rpo.kto)."""
     def tok(prompt, responses):
         return tokenize_pair(tokenizer, prompt, responses, max_length, max_prompt_length, truncation)
 
-    n = len(records)
     pairs = [tok(r.prompt, [r.chosen, r.rejected]) for r in records]  # the pair decides the prompt cut
     return {
         "chosen": [chosen for chosen, _ in pairs],
         "rejected": [rejected for _, rejected in pairs],
-        "kl": [tok(r.prompt, [records[kl_partner(i, n)].chosen])[0] for i, r in enumerate(records)],
     }
 
 

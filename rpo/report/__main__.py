@@ -78,7 +78,7 @@ def write_weight_example(args) -> Path:
     from rpo.data.records import read_records
     from rpo.embed import load_embeddings, text_settings
     from rpo.io import write_json
-    from rpo.train import micro_batch_plan
+    from rpo.data.batching import micro_batch_plan
 
     records = read_records(args.records)
     embeddings = load_embeddings(args.embeddings, args.records, args.embedder,
