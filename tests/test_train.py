@@ -118,6 +118,18 @@ def test_first_dpo_step_sees_policy_equal_to_cached_reference(world, tmp_path, p
         Trainer(config(world, tmp_path, "dpo", reference_cache=str(cache), packing=not packing))
 
 
+def test_rpo_embeds_the_public_codes_prompt_text_per_side(world, tmp_path):
+    """Paired: the rejected element's prompt_text for both sides (dataloader.py:922-923); unpaired: a chosen
+    item its own element's (the file's chosen_embeddings), a rejected item the rejected one's."""
+    stored = torch.load(world["emb"], weights_only=True)
+    stored["chosen_embeddings"] = stored["chosen_embeddings"].flip(1)  # stand-in for other (cut) texts
+    torch.save(stored, tmp_path / "emb.pt")
+    for method, chosen_side in (("rpo-unpaired", "chosen_embeddings"), ("rpo-paired", "embeddings")):
+        trainer = Trainer(config(world, tmp_path, method, embeddings=str(tmp_path / "emb.pt")))
+        assert torch.equal(trainer.embeddings["chosen"], stored[chosen_side]), method
+        assert torch.equal(trainer.embeddings["rejected"], stored["embeddings"]), method
+
+
 def test_unpaired_batches_draw_chosen_and_rejected_independently(world, tmp_path):
     from rpo.data.records import read_records
     records = read_records(world["data"])
