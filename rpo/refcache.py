@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from rpo.data.records import read_records
-from rpo.data.tokenize import default_truncation, tokenize_records
+from rpo.data.tokenize import TOKENIZATION, default_truncation, tokenize_records
 from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order, init_distributed, rank_device,
                              set_rank_threads, shutdown_distributed)
 from rpo.errors import CacheMismatchError, run_cli
@@ -101,6 +101,7 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
         "truncation": truncation,
+        "tokenization": TOKENIZATION,  # a cache of an earlier tokenisation scores other sequences
     }
 
 

@@ -75,8 +75,12 @@ class Trainer:
                                             truncation=self.truncation, precision=self.precision,
                                             packing=cfg["packing"])
         if "embeddings" in self.loss.needs:
-            self.embeddings = load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"], text_settings(
-                cfg["model"], cfg["max_length"], cfg["max_prompt_length"], self.truncation))
+            # The public code's prompt_text: a pair's rejected element's for both sides; an unpaired item its own.
+            settings = text_settings(cfg["model"], cfg["max_length"], cfg["max_prompt_length"], self.truncation)
+            self.embeddings = {side: load_embeddings(cfg["embeddings"], cfg["data"], cfg["embedder"], settings, side)
+                               for side in ("chosen", "rejected")}
+            if self.loss.batching != "unpaired":
+                self.embeddings["chosen"] = self.embeddings["rejected"]
         self.plan = micro_batch_plan(cfg, self.records, self.env.world_size)
         accum = cfg["gradient_accumulation_steps"]
         self.total_steps = steps_in_plan(len(self.plan), accum, self.env.world_size)
@@ -107,7 +111,8 @@ class Trainer:
             matrices = [[i for chosen, _ in batches for i in chosen] for batches in steps]
         else:
             matrices = [chosen for batches in steps for chosen, _ in batches]
-        return {"mean_diagonal": diagnostics.mean_diagonal_weight(matrices, self.embeddings, self.cfg["tau"]),
+        weights = diagnostics.mean_diagonal_weight(matrices, self.embeddings["rejected"], self.cfg["tau"])
+        return {"mean_diagonal": weights,
                 "n_matrices": len(matrices), "tau": self.cfg["tau"]}
 
     # -- one micro-batch -------------------------------------------------------------------------
@@ -135,7 +140,8 @@ class Trainer:
             kw.update(chosen_lengths=counts)
         if "embeddings" in needs:
             ci, ri = torch.tensor(chosen_idx, dtype=torch.long), torch.tensor(rejected_idx, dtype=torch.long)
-            kw.update(chosen_prompt_embeddings=self.embeddings[ci], rejected_prompt_embeddings=self.embeddings[ri])
+            kw.update(chosen_prompt_embeddings=self.embeddings["chosen"][ci],
+                      rejected_prompt_embeddings=self.embeddings["rejected"][ri])
         if "kl" in needs:  # this step's z0, over every micro-batch of all ranks (accumulate_gradients)
             kw.update(z0=self.z0)
         if "reference" not in needs:

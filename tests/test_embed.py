@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from rpo.data.records import read_records
-from rpo.data.tokenize import prompt_ids
-from rpo.embed import embed_prompts, embedded_prompt, get_embedder, load_embeddings, text_settings
+from rpo.embed import embed_prompts, embedded_prompts, get_embedder, load_embeddings, text_settings
 from rpo.errors import CacheMismatchError, ConfigError, DataError
 from rpo.models import build_model
 
@@ -52,10 +51,10 @@ def embed(records, name, out, model, **kw):
     return embed_prompts(records, name, out, model_path=model, **{**LENGTHS, **kw})
 
 
-def load(out, records, name, model, truncation=None, **kw):
+def load(out, records, name, model, truncation=None, side="rejected", **kw):
     lengths = {**LENGTHS, **kw}
     return load_embeddings(out, records, name, text_settings(model, lengths["max_length"],
-                                                             lengths["max_prompt_length"], truncation))
+                                                             lengths["max_prompt_length"], truncation), side)
 
 
 def assert_unit_rows(vectors, n_rows):
@@ -187,29 +186,35 @@ def test_cli_writes_the_file(tmp_path, model):
     assert load(out, records, "random", model).shape == (3, 64)
 
 
-def test_embedded_text_is_the_prompt_as_training_cuts_it(tmp_path, model):
+def test_embedded_text_is_each_elements_prompt_text_the_rejected_ones_for_a_pair(tmp_path, model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompt = "\n<|user|>\n" + LONG[:len(LONG) // 3] + "\n<|assistant|>\n"
-    full = prompt_ids(tokenizer, prompt, None, "keep_end")
-    assert 32 < len(full) < 64 - 3  # longer than max_prompt_length, but fits max_length with a short answer
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    assert 32 < n_prompt < 64 - 3  # longer than max_prompt_length, but fits max_length with a short answer
     short, long_rejected = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
     write_records(short, [BREAD, prompt])
     write_records(long_rejected, [BREAD, prompt], rejected=LONG)
-    texts = [embedded_prompt(tokenizer, r, 64, 32, "keep_end") for r in read_records(short)]
+    texts = [embedded_prompts(tokenizer, r, 64, 32, "keep_end") for r in read_records(short)]
     # A short prompt round-trips exactly: the markers (special tokens of our BPE) are kept.
-    assert texts[0] == BREAD
-    # The public code cuts only when prompt + the longer response exceed max_length.
-    assert texts[1] == prompt
-    cut = embedded_prompt(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_end")
-    assert cut != prompt and prompt.endswith(cut) and cut.endswith("<|assistant|>\n")
-    assert cut == tokenizer.decode(prompt_ids(tokenizer, prompt, 32, "keep_end"))
-    start = embedded_prompt(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_start")
-    assert start.startswith("\n<|user|>\nturn 0") and start.endswith("<|assistant|>\n") and start != prompt
-    # The file embeds exactly those texts.
-    embeddings = load(embed(long_rejected, "random", tmp_path / "e.pt", model), long_rejected, "random", model)
-    np.testing.assert_array_equal(embeddings.numpy(), get_embedder("random").encode([BREAD, cut]))
+    assert texts[0] == {"chosen": BREAD, "rejected": BREAD}
+    # The public code cuts a prompt only when it and that response exceed max_length.
+    assert texts[1] == {"chosen": prompt, "rejected": prompt}
+    sides = embedded_prompts(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_end")
+    cut = sides["rejected"]  # only the long rejected response's element cuts the prompt
+    assert sides["chosen"] == prompt and cut != prompt and prompt.endswith(cut) and cut.endswith("<|assistant|>\n")
+    assert len(tokenizer(cut)["input_ids"]) <= 32
+    start = embedded_prompts(tokenizer, read_records(long_rejected)[1], 64, 32, "keep_start")["rejected"]
+    # keep_start keeps the post's start; the closing marker goes with its end, as in the public code
+    assert prompt.startswith(start) and start.startswith("\n<|user|>\nturn 0") and "<|assistant|>" not in start
+    # The file embeds exactly those texts: a pair's rejected text (paired RPO's, both sides) and the chosen
+    # one's (an unpaired chosen item's).
+    out = embed(long_rejected, "random", tmp_path / "e.pt", model)
+    random = get_embedder("random")
+    np.testing.assert_array_equal(load(out, long_rejected, "random", model).numpy(), random.encode([BREAD, cut]))
+    np.testing.assert_array_equal(load(out, long_rejected, "random", model, side="chosen").numpy(),
+                                  random.encode([BREAD, prompt]))
 
 
 def test_load_embeddings_refuses_other_tokenizer_lengths_or_truncation(tmp_path, model):
@@ -217,6 +222,7 @@ def test_load_embeddings_refuses_other_tokenizer_lengths_or_truncation(tmp_path,
     out = embed(records, "random", tmp_path / "e.pt", model)
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["max_length"] == 64 and meta["max_prompt_length"] == 32 and meta["truncation"] == "keep_end"
+    assert meta["tokenization"] == "halos-joint"
     assert meta["tokenizer_sha256"] == text_settings(model, 64, 32, "keep_end")["tokenizer_sha256"] is not None
     other = small_model(tmp_path / "other", ["a different corpus entirely", "with other words"])
     with pytest.raises(CacheMismatchError, match="tokenizer_sha256.*recompute"):
@@ -227,3 +233,13 @@ def test_load_embeddings_refuses_other_tokenizer_lengths_or_truncation(tmp_path,
         load(out, records, "random", model, max_prompt_length=16)
     with pytest.raises(CacheMismatchError, match="truncation 'keep_end'.*'keep_start'"):
         load(out, records, "random", model, truncation="keep_start")
+    # A file of the earlier tokenisation (no `tokenization`, no chosen-side rows) embeds other texts.
+    stored = torch.load(out, weights_only=True)
+    del stored["meta"]["tokenization"], stored["chosen_embeddings"]
+    torch.save(stored, tmp_path / "old.pt")
+    with pytest.raises(CacheMismatchError, match="tokenization None.*'halos-joint'.*recompute"):
+        load(tmp_path / "old.pt", records, "random", model)
+    stored["meta"]["tokenization"] = "halos-joint"
+    torch.save(stored, tmp_path / "old.pt")
+    with pytest.raises(DataError, match="has no chosen_embeddings"):
+        load(tmp_path / "old.pt", records, "random", model, side="chosen")

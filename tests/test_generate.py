@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from rpo.data.records import ASSISTANT, EvalPrompt, PreferenceRecord
-from rpo.data.tokenize import prompt_ids, tokenize_example
+from rpo.data.tokenize import cut_prompt, tokenize_element, tokenize_prompt
 from rpo.errors import ConfigError
 from rpo.generate import generate, main, select_prompts
 from rpo.io import read_jsonl, write_jsonl
@@ -63,7 +63,7 @@ def test_select_prompts_is_seeded_unique_and_capped():
     by_prompt = {r["prompt"]: r for r in select_prompts(records, n=100, seed=3)}
     assert len(by_prompt) == 10  # capped at the number of unique prompts
     assert by_prompt["post 4"]["id"] == "r8" and by_prompt["post 4"]["chosen"] == "good 8"  # first pair kept
-    assert by_prompt["post 4"]["rejected"] == "bad 8"  # with chosen, it decides the prompt cut (as in training)
+    assert by_prompt["post 4"]["rejected"] == "bad 8"
     evals = select_prompts([EvalPrompt("e0", "say hi", "hi!", {"instruction": "say hi"})], n=1, seed=0)
     assert evals == [{"id": "e0", "prompt": "say hi", "chosen": "hi!", "rejected": None,
                       "metadata": {"instruction": "say hi"}}]
@@ -131,7 +131,8 @@ def test_max_length_budgets_prompt_plus_response_over_the_padded_batch(model_dir
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = ["the cat sat on the mat and looked at the dog", "bread", "a summary of the post", "the dog"]
     prompts = prompt_rows(texts)
-    widths = [len(prompt_ids(tokenizer, p["prompt"], None, "keep_end")) for p in prompts]
+    widths = [len(tokenize_prompt(tokenizer, p["prompt"], max_prompt_length=None, truncation="keep_end").prompt_ids)
+              for p in prompts]
     seen = []
     original = GPT2LMHeadModel.generate
 
@@ -160,19 +161,18 @@ def test_prompt_truncation_sides(model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    full = prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", None, "keep_end")
-    assert prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_end") == full[-3:]
-    assert prompt_ids(tokenizer, "the cat sat on the mat and looked at the dog", 3, "keep_start") == full[:3]
+    assert cut_prompt(list(range(10)), 3, "keep_end") == [7, 8, 9]
+    assert cut_prompt(list(range(10)), 3, "keep_start") == [0, 1, 2]
     with pytest.raises(ConfigError, match="truncation"):
-        prompt_ids(tokenizer, "x", 3, "middle")
+        tokenize_prompt(tokenizer, "x", max_prompt_length=3, truncation="middle")
     with pytest.raises(ConfigError, match="max_prompt_length"):
-        prompt_ids(tokenizer, "x", 0, "keep_end")
+        tokenize_prompt(tokenizer, "x", max_prompt_length=0, truncation="keep_end")
 
 
-def test_a_cut_keep_start_prompt_is_sampled_as_trained_ending_with_the_assistant_marker(model_dir, tmp_path,
-                                                                                         monkeypatch):
-    """A post longer than max_prompt_length reaches model.generate exactly as training saw it: its start,
-    then the assistant marker (not just its first max_prompt_length tokens)."""
+def test_a_cut_keep_start_prompt_is_sampled_as_the_test_loader_cuts_it(model_dir, tmp_path, monkeypatch):
+    """A post longer than max_prompt_length reaches model.generate as the public code's SFT test loader
+    feeds it: tokenizer(prompt_text) of the prompt cut with its chosen response, the assistant marker
+    cut away with the rest of the post's end; the sample records that prompt_text."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -187,22 +187,22 @@ def test_a_cut_keep_start_prompt_is_sampled_as_trained_ending_with_the_assistant
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(GPT2LMHeadModel, "generate", spy)
-    n_prompt = len(tokenizer(prompts[0]["prompt"], add_special_tokens=False)["input_ids"])
+    n_prompt = len(tokenizer(prompts[0]["prompt"])["input_ids"])
     assert n_prompt > max_prompt_length
-    marker = tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"]
 
-    def trained_prompt(max_length):
-        trained = tokenize_example(tokenizer, prompts[0]["prompt"], prompts[0]["chosen"], max_length,
-                                   max_prompt_length, "keep_start")
-        return [i for i, label in zip(trained["input_ids"], trained["labels"]) if label == -100]
+    def test_loader(max_length):
+        return tokenize_element(tokenizer, prompts[0]["prompt"], prompts[0]["chosen"], max_length=max_length,
+                                max_prompt_length=max_prompt_length, truncation="keep_start")
 
-    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length,
-        train_max_length=n_prompt)  # the pair does not fit: training cuts the prompt
-    assert seen == [trained_prompt(n_prompt)]  # one prompt, batch of one: no left padding
-    assert len(seen[0]) == max_prompt_length and seen[0][-len(marker):] == marker
-    # The pair fits training's max_length: training keeps the whole prompt, and so does generation.
-    run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length, train_max_length=512)
-    assert seen[1] == trained_prompt(512) and len(seen[1]) == n_prompt
+    [row] = run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length,
+                train_max_length=n_prompt)  # prompt + chosen do not fit: the prompt is cut
+    assert seen == [test_loader(n_prompt).prompt_ids]  # one prompt, batch of one: no left padding
+    assert len(seen[0]) <= max_prompt_length and not tokenizer.decode(seen[0]).endswith(ASSISTANT)
+    assert row["cut_prompt"] == test_loader(n_prompt).prompt_text and row["prompt"].startswith(row["cut_prompt"])
+    # The pair fits training's max_length: the whole prompt, as the test loader keeps it.
+    [row] = run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length,
+                train_max_length=512)
+    assert seen[1] == test_loader(512).prompt_ids and len(seen[1]) == n_prompt and "cut_prompt" not in row
 
 
 def test_cli_with_preference_and_eval_records(model_dir, tmp_path):
@@ -227,11 +227,9 @@ def test_cli_with_preference_and_eval_records(model_dir, tmp_path):
 
 
 def test_score_chosen_records_the_models_log_prob_of_the_chosen_response(model_dir, tmp_path):
-    """chosen_logp is the definition: full-logits log-softmax over the chosen response of the pair as
-    training tokenizes it, one unpadded sequence at a time; the samples themselves do not change."""
+    """chosen_logp is the definition: full-logits log-softmax over the chosen response as training
+    tokenizes it (with its own prompt cut), one unpadded sequence at a time; the samples themselves do not change."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rpo.data.tokenize import tokenize_pair
 
     texts = ["how do I bake bread", "the cat sat on the mat and looked at the dog for a long while", "a summary"]
     rows = [{**row, "rejected": f"no {i}", "metadata": {"truncation": "keep_end"}}
@@ -242,7 +240,8 @@ def test_score_chosen_records_the_models_log_prob_of_the_chosen_response(model_d
     assert [r["response"] for r in scored] == [r["response"] for r in plain] and "chosen_logp" not in plain[0]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
     for row, out in zip(rows, scored):
-        example = tokenize_pair(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], 16, 8, "keep_end")[0]
+        example = tokenize_element(tokenizer, row["prompt"], row["chosen"], max_length=16, max_prompt_length=8,
+                                   truncation="keep_end").example
         ids, labels = torch.tensor([example["input_ids"]]), torch.tensor(example["labels"])
         with torch.no_grad():
             logps = model(ids).logits[0, :-1].double().log_softmax(-1)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rpo import kto
 from rpo.data.batching import item_batches, micro_batch_plan, sides
 from rpo.data.records import PreferenceRecord, write_records
-from rpo.data.tokenize import tokenize_example
+from rpo.data.tokenize import tokenize_element
 from rpo.distributed import DistEnv, local_micro_batches
 from rpo.losses import kto_z0
 from rpo.models import build_model
@@ -105,7 +105,12 @@ def test_kl_pairs_are_the_next_item_of_the_global_batch(world, tmp_path):
             for j in range(4):
                 p = 4 * k + j
                 partner = items[(p + 1) % 8]  # the last item's partner is the batch's first
-                want = tokenize_example(tok, items[p].prompt, partner.response, 64, 32, trainer.truncation)
+                def element(prompt, response):
+                    return tokenize_element(tok, prompt, response, max_length=64, max_prompt_length=32,
+                                            truncation=trainer.truncation)
+                # the public loader: the item's prompt_text with the partner's target_text (" " + EOS included)
+                want = element(element(items[p].prompt, items[p].response).prompt_text,
+                               element(partner.prompt, partner.response).response_text).example
                 assert trainer.kl_sequences[2 * step + k][j] == want
         assert sides(items[:4]) == trainer.plan[2 * step] and sides(items[4:]) == trainer.plan[2 * step + 1]
 

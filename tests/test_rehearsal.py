@@ -16,7 +16,7 @@ import yaml
 
 from rpo.config import validate_config
 from rpo.data.records import ASSISTANT, read_records, write_records
-from rpo.data.tokenize import collate, prompt_ids, tokenize_example
+from rpo.data.tokenize import collate, tokenize_element
 from rpo.generate import generate
 from rpo.judge.protocols import PAPER_REQUEST, render_messages
 from rpo.models import load_model
@@ -95,8 +95,8 @@ def test_the_pad_eos_tokenizer_keeps_eos_in_the_labels_and_trains(rehearsal):
     _, tokenizer = load_model(results / MODEL / "base", dtype="float32")
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # SmolLM2's: the case that loses EOS labels
     record = read_records(results / "data" / "dialogue" / "train.jsonl")[0]
-    example = tokenize_example(tokenizer, record.prompt, record.chosen, config["training"]["max_length"],
-                               config["training"]["max_prompt_length"], "keep_end")
+    example = tokenize_element(tokenizer, record.prompt, record.chosen, max_length=config["training"]["max_length"],
+                               max_prompt_length=config["training"]["max_prompt_length"], truncation="keep_end").example
     batch = collate([example, {"input_ids": example["input_ids"][:3], "labels": [-100] * 3}], tokenizer.pad_token_id)
     labels = batch["labels"][0][batch["labels"][0] != -100]
     assert labels[-1].item() == tokenizer.eos_token_id  # EOS is learned although it is also the pad id
@@ -136,20 +136,20 @@ def test_samples_record_where_generation_stopped(rehearsal):
             assert sample["new_tokens"] < budget if sample["stopped_at_eos"] else sample["new_tokens"] == budget
 
 
-def test_a_long_tldr_post_keeps_its_assistant_marker_at_generation(rehearsal):
+def test_a_long_tldr_post_is_sampled_as_the_test_loader_cuts_it(rehearsal):
     config, results = rehearsal
     _, tokenizer = load_model(results / MODEL / "base", dtype="float32")
-    limit = config["training"]["max_prompt_length"]
+    lengths = {k: config["training"][k] for k in ("max_length", "max_prompt_length")}
     samples = [json.loads(line) for line in (results / MODEL / "summarization" / "samples" / "sft_seed1.jsonl").open()]
-    long_posts = [s for s in samples if len(prompt_ids(tokenizer, s["prompt"], None, "keep_start")) > limit]
+    long_posts = [s for s in samples if len(tokenizer(s["prompt"])["input_ids"]) > lengths["max_prompt_length"]]
     assert long_posts, "no TL;DR post is longer than max_prompt_length: the cut is not rehearsed"
-    # the public code's rule cuts a prompt only when it and the longer response exceed max_length
+    # the public code's rule cuts a prompt only when it and its (chosen) response exceed max_length
     assert any("cut_prompt" in s for s in long_posts), "no long post was cut: the keep_start cut is not rehearsed"
     for sample in long_posts:
-        shown = sample.get("cut_prompt", sample["prompt"])
-        assert shown.endswith(ASSISTANT) and sample["prompt"].startswith(shown[: -len(ASSISTANT)][:40])
-        if "cut_prompt" in sample:
-            assert len(tokenizer(shown, add_special_tokens=False)["input_ids"]) <= limit
+        element = tokenize_element(tokenizer, sample["prompt"], sample["chosen"], truncation="keep_start", **lengths)
+        assert sample.get("cut_prompt", sample["prompt"]) == element.prompt_text
+        if "cut_prompt" in sample:  # its start, the assistant marker cut away with its end (as there)
+            assert sample["prompt"].startswith(element.prompt_text) and not element.prompt_text.endswith(ASSISTANT)
 
 
 def test_judge_requests_carry_the_paper_protocol(rehearsal):

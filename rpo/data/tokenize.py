@@ -1,20 +1,27 @@
 """Turn (prompt, response) text into training ids with the prompt masked out, and pad batches.
 
-`prompt_ids` is the one prompt cut and `pair_prompt_ids` the one rule for when it applies (the public
-code's: only when prompt + longest response exceed max_length); training, the reference cache, the
-prompt embeddings and generation all use them.
+`tokenize_element` is the public code's `tokenize_batch_element` (dataloader.py:515-590): each response
+is tokenised on its own with its prompt (so a pair's two prompts may be cut differently), both texts
+are cut as ids, decoded back to text, the EOS appended as text after a space, and the joint text
+re-tokenised. Training (SFT, every preference loss, KTO's KL sequences, PPO), the reference cache,
+`chosen_logp`, the RPO prompt embeddings and the generation prompts all go through it; `cut_prompt`
+is the one prompt cut.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from rpo.data.records import ASSISTANT, PreferenceRecord
+from rpo.data.records import ASSISTANT, USER, PreferenceRecord
 from rpo.errors import ConfigError
 
 IGNORE_INDEX = -100
 TRUNCATION_SIDES = ("keep_end", "keep_start")
+# Stored with the reference cache and the prompt embeddings: files from an earlier tokenisation
+# (prompt and response ids concatenated, one prompt cut per pair) are refused, not silently reused.
+TOKENIZATION = "halos-joint"
 
 
 def _check_positive(key: str, value) -> None:
@@ -37,69 +44,139 @@ def _check_lengths(max_length, max_prompt_length) -> None:
         )
 
 
-def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None, truncation: str) -> list[int]:
-    """The prompt's ids (no special tokens) cut to `max_prompt_length` (None: no cut), as the model trains on them.
+def check_tokenizer(tokenizer) -> None:
+    """A tokenizer must have an EOS (appended to every response) and a pad token (batches are padded)."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    for attribute in ("eos_token", "pad_token"):
+        if getattr(tokenizer, attribute) is None or getattr(tokenizer, f"{attribute}_id") is None:
+            raise ConfigError(f"tokenizer of {name!r}: has no {attribute}; set {attribute} in the model folder's "
+                              f"tokenizer_config.json (or tokenizer.{attribute} before tokenising)")
 
-    "keep_end" keeps the end (dialogue history); "keep_start" keeps the start (a post to summarise) and,
-    when the prompt ends with the assistant marker, still ends with it: without it the model never sees
-    where its answer begins. Training, the reference cache and generation all cut prompts here.
+
+def _kept_special_ids(tokenizer) -> frozenset[int]:
+    """Prompt-format markers that this tokenizer holds as special tokens (our small BPE's role tokens).
+
+    The public code's tokenizers (LLaMA, Mistral) hold "<|user|>" and "<|assistant|>" as plain text, so
+    its decode(skip_special_tokens=True) keeps them; ours must keep them too, or a decoded prompt would
+    lose its turn markers. Empty for tokenizers where the markers are text: the public code's decode.
     """
-    _check_truncation(truncation)
-    if max_prompt_length is not None:
-        _check_positive("max_prompt_length", max_prompt_length)
-    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    if max_prompt_length is None or len(ids) <= max_prompt_length:
-        return ids
-    if truncation == "keep_end":
-        return ids[-max_prompt_length:]
-    if not prompt.endswith(ASSISTANT):
-        return ids[:max_prompt_length]
-    tail = list(tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"])
-    body = list(tokenizer(prompt[: -len(ASSISTANT)], add_special_tokens=False)["input_ids"])
-    return (body[: max(max_prompt_length - len(tail), 0)] + tail)[-max_prompt_length:]
+    special = set(tokenizer.all_special_ids)
+    ids = (tokenizer.convert_tokens_to_ids(marker.strip()) for marker in (USER, ASSISTANT))
+    return frozenset(i for i in ids if i in special)
 
 
-def pair_prompt_ids(tokenizer, prompt: str, responses: Sequence[str], max_length: int, max_prompt_length: int,
-                    truncation: str) -> list[int]:
-    """The prompt as training cuts it for these responses (the public code's DPO tokenisation): whole,
-    unless the prompt plus the longest response with its EOS exceeds `max_length`; then cut to
-    `max_prompt_length` by `prompt_ids`. Training, the reference cache, the prompt embeddings and
-    generation all decide the cut here, so each sees the prompt the policy trains on."""
-    _check_lengths(max_length, max_prompt_length)
-    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) + 1
-    ids = prompt_ids(tokenizer, prompt, None, truncation)
-    if len(ids) + longest > max_length:
-        ids = prompt_ids(tokenizer, prompt, max_prompt_length, truncation)
+def decode_text(tokenizer, ids: Sequence[int]) -> str:
+    """`tokenizer.decode(ids, skip_special_tokens=True)`, keeping the prompt markers (`_kept_special_ids`)."""
+    kept = _kept_special_ids(tokenizer)
+    if not kept:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+    dropped = set(tokenizer.all_special_ids) - kept
+    return tokenizer.decode([i for i in ids if i not in dropped], skip_special_tokens=False)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids WITH special tokens (a BOS where the tokenizer adds one), a final EOS popped."""
+    ids = list(tokenizer.encode(prompt))
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids.pop()
     return ids
 
 
-def tokenize_pair(tokenizer, prompt: str, responses: Sequence[str], max_length: int, max_prompt_length: int,
-                  truncation: str) -> list[dict]:
-    """One {"input_ids", "labels"} per response: prompt ids (label -100), then the response ids ending
-    with EOS.
+def encode_response(tokenizer, response: str) -> list[int]:
+    """The response's ids with a leading BOS and a final EOS popped (the EOS comes back as text)."""
+    ids = list(tokenizer.encode(response))
+    if ids and ids[0] == tokenizer.bos_token_id:
+        ids.pop(0)
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids.pop()
+    return ids
 
-    Prompt and responses are tokenised separately, without special tokens, and concatenated, so the
-    boundary is exact. As in the public code (DPO's tokenize_batch_element): the prompt is cut
-    (`pair_prompt_ids`) only when it and the longest response exceed `max_length`; if they still do,
-    every response is cut to `max_length - max_prompt_length` tokens (a cut response loses its EOS).
+
+def cut_prompt(ids: list[int], max_prompt_length: int, truncation: str) -> list[int]:
+    """The one prompt cut: the first (keep_start) or last (keep_end) `max_prompt_length` ids.
+
+    keep_start drops whatever lies past the limit, the closing assistant marker included, as the
+    public code does (dataloader.py, tokenize_batch_element: "first truncate prompt").
+    """
+    _check_truncation(truncation)
+    if truncation == "keep_start":
+        return ids[:max_prompt_length]
+    return ids[-max_prompt_length:]
+
+
+@dataclass(frozen=True)
+class Element:
+    """One tokenised (prompt, response): the public code's batch element for one prefix."""
+
+    prompt_text: str        # the prompt as cut and decoded (what RPO embeds, what generation is fed)
+    response_text: str      # the response as cut and decoded, + " " + the EOS text
+    prompt_ids: list[int]   # tokenizer(prompt_text): the generation input; its length is the label mask's
+    input_ids: list[int]    # tokenizer(prompt_text + response_text), jointly
+    labels: list[int]       # input_ids with the first len(prompt_ids) positions IGNORE_INDEX
+    prompt_cut: bool
+    response_cut: bool
+
+    @property
+    def example(self) -> dict:
+        """{"input_ids", "labels"}: what collate and rpo.scoring take."""
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+    def response_without_eos(self, eos_token: str) -> str:
+        """The response text up to its (last) EOS text: the public code's sampled `chosen` (trainers.py,
+        `sample`), with the space before the EOS kept."""
+        at = self.response_text.rfind(eos_token)
+        return self.response_text[:at] if at >= 0 else self.response_text
+
+
+def _element(tokenizer, prompt_text: str, response_text: str, prompt_cut: bool, response_cut: bool) -> Element:
+    prompt_ids = list(tokenizer(prompt_text)["input_ids"])
+    input_ids = list(tokenizer(prompt_text + response_text)["input_ids"])
+    n_masked = min(len(prompt_ids), len(input_ids))
+    labels = [IGNORE_INDEX] * n_masked + input_ids[n_masked:]
+    return Element(prompt_text, response_text, prompt_ids, input_ids, labels, prompt_cut, response_cut)
+
+
+def tokenize_element(tokenizer, prompt: str, response: str, *, max_length: int, max_prompt_length: int,
+                     truncation: str) -> Element:
+    """Tokenise one response with its prompt exactly as the public code's tokenize_batch_element:
+
+    1. p = encode(prompt), g = encode(response), with special tokens; a final EOS popped from p, a
+       leading BOS and a final EOS from g;
+    2. if len(p) + len(g) > max_length and len(p) > max_prompt_length: p = `cut_prompt(p)`;
+    3. if still too long: g = g[:max_length - len(p)];
+    4. prompt_text = decode(p), response_text = decode(g) + " " + eos_token (skipping special tokens);
+    5. input_ids = tokenizer(prompt_text + response_text) (BOS first where the tokenizer adds one;
+       tokens merge across the boundary as the tokenizer merges them), labels = input_ids with the
+       first len(tokenizer(prompt_text)) positions IGNORE_INDEX.
+    The sequence can end up a few tokens longer than max_length (the BOS, the " " + EOS), as there.
     """
     _check_truncation(truncation)
     _check_lengths(max_length, max_prompt_length)
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ConfigError("tokenizer: has no eos_token_id; set eos_token before tokenising")
-    response_ids = [list(tokenizer(r, add_special_tokens=False)["input_ids"]) + [eos] for r in responses]
-    prompt_part = pair_prompt_ids(tokenizer, prompt, responses, max_length, max_prompt_length, truncation)
-    if len(prompt_part) + max(map(len, response_ids)) > max_length:
-        response_ids = [ids[: max_length - max_prompt_length] for ids in response_ids]
-    return [{"input_ids": prompt_part + ids, "labels": [IGNORE_INDEX] * len(prompt_part) + ids}
-            for ids in response_ids]
+    check_tokenizer(tokenizer)
+    p, g = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)
+    prompt_cut = len(p) + len(g) > max_length and len(p) > max_prompt_length
+    if prompt_cut:
+        p = cut_prompt(p, max_prompt_length, truncation)
+    response_cut = len(p) + len(g) > max_length
+    if response_cut:
+        g = g[:max_length - len(p)]
+    return _element(tokenizer, decode_text(tokenizer, p), decode_text(tokenizer, g) + " " + tokenizer.eos_token,
+                    prompt_cut, response_cut)
 
 
-def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int,
-                     truncation: str) -> dict:
-    """`tokenize_pair` of a prompt with one response (an SFT example, a KL pair)."""
-    return tokenize_pair(tokenizer, prompt, [response], max_length, max_prompt_length, truncation)[0]
+def tokenize_prompt(tokenizer, prompt: str, *, max_prompt_length: int | None, truncation: str) -> Element:
+    """A prompt with no response to fit (generation without training's max_length): cut whenever it is
+    longer than `max_prompt_length` (None: never), decoded and re-tokenised as `tokenize_element` does.
+    Its `input_ids` are the prompt's; it has no response to label."""
+    _check_truncation(truncation)
+    if max_prompt_length is not None:
+        _check_positive("max_prompt_length", max_prompt_length)
+    check_tokenizer(tokenizer)
+    p = encode_prompt(tokenizer, prompt)
+    prompt_cut = max_prompt_length is not None and len(p) > max_prompt_length
+    if prompt_cut:
+        p = cut_prompt(p, max_prompt_length, truncation)
+    return _element(tokenizer, decode_text(tokenizer, p), "", prompt_cut, False)
 
 
 def default_truncation(records: Sequence[PreferenceRecord]) -> str:
@@ -108,14 +185,15 @@ def default_truncation(records: Sequence[PreferenceRecord]) -> str:
 
 
 def tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation) -> dict[str, list[dict]]:
-    """Tokenise every record's chosen and rejected sequence once (KTO's KL sequences: rpo.kto)."""
-    def tok(prompt, responses):
-        return tokenize_pair(tokenizer, prompt, responses, max_length, max_prompt_length, truncation)
+    """Every record's chosen and rejected sequence, each response tokenised with its prompt on its own
+    (`tokenize_element`); KTO's KL sequences: rpo.kto."""
+    def tok(prompt, response):
+        return tokenize_element(tokenizer, prompt, response, max_length=max_length,
+                                max_prompt_length=max_prompt_length, truncation=truncation).example
 
-    pairs = [tok(r.prompt, [r.chosen, r.rejected]) for r in records]  # the pair decides the prompt cut
     return {
-        "chosen": [chosen for chosen, _ in pairs],
-        "rejected": [rejected for _, rejected in pairs],
+        "chosen": [tok(r.prompt, r.chosen) for r in records],
+        "rejected": [tok(r.prompt, r.rejected) for r in records],
     }
 
 
