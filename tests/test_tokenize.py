@@ -101,7 +101,6 @@ def test_a_pairs_prompts_are_cut_separately(llama_like):
     seqs = tokenize_records([record, record], llama_like, 16, 8, "keep_end")
     assert seqs["chosen"][0]["input_ids"] == P_IDS + [16, 17, 18] + TAIL
     assert seqs["rejected"][0]["input_ids"] == [BOS] + P_IDS[-8:] + [16, 17, 18, 19, 19, 19] + TAIL
-    assert seqs["kl"][0] == seqs["chosen"][1]  # the KL sequence: this prompt with the next record's chosen
 
 
 def test_bpe_joint_retokenisation(bpe_tokenizer):
