@@ -60,7 +60,7 @@ def share_changed(before: list[torch.Tensor], params: list[torch.Tensor], as_bf1
     return changed / total
 
 
-def run(model, tokenizer, pure_bf16: bool, steps: int, measure: set[int]) -> dict[int, dict]:
+def run(model, tokenizer, pure_bf16: bool, steps: int, measure: set[int], name: str) -> dict[int, dict]:
     model = model.to(torch.bfloat16 if pure_bf16 else torch.float32).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.RMSprop(params, lr=LR)
@@ -84,6 +84,8 @@ def run(model, tokenizer, pure_bf16: bool, steps: int, measure: set[int]) -> dic
             if not pure_bf16:
                 row["changed_bf16_view"] = share_changed(before, params, as_bf16=True)
             out[step] = row
+            extra = f", bf16 view of the weights {row['changed_bf16_view']:.4%}" if "changed_bf16_view" in row else ""
+            print(f"{name} step {step:3d} (lr {lr:.3e}): weights changed {row['changed']:.4%}{extra}", flush=True)
     state = optimizer.state[params[0]]
     assert state["square_avg"].dtype == params[0].dtype  # bf16 state under pure bf16, fp32 under master
     return out
@@ -106,16 +108,14 @@ def main() -> None:
         build_model({"kind": "smollm2-gguf"}, folder)
     measure = {1, 75, WARMUP + 1, WARMUP + 2} & set(range(1, args.steps + 1))
     print(f"model {folder}, RMSprop lr {LR} (torch defaults), warm-up {WARMUP} (public LambdaLR), "
-          f"{args.steps} real steps per run, batches of 2 sentences, {args.threads} threads, torch {torch.__version__}")
+          f"{args.steps} real steps per run, batches of 2 sentences, {args.threads} threads, torch {torch.__version__}",
+          flush=True)
     for pure in (True, False):
         model, tokenizer = load_model(folder, dtype="float32", device="cpu")
         started = time.perf_counter()
-        rows = run(model, tokenizer, pure_bf16=pure, steps=args.steps, measure=measure)
         name = "pure bf16  " if pure else "fp32 master"
-        for step, row in sorted(rows.items()):
-            extra = f", bf16 view of the weights {row['changed_bf16_view']:.4%}" if "changed_bf16_view" in row else ""
-            print(f"{name} step {step:3d} (lr {row['lr']:.3e}): weights changed {row['changed']:.4%}{extra}")
-        print(f"{name} {args.steps} steps in {time.perf_counter() - started:.0f} s")
+        run(model, tokenizer, pure_bf16=pure, steps=args.steps, measure=measure, name=name)
+        print(f"{name} {args.steps} steps in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

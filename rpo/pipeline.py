@@ -318,6 +318,8 @@ def train_settings(config: dict, run: Run) -> dict:
     stage = "sft" if run.method == "sft" else "preference"
     foreign = set(hyperparameter_names()) - set(get_loss(run.method).hyperparameters)
     settings = {k: v for k, v in config["training"].items() if k not in REFCACHE_ONLY}
+    if settings.get("dtype") != "bfloat16":  # read with bfloat16 only: other runs' params stay as they were
+        settings.pop("fp32_master_weights", None)
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
     settings.update((config.get("losses") or {}).get(run.method) or {})
     settings.update(method=run.method, seed=run.seed)
