@@ -17,8 +17,8 @@ and optimizer state in bf16, no fp32 master copy, and log-probs computed and sum
 (rpo.scoring). At lr 5e-7 most RMSprop updates are below bf16's resolution for the weight they update
 (benchmarks/bf16_update_share.py). fp32_master_weights true is our improvement: fp32 weights and
 optimizer state, bf16 only in the matmuls through autocast, so small updates accumulate. On CPU both
-run (pure bf16 is what the tests use on tiny models); the CPU rehearsal takes fp32 master weights because
-pure-bf16 backward of SmolLM2 is pathologically slow on this CPU (workflow/rehearsal.yaml).
+run (the tests train tiny models in pure bf16); the CPU rehearsal keeps fp32 master weights, the path its
+time was measured on (workflow/rehearsal.yaml).
 
     precision = resolve_precision(cfg["dtype"], device, cfg["fp32_master_weights"])
     model, tokenizer = load_model(path, dtype=cfg["dtype"], device=device,
