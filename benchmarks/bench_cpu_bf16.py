@@ -4,8 +4,8 @@ summed response log-probs the losses see.
 
     .venv/bin/python benchmarks/bench_cpu_bf16.py --model results/rehearsal/pretrained/SmolLM2-135M-Instruct
 
-rpo.precision resolves training.dtype auto/bfloat16 to fp32 on CPU; this script is the measurement
-behind that choice (README, "Before you spend GPU hours").
+rpo.precision runs training.dtype bfloat16 with fp32_master_weights under CPU bf16 autocast (the
+rehearsal's path); this script is the measurement behind that choice (README, "Before you spend GPU hours").
 """
 import argparse
 import statistics

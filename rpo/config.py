@@ -29,11 +29,14 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(schema_path=SCHEMA) -> dict:
-    """The config schema, with the method enum taken from the loss registry (its one home)."""
+    """The config schema, with the method enum taken from the loss registry and the scheduler enum from
+    rpo.optim (their one homes)."""
     from rpo.losses import REGISTRY
+    from rpo.optim import SCHEDULERS
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     schema["definitions"]["method"]["enum"] = list(REGISTRY)
+    schema["definitions"]["stage"]["properties"]["scheduler"]["enum"] = list(SCHEDULERS)
     return schema
 
 
@@ -94,7 +97,9 @@ def _check_cross_keys(config: dict) -> None:
         if method not in config["methods"]:
             raise ConfigError(f"config key 'seeded_methods[{i}]': {method!r} is not in methods "
                               f"({', '.join(config['methods'])}): add it there or drop it here")
-    from rpo.pipeline import MATCHED_BETA_SOURCES
+    from rpo.pipeline import MATCHED_BETA_SOURCES, check_loss_settings
+
+    check_loss_settings(config.get("losses"))
 
     if rpo.get("matched_beta_control") and not set(MATCHED_BETA_SOURCES) & set(config["methods"]):
         raise ConfigError(f"config key 'rpo.matched_beta_control': its source ({', '.join(MATCHED_BETA_SOURCES)}) "

@@ -201,12 +201,13 @@ def generate(
     score_chosen: bool = False,
     fast_nucleus: bool = True,
     top_k: int = 50,
+    fp32_master_weights: bool = False,
 ) -> list[dict]:
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
     Collective when `env` (default: the launcher's, see rpo.distributed.init_distributed) has several
-    ranks: all call it with the same prompts, rank 0 writes, all return every row. `dtype` is a training.dtype
-    name: generation runs in the trainer's precision (rpo.precision), fp32 weights + bf16 autocast on a bf16 GPU.
+    ranks: all call it with the same prompts, rank 0 writes, all return every row. `dtype` and
+    `fp32_master_weights` are the training keys: generation runs in the trainer's precision (rpo.precision).
     `max_length` (prompt + response tokens, the batch's padded width counting) replaces `max_new_tokens` when given.
     `train_max_length` (training.max_length): a prompt is cut to max_prompt_length only when it and its
     chosen response exceed it, as the test loader cuts it (rpo.data.tokenize.tokenize_element); None: whenever
@@ -228,8 +229,9 @@ def generate(
         raise ConfigError(f"generation.max_length: {max_length} leaves no room for a response after "
                           f"max_prompt_length {max_prompt_length}")
     env = init_distributed(device) if env is None else env
-    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank))  # eval mode
-    precision = resolve_precision(dtype, model.device)
+    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
+                                  fp32_master_weights=fp32_master_weights)  # eval mode
+    precision = resolve_precision(dtype, model.device, fp32_master_weights)
     sampling = {"do_sample": do_sample, "max_new_tokens": None if max_length else max_new_tokens,
                 "max_length": max_length, "max_prompt_length": max_prompt_length, "train_max_length": train_max_length,
                 "seed": seed, "batch_size": batch_size}
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of nucleus sampling")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="the run's training.dtype: generate in the trainer's precision (rpo.precision)")
+    parser.add_argument("--fp32-master-weights", action="store_true",
+                        help="the run's training.fp32_master_weights: with --dtype bfloat16, fp32 weights + bf16 "
+                             "autocast instead of pure bf16 (rpo.precision)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--score-chosen", action="store_true",
                         help="record each row's chosen_logp: the model's log-prob of the chosen response")
@@ -347,7 +352,8 @@ def main(argv=None) -> int:
                         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
                         do_sample=not args.greedy, max_prompt_length=args.max_prompt_length,
                         train_max_length=args.train_max_length, dtype=args.dtype,
-                        device=args.device, env=env, score_chosen=args.score_chosen)
+                        device=args.device, env=env, score_chosen=args.score_chosen,
+                        fp32_master_weights=args.fp32_master_weights)
     finally:
         shutdown_distributed(env)
     if env.is_main:

@@ -69,11 +69,22 @@ def _no_loss(pc: Tensor, pr: Tensor) -> Tensor:
     return pc.sum() * 0.0 + pr.sum() * 0.0
 
 
-def sft(pc, pr=None, *, chosen_lengths=None) -> LossOutput:
-    """Mean token NLL of the chosen responses: -sum(logps) / sum(response tokens)."""
-    if chosen_lengths is None:
-        raise ValueError("sft needs chosen_lengths (the number of response tokens of each sequence)")
-    loss = -pc.sum() / chosen_lengths.sum().clamp(min=1).to(pc.dtype)
+SFT_NORMALIZATIONS = ("token", "sequence")
+
+
+def sft(pc, pr=None, *, chosen_lengths=None, normalization="token") -> LossOutput:
+    """NLL of the chosen responses (pc: each sequence's summed token log-prob).
+
+    normalization "token": the mean token NLL, -sum(logps) / sum(response tokens);
+    "sequence": each sequence's summed NLL, averaged over sequences (the public code, trainers.py:559)."""
+    if normalization not in SFT_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(SFT_NORMALIZATIONS)}, got {normalization!r}")
+    if normalization == "sequence":
+        loss = -pc.mean() if pc.numel() else _no_loss(pc, pc)
+    else:
+        if chosen_lengths is None:
+            raise ValueError("sft needs chosen_lengths (the number of response tokens of each sequence)")
+        loss = -pc.sum() / chosen_lengths.sum().clamp(min=1).to(pc.dtype)
     empty = pc.new_zeros(0)
     return LossOutput(loss, empty, empty)
 
@@ -315,7 +326,8 @@ class LossSpec:
     label: str  # how tables and figures name it
     batching: str  # paired: row i of both sides is prompt i; unpaired: n/2 + n/2 independent items; items: mixed
     needs: frozenset = frozenset()  # keys of INPUTS
-    hyperparameters: Mapping[str, float] = field(default_factory=dict)  # name -> default
+    hyperparameters: Mapping[str, float | str] = field(default_factory=dict)  # name -> default
+    choices: Mapping[str, tuple] = field(default_factory=dict)  # a categorical hyperparameter -> its values
 
     def __call__(self, pc, pr=None, rc=None, rr=None, **kwargs) -> LossOutput:
         """The loss with its declared hyperparameters (defaults filled in) and inputs; anything else
@@ -332,13 +344,20 @@ class LossSpec:
 
     def resolve_hyperparameters(self, values: Mapping) -> dict:
         """This loss's hyperparameters from a mapping of configured values (None: the loss's default)."""
-        return {k: default if values.get(k) is None else values[k] for k, default in self.hyperparameters.items()}
+        resolved = {k: default if values.get(k) is None else values[k] for k, default in self.hyperparameters.items()}
+        for key, allowed in self.choices.items():
+            if resolved[key] not in allowed:
+                raise ConfigError(f"loss {self.name!r}: '{key}' must be one of {', '.join(allowed)}, "
+                                  f"got {resolved[key]!r}")
+        return resolved
 
 
 PAIRED_REFERENCE = frozenset({"reference"})
 WEIGHTED = frozenset({"reference", "embeddings"})
 REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in (
-    LossSpec("sft", sft, "SFT", "sft", frozenset({"lengths"})),
+    # normalization: "token" (the mean token NLL, ours) or "sequence" (the public code's summed NLL per sequence)
+    LossSpec("sft", sft, "SFT", "sft", frozenset({"lengths"}), {"normalization": "token"},
+             {"normalization": SFT_NORMALIZATIONS}),
     LossSpec("dpo", dpo, "DPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
     LossSpec("ipo", ipo, "IPO", "paired", PAIRED_REFERENCE, {"beta": 0.1}),
     LossSpec("cdpo", cdpo, "cDPO", "paired", PAIRED_REFERENCE, {"beta": 0.1, "epsilon": 0.2}),

@@ -293,12 +293,12 @@ def weight_files(path) -> list[Path]:
     return files
 
 
-def load_model(path, dtype="auto", device=None):
+def load_model(path, dtype="auto", device=None, fp32_master_weights=False):
     """(model, tokenizer) from a save_pretrained folder; the tokenizer always has a pad token.
 
-    dtype is a training.dtype name: the weights are loaded in the dtype rpo.precision gives it on
-    `device` (fp32 for auto/bfloat16/float32, fp64 for float64); autocast is the caller's
-    (`resolve_precision(dtype, device).autocast(device)`). device None means CUDA when available,
+    dtype and fp32_master_weights are the training keys: the weights are loaded in the dtype
+    rpo.precision gives them on `device` (bf16 for pure bf16, fp64 for float64, else fp32); autocast is
+    the caller's (`resolve_precision(...).autocast(device)`). device None means CUDA when available,
     else CPU. The model is returned in eval mode (from_pretrained's default); the trainer switches
     it to train mode itself.
     """
@@ -308,7 +308,7 @@ def load_model(path, dtype="auto", device=None):
     weight_files(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = resolve_precision(dtype, device).weights
+    torch_dtype = resolve_precision(dtype, device, fp32_master_weights).weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)

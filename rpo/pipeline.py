@@ -281,17 +281,47 @@ def alpacaeval_runs(config: dict) -> list[Run]:
 
 
 # -- training arguments ----------------------------------------------------------------------------
+RUN_HYPERPARAMETERS = ("tau",)  # a run's own setting (rpo.taus, rpo.default_tau), never a losses: entry's
+
+
+def check_loss_settings(losses: dict) -> None:
+    """The `losses:` mapping: known methods, each with hyperparameters its loss takes (categorical ones
+    among their choices); numeric values are checked by rpo.train."""
+    from rpo.losses import REGISTRY
+
+    for method, values in (losses or {}).items():
+        if method not in REGISTRY:
+            raise ConfigError(f"config key 'losses.{method}': unknown loss; known: {', '.join(REGISTRY)}")
+        spec = get_loss(method)
+        for key in values or {}:
+            if key in RUN_HYPERPARAMETERS:
+                raise ConfigError(f"config key 'losses.{method}.{key}': {key} is each run's own (rpo.taus, "
+                                  "rpo.default_tau), not a loss setting")
+            if key not in spec.hyperparameters:
+                takes = ", ".join(k for k in spec.hyperparameters if k not in RUN_HYPERPARAMETERS) or "nothing"
+                raise ConfigError(f"config key 'losses.{method}.{key}': not a hyperparameter of loss {method!r} "
+                                  f"(it takes {takes})")
+        try:
+            spec.resolve_hyperparameters(values or {})
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'losses.{method}': {exc}") from None
+
+
 REFCACHE_ONLY = ("reference_batch_size",)  # training: keys that rpo.refcache reads and rpo.train does not
 
 
 def train_settings(config: dict, run: Run) -> dict:
     """The settings `python -m rpo.train` gets for `run`: the training: keys, its stage's keys (sft: or
     preference:) less other losses' hyperparameters (preference: sets beta and diagonal_weight for
-    every method; rpo.train refuses a hyperparameter its loss does not take), then the run's own."""
+    every method; rpo.train refuses a hyperparameter its loss does not take), then its method's own
+    `losses:` entry (which wins over the stage-wide value), then the run's own."""
     stage = "sft" if run.method == "sft" else "preference"
     foreign = set(hyperparameter_names()) - set(get_loss(run.method).hyperparameters)
     settings = {k: v for k, v in config["training"].items() if k not in REFCACHE_ONLY}
+    if settings.get("dtype") != "bfloat16":  # read with bfloat16 only: other runs' params stay as they were
+        settings.pop("fp32_master_weights", None)
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
+    settings.update((config.get("losses") or {}).get(run.method) or {})
     settings.update(method=run.method, seed=run.seed)
     if run.beta_of is not None:  # rpo.train takes beta from the source run (rule input beta_matched_to)
         settings.pop("beta", None)

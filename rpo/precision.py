@@ -1,21 +1,28 @@
-"""The one precision rule: a `training.dtype` name and a device give the weight dtype and the autocast dtype.
+"""The one precision rule: `training.dtype`, `training.fp32_master_weights` and a device give the weight
+dtype and the autocast dtype.
 
 Training, the reference cache and generation all resolve their precision here, so reference log-probs
 and samples are computed in the numerics the policy trains in (the cache records it, rpo.refcache).
 
-    dtype       CUDA device with bf16          CUDA without bf16           CPU
-    auto        fp32 weights + bf16 autocast   fp32 weights, no autocast   fp32 weights, no autocast
-    bfloat16    fp32 weights + bf16 autocast   fp32 weights, no autocast   fp32 weights + bf16 autocast
-    float32     fp32 weights, no autocast      (the same)                  (the same)
-    float64     fp64 weights, no autocast      (the same)                  (the same)   (exactness tests)
+    dtype     fp32_master_weights  CUDA device with bf16         CUDA without bf16         CPU
+    auto      (not read)           fp32 weights + bf16 autocast  fp32 weights, no autocast fp32 weights, no autocast
+    bfloat16  false (default)      bf16 weights, no autocast     fp32 weights, no autocast bf16 weights, no autocast
+    bfloat16  true                 fp32 weights + bf16 autocast  fp32 weights, no autocast fp32 weights + bf16 autocast
+    float32   (not read)           fp32 weights, no autocast     (the same)                (the same)
+    float64   (not read)           fp64 weights, no autocast     (the same)                (the same)  (exactness tests)
 
-"fp32 master weights": bfloat16 never means bf16 weights, only bf16 matmuls through autocast.
-An explicit bfloat16 autocasts on CPU too, so a CPU rehearsal of a bf16 profile runs the paper's
-numerics path (workflow/rehearsal.yaml; 1.8x faster than fp32 on an AVX512-BF16 CPU,
-benchmarks/bench_cpu_bf16.py); auto keeps CPU runs in fp32 (the embedded default).
+Pure bf16 (bfloat16, fp32_master_weights false) is the public code's numerics (config/model/
+base_model.yaml: policy_dtype and reference_dtype bfloat16, no FSDP mixed precision): weights, gradients
+and optimizer state in bf16, no fp32 master copy, and log-probs computed and summed in bf16
+(rpo.scoring). At lr 5e-7 most RMSprop updates are below bf16's resolution for the weight they update
+(benchmarks/bf16_update_share.py). fp32_master_weights true is our improvement: fp32 weights and
+optimizer state, bf16 only in the matmuls through autocast, so small updates accumulate. On CPU both
+run (the tests train tiny models in pure bf16); the CPU rehearsal keeps fp32 master weights, the path its
+time was measured on (workflow/rehearsal.yaml).
 
-    precision = resolve_precision(cfg["dtype"], device)
-    model, tokenizer = load_model(path, dtype=cfg["dtype"], device=device)   # precision.weights
+    precision = resolve_precision(cfg["dtype"], device, cfg["fp32_master_weights"])
+    model, tokenizer = load_model(path, dtype=cfg["dtype"], device=device,
+                                  fp32_master_weights=cfg["fp32_master_weights"])   # precision.weights
     with precision.autocast(device):
         logits = model(...)
 """
@@ -62,16 +69,20 @@ class Precision:
         return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
 
 
-def resolve_precision(dtype: str | None, device) -> Precision:
+def resolve_precision(dtype: str | None, device, fp32_master_weights: bool = False) -> Precision:
     """The table above; dtype None means auto. `device`: a torch.device or its name ("cuda:0", "cpu")."""
     dtype = "auto" if dtype is None else dtype
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)} (training.dtype, --dtype), got {dtype!r}")
+    if not isinstance(fp32_master_weights, bool):
+        raise ConfigError(f"fp32_master_weights: must be true or false (training.fp32_master_weights, "
+                          f"--fp32-master-weights), got {fp32_master_weights!r}")
     if dtype == "float64":
         return Precision(torch.float64)
     kind = torch.device(device).type
-    if dtype in ("auto", "bfloat16") and kind == "cuda" and torch.cuda.is_bf16_supported():
-        return Precision(torch.float32, torch.bfloat16)
-    if dtype == "bfloat16" and kind == "cpu":
+    bf16 = kind == "cpu" or (kind == "cuda" and torch.cuda.is_bf16_supported())
+    if dtype == "bfloat16" and bf16:
+        return Precision(torch.float32, torch.bfloat16) if fp32_master_weights else Precision(torch.bfloat16)
+    if dtype == "auto" and kind == "cuda" and bf16:
         return Precision(torch.float32, torch.bfloat16)
     return Precision(torch.float32)

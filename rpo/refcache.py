@@ -107,17 +107,18 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
 
 def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
                             truncation=None, batch_size=16, device=None, dtype="auto", packing=True,
-                            env: DistEnv | None = None) -> Path:
-    """Compute and write the cache in the precision `dtype` gives on this device (rpo.precision: the trainer's
-    rule, so pass the run's training.dtype) and the layout `packing` (rpo.scoring; the run's training.packing).
+                            env: DistEnv | None = None, fp32_master_weights=False) -> Path:
+    """Compute and write the cache in the precision `dtype` and `fp32_master_weights` give on this device
+    (rpo.precision: the trainer's rule, so pass the run's training keys) and the layout `packing` (rpo.scoring; the run's training.packing).
     Collective when `env` (default: the launcher's, see
     rpo.distributed.init_distributed) has several ranks: all call it, rank 0 writes, all return the path."""
     env = init_distributed(device) if env is None else env
     records = read_records(records_path)
     truncation = truncation or default_truncation(records)
-    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank))
+    model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
+                                  fp32_master_weights=fp32_master_weights)
     model.eval()
-    precision = resolve_precision(dtype, next(model.parameters()).device)
+    precision = resolve_precision(dtype, next(model.parameters()).device, fp32_master_weights)
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
     cache = sharded_logps(model, sequences, tokenizer.pad_token_id, batch_size, env, precision, packing)
     if env.is_main:
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="the run's training.dtype: compute in the trainer's precision (rpo.precision)")
+    parser.add_argument("--fp32-master-weights", action="store_true",
+                        help="the run's training.fp32_master_weights: with --dtype bfloat16, fp32 weights + bf16 "
+                             "autocast instead of pure bf16 (rpo.precision)")
     parser.add_argument("--no-packing", dest="packing", action="store_false",
                         help="right-padded batches (the run's training.packing: false); default packed (rpo.scoring)")
     parser.add_argument("--threads", type=int, default=None)
@@ -201,7 +205,8 @@ def main(argv=None) -> None:
     try:
         compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
                                 max_prompt_length=args.max_prompt_length, truncation=args.truncation,
-                                batch_size=args.batch_size, dtype=args.dtype, packing=args.packing, env=env)
+                                batch_size=args.batch_size, dtype=args.dtype, packing=args.packing, env=env,
+                                fp32_master_weights=args.fp32_master_weights)
     finally:
         shutdown_distributed(env)
 

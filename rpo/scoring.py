@@ -46,11 +46,14 @@ class Scores:
 
     @property
     def sums(self) -> Tensor:
-        """Summed response log-probs of each sequence [B]."""
+        """Summed response log-probs of each sequence [B], accumulated in at least fp32 and returned in the
+        token log-probs' dtype (bf16 under pure bf16: torch's sum of a bf16 tensor, as the public code's)."""
         owner = torch.repeat_interleave(torch.arange(len(self.counts), device=self.counts.device), self.counts)
-        return torch.zeros(len(self.counts), dtype=self.token_logps.dtype,
-                           device=self.token_logps.device).index_add(0, owner.to(self.token_logps.device),
-                                                                     self.token_logps)
+        flat = self.token_logps
+        wide = torch.promote_types(flat.dtype, torch.float32)
+        sums = torch.zeros(len(self.counts), dtype=wide, device=flat.device).index_add(
+            0, owner.to(flat.device), flat.to(wide))
+        return sums.to(flat.dtype)
 
     def as_matrix(self, flat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`flat` (default: token_logps) laid out [B, K] (0 off the mask) and the mask of scored tokens."""
@@ -128,10 +131,14 @@ def _response_head(model, positions: Tensor, targets: Tensor):
     previous = head.__dict__.get("forward")  # an instance-level forward someone else installed, if any
     linear = head.forward
     vocab = head.weight.shape[0]
+    # Pure half-precision weights (rpo.precision, pure bf16): log-probs in the weights' dtype, as the public
+    # code's bf16 log_softmax gives them; fp32 weights (autocast or not) keep them in fp32.
+    half = head.weight.dtype if head.weight.dtype in (torch.float16, torch.bfloat16) else None
 
     def forward(hidden):
         hidden = hidden.flatten(0, 1).index_select(0, positions)
-        result.append(_chunked_target_logps(linear, vocab, hidden, targets))
+        logps = _chunked_target_logps(linear, vocab, hidden, targets)
+        result.append(logps if half is None else logps.to(half))
         return result[0]
 
     head.forward = forward  # an instance attribute: the module, its parameters and state dict are untouched

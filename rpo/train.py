@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import get_scheduler
 
 from rpo.data.batching import micro_batch_plan
 from rpo.data.records import read_records
@@ -38,6 +37,7 @@ from rpo.embed import load_embeddings, text_settings
 from rpo.errors import ConfigError, TrainingDivergedError
 from rpo.io import atomic_path, write_json
 from rpo import checkpoint, diagnostics, kto, ppo
+from rpo.optim import current_lr, make_optimizer, make_scheduler
 from rpo.losses import PPO_METRICS, get_loss
 from rpo.models import load_model
 from rpo.train_config import load_config, resolve_config
@@ -58,14 +58,14 @@ class Trainer:
         self.truncation = cfg["truncation"] or default_truncation(self.records)
         self.env = init_distributed(cfg["device"])
         torch.manual_seed(cfg["seed"])
-        # fp32 master weights; bf16 enters through autocast on GPUs that support it (rpo.precision).
+        # Pure bf16 weights, or fp32 master weights with bf16 autocast (rpo.precision).
         model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),
-                                           dtype=cfg["dtype"])
+                                           dtype=cfg["dtype"], fp32_master_weights=cfg["fp32_master_weights"])
         self.device = next(model.parameters()).device
         self.loss = get_loss(cfg["method"])
         model = ppo.attach_value_head(model) if "values" in self.loss.needs else model  # before wrapping: rpo.ppo
         self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"])
-        self.precision = resolve_precision(cfg["dtype"], self.device)
+        self.precision = resolve_precision(cfg["dtype"], self.device, cfg["fp32_master_weights"])
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
         self.ref = self.embeddings = None
@@ -93,10 +93,8 @@ class Trainer:
         self.z0 = self.reference_kl = self.v_head_grad_norm = None
         if "kl" in self.loss.needs:
             self.kl_sequences = kto.kl_sequences(self, self.total_steps * accum * self.env.world_size)
-        opt_cls = torch.optim.RMSprop if cfg["optimizer"] == "rmsprop" else torch.optim.AdamW
-        self.optimizer = opt_cls(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.scheduler = get_scheduler(cfg["scheduler"], self.optimizer, num_warmup_steps=cfg["warmup_steps"],
-                                       num_training_steps=self.total_steps)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.step = 0
         self.final_step = diagnostics.final_steps(self.total_steps)  # from here on, logit histograms are logged
 
@@ -275,11 +273,12 @@ class Trainer:
 
     def train_step(self) -> dict:
         started = time.perf_counter()
+        lr = current_lr(self.optimizer)  # the lr this step applies (get_last_lr() after it is the next step's)
         row = self.accumulate_gradients()
         grad_norm = self.apply_gradients()
         tokens_per_s = row.pop("tokens") / (time.perf_counter() - started)
         head = {} if self.v_head_grad_norm is None else {"grad_norm/v_head": self.v_head_grad_norm}
-        return {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **head,
+        return {"step": self.step, **row, "lr": lr, "grad_norm": grad_norm, **head,
                 "tokens_per_s": tokens_per_s}
 
     # -- checkpoints (formats, atomicity and the resume checks: rpo.checkpoint) ------------------

@@ -12,6 +12,7 @@ import yaml
 from rpo.diagnostics import matched_beta
 from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names
+from rpo.optim import OPTIMIZERS, check_scheduler
 from rpo.precision import DTYPES
 from rpo.tracking import check_report_to
 
@@ -22,6 +23,9 @@ DEFAULTS = {
     "optimizer": "rmsprop", "lr": 5e-7, "weight_decay": 0.0, "scheduler": "linear", "warmup_steps": 150,
     "max_grad_norm": 10.0, "v_head_max_grad_norm": 0.1, "max_length": 512, "max_prompt_length": 256, "truncation": None,
     "seed": 1, "save_every": 50, "save_every_minutes": None, "dtype": "auto", "device": None, "threads": None,
+    # with dtype bfloat16: fp32 weights and optimizer state + bf16 autocast (ours) instead of pure bf16
+    # (the public code's); rpo.precision
+    "fp32_master_weights": False,
     "contrast_scope": "micro", "fsdp": False,
     "packing": True,  # one row per micro-batch, attention per sequence (rpo.scoring); false: right-padded
     "report_to": [], "logging_dir": None,  # live metrics (rpo.tracking); logging_dir None: {out}.logs
@@ -75,8 +79,12 @@ def resolve_config(config: dict) -> dict:
     for key in ("lr", "v_head_max_grad_norm", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")
-    if cfg["optimizer"] not in ("rmsprop", "adamw"):
-        raise ConfigError(f"training config key 'optimizer' must be rmsprop or adamw, got {cfg['optimizer']!r}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"training config key 'optimizer' must be one of {', '.join(OPTIMIZERS)}, "
+                          f"got {cfg['optimizer']!r}")
+    check_scheduler(cfg["scheduler"])
+    if isinstance(cfg["warmup_steps"], bool) or not isinstance(cfg["warmup_steps"], int) or cfg["warmup_steps"] < 0:
+        raise ConfigError(f"training config key 'warmup_steps' must be an integer >= 0, got {cfg['warmup_steps']!r}")
     if spec.needs & {"reference", "reference_tokens"} and not cfg["reference_cache"]:
         raise ConfigError(f"training config key 'reference_cache' is required for method {cfg['method']}")
     if "embeddings" in spec.needs and not cfg["embeddings"]:
@@ -92,7 +100,7 @@ def resolve_config(config: dict) -> dict:
                           "contrast matrix; its advantages are whitened per micro-batch); use micro")
     if cfg["dtype"] not in DTYPES:
         raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    for key in ("fsdp", "packing"):
+    for key in ("fsdp", "packing", "fp32_master_weights"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"training config key '{key}' must be true or false, got {cfg[key]!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"

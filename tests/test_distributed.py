@@ -106,17 +106,20 @@ def _two_rank_worker(rank, paths, port, results):
     env = DistEnv(rank, 2)  # unequal lengths on the two ranks come back in rank order
     save("gather", gather_varlen(torch.arange(rank * 10, rank * 10 + 1 + 2 * rank, dtype=torch.float64), [1, 3], env))
     # micro scope trains and resumes; FSDP checkpoints and saves through the same path
-    for tag, kw in (("ddp", {}), ("fsdp", {"fsdp": True, "contrast_scope": "global"})):
+    # fsdp-bf16: pure bf16 (the paper profile's numerics) through FSDP2: bf16 shards, grads and RMSprop state
+    for tag, method, kw in (("ddp", "rpo-paired", {}), ("fsdp", "rpo-paired", {"fsdp": True, "contrast_scope": "global"}),
+                            ("fsdp-bf16", "sft", {"fsdp": True, "dtype": "bfloat16", "optimizer": "rmsprop",
+                                                  "scheduler": "linear_warmup_constant", "lr": 1e-2})):
         base = dict(max_steps=3, epochs=2, save_every=10, **kw)
-        Trainer(config(paths, f"full-{tag}", "rpo-paired", **base)).fit()
-        assert Trainer(config(paths, f"split-{tag}", "rpo-paired", stop_after_steps=1, **base)).fit() is None
+        Trainer(config(paths, f"full-{tag}", method, **base)).fit()
+        assert Trainer(config(paths, f"split-{tag}", method, stop_after_steps=1, **base)).fit() is None
         ckpt = Path(paths["root"]) / f"split-{tag}.ckpt"
         save(f"ckpt-{tag}", sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*")))
         if rank == 0 and tag == "fsdp":  # what a save killed mid-way leaves behind: never to be read
             (ckpt / "step-2.tmp").mkdir()
             (ckpt / "step-2.tmp" / "meta.pt").write_bytes(b"half a file")
         dist.barrier()
-        Trainer(config(paths, f"split-{tag}", "rpo-paired", **base)).fit()
+        Trainer(config(paths, f"split-{tag}", method, **base)).fit()
     # the uninterrupted twin of the run a test kills under torchrun (20 steps; save_every is resume-free)
     Trainer(config(paths, "long-fsdp", "rpo-paired", **LONG_FSDP)).fit()
     # the command line as torchrun runs it (process group from the environment, torn down at the end),
@@ -182,11 +185,12 @@ def test_gather_keeps_rank_order_with_unequal_lengths(two_ranks):
     assert torch.load(two_ranks / "gather.pt").tolist() == [0.0, 10.0, 11.0, 12.0]
 
 
-@pytest.mark.parametrize("tag", ["ddp", "fsdp"])
+@pytest.mark.parametrize("tag", ["ddp", "fsdp", "fsdp-bf16"])
 def test_two_ranks_train_and_resume_bit_exactly(two_ranks, paths, tag):
     root = Path(paths["root"])
     full, split = weights(root / f"full-{tag}"), weights(root / f"split-{tag}")
     assert all(torch.equal(full[k], split[k]) for k in full)
+    assert {v.dtype for v in full.values()} == {torch.bfloat16 if tag == "fsdp-bf16" else torch.float64}
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(full[key], weights(paths["model"])[key])  # it trained
     rows = [json.loads(line) for line in (root / f"split-{tag}" / "metrics.jsonl").read_text().splitlines()]
@@ -194,6 +198,8 @@ def test_two_ranks_train_and_resume_bit_exactly(two_ranks, paths, tag):
     run = json.loads((root / f"split-{tag}" / "run.json").read_text())
     assert (run["world_size"], run["global_batch_size"], run["resumed"]) == (2, 16, True)
     assert run["contrast_scope"] == ("global" if tag == "fsdp" else "micro")
+    if tag == "fsdp-bf16":
+        assert [r["lr"] for r in rows] == pytest.approx([1e-2 / 2, 1e-2, 1e-2])  # warm-up 1: lr/2, then lr
 
 
 def test_fsdp_checkpoints_are_sharded(two_ranks):

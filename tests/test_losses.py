@@ -148,6 +148,21 @@ def test_rpo_diagonal_by_hand():
 def test_sft_is_mean_token_nll():
     out = get_loss("sft")(t([-6.0, -2.0]), None, None, None, chosen_lengths=torch.tensor([3, 1]))
     assert out.loss.item() == pytest.approx(8.0 / 4)
+    assert REGISTRY["sft"].hyperparameters == {"normalization": "token"}  # the default: as above
+
+
+def test_sft_sequence_normalization_is_the_public_codes_summed_nll_per_sequence():
+    """trainers.py:559: -logp summed over each sequence's tokens, then the mean over sequences; the
+    token counts play no part (a long sequence weighs more)."""
+    pc = t([-6.0, -2.0, -1.0]).requires_grad_()
+    out = get_loss("sft")(pc, chosen_lengths=torch.tensor([3, 1, 5]), normalization="sequence")
+    assert out.loss.item() == pytest.approx((6.0 + 2.0 + 1.0) / 3)
+    out.loss.backward()
+    assert torch.allclose(pc.grad, torch.full((3,), -1.0 / 3, dtype=pc.dtype))
+    token = get_loss("sft")(pc, chosen_lengths=torch.tensor([3, 1, 5]))
+    assert token.loss.item() == pytest.approx(9.0 / 9)
+    with pytest.raises(ConfigError, match="'normalization' must be one of token, sequence, got 'tokens'"):
+        REGISTRY["sft"].resolve_hyperparameters({"normalization": "tokens"})
 
 
 def test_identities():
@@ -241,7 +256,7 @@ def test_registry_defaults_and_needs():
     assert call("dpo").loss.item() == pytest.approx(call("dpo", beta=0.1).loss.item(), rel=1e-15)
     assert call("rpo-diagonal").loss.item() == pytest.approx(call("rpo-diagonal", beta=0.1, diagonal_weight=0.8).loss.item())
     assert {name: dict(spec.hyperparameters) for name, spec in REGISTRY.items()} == {
-        "sft": {}, "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "kto": {"beta": 0.1},
+        "sft": {"normalization": "token"}, "dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "kto": {"beta": 0.1},
         "rpo-paired": {"beta": 0.1, "tau": 0.5}, "rpo-unpaired": {"beta": 0.1, "tau": 0.5},
         "rpo-diagonal": {"beta": 0.1, "diagonal_weight": 0.8}, "rpo-uniform": {"beta": 0.1},
         "cdpo": {"beta": 0.1, "epsilon": 0.2}, "slic": {"beta": 1.0, "lambda_coef": 0.1},

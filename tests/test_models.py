@@ -170,36 +170,41 @@ def test_hf_copy_adds_a_pad_token(tiny, tmp_path):
 
 def test_load_model_loads_the_weights_the_precision_rule_names(tiny):
     _, folder = tiny
-    for dtype, weights in (("bfloat16", torch.float32), ("auto", torch.float32), ("float64", torch.float64)):
-        model, tokenizer = load_model(folder, dtype=dtype, device="cpu")
-        assert next(model.parameters()).dtype == weights, dtype  # bfloat16 means autocast, never bf16 weights
+    for dtype, master, weights in (("bfloat16", False, torch.bfloat16), ("bfloat16", True, torch.float32),
+                                   ("auto", False, torch.float32), ("float64", False, torch.float64)):
+        model, tokenizer = load_model(folder, dtype=dtype, device="cpu", fp32_master_weights=master)
+        assert next(model.parameters()).dtype == weights, (dtype, master)  # pure bf16 or fp32 master weights
     assert tokenizer.pad_token is not None
     with pytest.raises(ConfigError, match="dtype"):
         load_model(folder, dtype="float8")
 
 
 FP32, FP64, BF16 = torch.float32, torch.float64, torch.bfloat16
-# dtype -> (weights, autocast) on: CPU, CUDA with bf16, CUDA without bf16
+# (dtype, fp32_master_weights) -> (weights, autocast) on: CPU, CUDA with bf16, CUDA without bf16
 PRECISION_TABLE = {
-    None: ((FP32, None), (FP32, BF16), (FP32, None)),
-    "auto": ((FP32, None), (FP32, BF16), (FP32, None)),
-    "bfloat16": ((FP32, BF16), (FP32, BF16), (FP32, None)),  # an explicit bf16 autocasts on CPU too
-    "float32": ((FP32, None), (FP32, None), (FP32, None)),
-    "float64": ((FP64, None), (FP64, None), (FP64, None)),
+    (None, False): ((FP32, None), (FP32, BF16), (FP32, None)),
+    ("auto", False): ((FP32, None), (FP32, BF16), (FP32, None)),
+    ("auto", True): ((FP32, None), (FP32, BF16), (FP32, None)),  # the key is read with bfloat16 only
+    ("bfloat16", False): ((BF16, None), (BF16, None), (FP32, None)),  # pure bf16: the public code's
+    ("bfloat16", True): ((FP32, BF16), (FP32, BF16), (FP32, None)),  # fp32 master weights + bf16 autocast
+    ("float32", True): ((FP32, None), (FP32, None), (FP32, None)),
+    ("float64", False): ((FP64, None), (FP64, None), (FP64, None)),
 }
 
 
-@pytest.mark.parametrize("dtype", list(PRECISION_TABLE))
-def test_precision_rule_table(dtype, monkeypatch):
-    cpu, cuda_bf16, cuda_no_bf16 = PRECISION_TABLE[dtype]
-    assert resolve_precision(dtype, "cpu") == Precision(*cpu)
-    assert resolve_precision(dtype, torch.device("cpu")) == Precision(*cpu)
+@pytest.mark.parametrize("dtype,master", list(PRECISION_TABLE))
+def test_precision_rule_table(dtype, master, monkeypatch):
+    cpu, cuda_bf16, cuda_no_bf16 = PRECISION_TABLE[dtype, master]
+    assert resolve_precision(dtype, "cpu", master) == Precision(*cpu)
+    assert resolve_precision(dtype, torch.device("cpu"), master) == Precision(*cpu)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_precision(dtype, "cuda:0") == Precision(*cuda_bf16)
-    assert resolve_precision(dtype, torch.device("cuda", 1)) == Precision(*cuda_bf16)
+    assert resolve_precision(dtype, "cuda:0", master) == Precision(*cuda_bf16)
+    assert resolve_precision(dtype, torch.device("cuda", 1), master) == Precision(*cuda_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_precision(dtype, "cuda") == Precision(*cuda_no_bf16)
+    assert resolve_precision(dtype, "cuda", master) == Precision(*cuda_no_bf16)
+    if master is False:  # the default is pure bf16
+        assert resolve_precision(dtype, "cpu") == Precision(*cpu)
 
 
 def test_precision_names_metadata_autocast_and_refuses_unknown_dtypes():
@@ -217,6 +222,9 @@ def test_precision_names_metadata_autocast_and_refuses_unknown_dtypes():
         with pytest.raises(ConfigError, match=r"dtype: must be one of auto, bfloat16, float32, float64"):
             resolve_precision(bad, "cpu")
     assert DTYPES == ("auto", "bfloat16", "float32", "float64")
+    with pytest.raises(ConfigError, match=r"fp32_master_weights: must be true or false"):
+        resolve_precision("bfloat16", "cpu", "yes")
+    assert Precision(BF16).name == "bfloat16 weights, no autocast"
 
 
 @pytest.mark.slow

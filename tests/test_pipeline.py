@@ -199,3 +199,57 @@ def test_seed_and_control_config_errors_name_the_key():
         validate_config({**config, "seeded_methods": ["cdpo"]})
     with pytest.raises(ConfigError, match="rpo.matched_beta_control"):
         validate_config({**config, "methods": ["dpo"], "seeded_methods": None})
+
+
+def test_a_methods_own_loss_settings_win_over_the_stage_wide_ones():
+    """preference.beta no longer gives SLiC the 0.1 meant for DPO: losses.slic sets its own; a stage-wide
+    value still applies where the method sets none, and the registry's default where neither does."""
+    config = profile("config.yaml")
+    config["methods"] = [*config["methods"], "slic", "cdpo"]
+    config["losses"] = {"slic": {"beta": 1.0, "lambda_coef": 0.2}, "sft": {"normalization": "sequence"},
+                        "rpo-paired": {"beta": 0.05}}
+    runs = runs_by_name(validate_config(config), "dialogue")
+    assert {k: train_settings(config, runs["slic_bs8_seed1"])[k] for k in ("beta", "lambda_coef")} == {
+        "beta": 1.0, "lambda_coef": 0.2}
+    assert train_settings(config, runs["dpo_bs8_seed1"])["beta"] == 0.1  # preference.beta: dpo sets none
+    assert "epsilon" not in train_settings(config, runs["cdpo_bs8_seed1"])  # neither: rpo.train's registry default
+    assert train_settings(config, runs["sft_seed1"])["normalization"] == "sequence"
+    paired = train_settings(config, runs["rpo-paired_tau0.25_minilm_bs8_seed1"])
+    assert (paired["beta"], paired["tau"]) == (0.05, 0.25)
+    control = runs["dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1"]
+    assert "beta" not in train_settings({**config, "losses": {"dpo": {"beta": 0.3}}}, control)  # the source's
+
+
+@pytest.mark.parametrize("losses,message", [
+    ({"orpo": {"beta": 0.1}}, "config key 'losses.orpo': unknown loss; known: sft, dpo"),
+    ({"slic": {"epsilon": 0.1}}, r"config key 'losses.slic.epsilon': not a hyperparameter of loss 'slic' "
+                                 r"\(it takes beta, lambda_coef\)"),
+    ({"rpo-paired": {"tau": 0.3}}, r"config key 'losses.rpo-paired.tau': tau is each run's own"),
+    ({"sft": {"normalization": "tokens"}}, "config key 'losses.sft': loss 'sft': 'normalization' must be one of"),
+])
+def test_loss_settings_errors_name_the_key(losses, message):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match=message):
+        validate_config({**config, "losses": losses})
+
+
+@pytest.mark.parametrize("name", ["workflow/paper.yaml", "workflow/one-gpu.yaml", "workflow/rehearsal.yaml"])
+def test_paper_profiles_take_the_public_codes_training_protocol(name):
+    """config/loss/*.yaml's values, trainers.py:351's schedule, :559's SFT loss, base_model.yaml's pure bf16
+    (the CPU rehearsal: fp32 master weights, its comment says why)."""
+    config = profile(name)
+    public = {"dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "cdpo": {"beta": 0.1, "epsilon": 0.2},
+              "slic": {"beta": 1.0, "lambda_coef": 0.1}, "kto": {"beta": 0.1}, "rpo-paired": {"beta": 0.1},
+              "rpo-unpaired": {"beta": 0.1}, "rpo-diagonal": {"beta": 0.1, "diagonal_weight": 0.8}}
+    runs = runs_by_name({**config, "methods": [*config["methods"], "cdpo", "slic", "rpo-diagonal"]}, "dialogue")
+    for run in runs.values():
+        settings = train_settings(config, run)
+        assert settings["scheduler"] == "linear_warmup_constant" and settings["warmup_steps"] == 150, run.name
+        assert settings["dtype"] == "bfloat16"
+        assert settings["fp32_master_weights"] is (name == "workflow/rehearsal.yaml"), run.name
+        if run.method == "sft":
+            assert settings["normalization"] == "sequence"
+        elif run.method in public and run.beta_of is None:
+            assert {k: settings[k] for k in public[run.method]} == public[run.method], run.name
+        if run.method.startswith("rpo-p") or run.method == "rpo-unpaired":
+            assert run.tau in config["rpo"]["taus"] and config["rpo"]["default_tau"] == 0.5

@@ -34,6 +34,9 @@ THREADS = config["threads"]
 MEM_MB = config["mem_mb"]
 GPUS = config["gpus"]
 LOCAL_ORACLE = config["judge"]["backend"] == "local-oracle"
+# The trainer's precision (rpo.precision) for the jobs that load a model beside it: refcache, generate.
+PRECISION_ARGS = f"--dtype {config['training']['dtype']}" + (
+    " --fp32-master-weights" if config["training"]["fp32_master_weights"] else "")
 
 
 wildcard_constraints:

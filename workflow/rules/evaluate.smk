@@ -11,7 +11,7 @@ rule generate:
     params:
         args=lambda wc: generation_args(GEN["n_prompts"], wc.model),
         seed=config["seeds"][0],
-        dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
+        precision=PRECISION_ARGS,  # the trainer's precision (rpo.precision)
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
@@ -25,7 +25,7 @@ rule generate:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} --dtype {params.dtype} --threads {threads} {params.args} --score-chosen > {log} 2>&1"
+        " --seed {params.seed} {params.precision} --threads {threads} {params.args} --score-chosen > {log} 2>&1"
 
 
 rule judge:
@@ -76,7 +76,7 @@ rule generate_instructions:
         # all 805 at paper scale (the public code: 800)
         args=lambda wc: generation_args(config["alpacaeval"]["n_prompts"], wc.model),
         seed=config["seeds"][0],
-        dtype=config["training"]["dtype"],
+        precision=PRECISION_ARGS,
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
@@ -90,7 +90,7 @@ rule generate_instructions:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} --dtype {params.dtype} --threads {threads} {params.args} > {log} 2>&1"
+        " --seed {params.seed} {params.precision} --threads {threads} {params.args} > {log} 2>&1"
 
 
 rule alpacaeval:

@@ -36,7 +36,7 @@ rule refcache:
         max_length=config["training"]["max_length"],
         max_prompt_length=config["training"]["max_prompt_length"],
         batch_size=config["training"]["reference_batch_size"],
-        dtype=config["training"]["dtype"],  # the trainer's precision (rpo.precision)
+        precision=PRECISION_ARGS,  # the trainer's precision (rpo.precision)
         packing="" if config["training"]["packing"] else " --no-packing",  # the trainer's layout (rpo.scoring)
         # one rank per GPU this job gets (a profile may give it fewer than the config's gpus)
         launcher=lambda wc, resources: launcher(resources.gpu),
@@ -53,7 +53,7 @@ rule refcache:
     shell:
         "{params.launcher} -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
         " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}"
-        " --batch-size {params.batch_size} --dtype {params.dtype}{params.packing} --threads {threads} > {log} 2>&1"
+        " --batch-size {params.batch_size} {params.precision}{params.packing} --threads {threads} > {log} 2>&1"
 
 
 rule preference:
