@@ -148,7 +148,13 @@ def build_trainer(root: Path, sizes: dict, args) -> Trainer:
     data, model, cache, emb = root / "train.jsonl", root / "model", root / "ref.pt", root / "emb.pt"
     write_records(data, records)
     write_model(model, sizes, [r.prompt + r.chosen + r.rejected for r in records], args.device)
-    max_length, max_prompt = sizes["prompt_len"] + sizes["response_len"], sizes["prompt_len"]
+    # The public tokenisation appends " " + EOS as text after the response cut (rpo.data.tokenize.tokenize_element),
+    # so a sequence is max_length plus those tokens: cut that much earlier to keep prompt_len + response_len.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    eos_tail = len(tokenizer(" " + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+    max_length, max_prompt = sizes["prompt_len"] + sizes["response_len"] - eos_tail, sizes["prompt_len"]
     compute_reference_cache(model, data, cache, max_length=max_length, max_prompt_length=max_prompt,
                             batch_size=2 * args.pairs, device=args.device)
     embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=max_length, max_prompt_length=max_prompt)

@@ -106,6 +106,18 @@ def _prompt_element(tokenizer, row: dict, max_prompt_length, train_max_length):
                             max_prompt_length=max_prompt_length, truncation=truncation)
 
 
+def _judged_texts(tokenizer, row: dict, element) -> dict:
+    """{"prompt_text", "chosen_text"}: the judge's inputs as the public code builds them (compare.py is fed
+    the test loader's prompt_text, and its chosen = the chosen's target_text as tokenised for training,
+    everything from the EOS text on removed, the space before it kept). Without a training element (no
+    chosen, or no training max_length) the chosen is the record's text."""
+    texts = {"prompt_text": element.prompt_text}
+    if row.get("chosen") is not None:
+        tokenised = bool(element.response_text)  # tokenize_prompt's element holds no response
+        texts["chosen_text"] = element.response_without_eos(tokenizer.eos_token) if tokenised else row["chosen"]
+    return texts
+
+
 class FastNucleus(LogitsProcessor):
     """HF's sampling warpers in HF's order: TemperatureLogitsWarper, TopKLogitsWarper (top_k > 0), then
     TopPLogitsWarper (keep the top tokens until the mass above a token reaches top_p; at least one), the
@@ -253,6 +265,8 @@ def generate(
         ids = [e.prompt_ids for e in elements]
         # a cut prompt is recorded as the model saw it (the public code's prompt_text)
         cut = [e.prompt_text if e.prompt_cut else None for e in elements]
+        # What the public code judges (compare.py's inputs): the prompt as fed, the chosen as training tokenised it
+        judged = [_judged_texts(tokenizer, p, e) for p, e in zip(batch, elements)]
         input_ids, attention_mask = _left_pad(ids, tokenizer.pad_token_id)
         budget = max_length - input_ids.shape[1] if max_length else max_new_tokens
         if budget < 1:  # only without max_prompt_length: a prompt as long as the whole budget
@@ -284,8 +298,10 @@ def generate(
             "new_tokens": length,  # before EOS (not counting it)
             "stopped_at_eos": bool(stopped.any()),
             **({"cut_prompt": shown} if shown is not None else {}),
+            **texts_judged,
             **({"chosen_logp": logp} if logp is not None else {}),
-        } for prompt, text, length, stopped, shown, logp in zip(batch, texts, lengths, at_eos, cut, chosen_logps)]
+        } for prompt, text, length, stopped, shown, logp, texts_judged
+            in zip(batch, texts, lengths, at_eos, cut, chosen_logps, judged)]
     rows = [row for batch_rows in gather_in_order(local, len(starts), env) for row in batch_rows]
     if env.is_main:
         write_jsonl(out_path, rows)

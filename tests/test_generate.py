@@ -199,6 +199,10 @@ def test_a_cut_keep_start_prompt_is_sampled_as_the_test_loader_cuts_it(model_dir
     assert seen == [test_loader(n_prompt).prompt_ids]  # one prompt, batch of one: no left padding
     assert len(seen[0]) <= max_prompt_length and not tokenizer.decode(seen[0]).endswith(ASSISTANT)
     assert row["cut_prompt"] == test_loader(n_prompt).prompt_text and row["prompt"].startswith(row["cut_prompt"])
+    # the judge's inputs, as compare.py gets them: the prompt as fed, the chosen as tokenised up to its EOS text
+    assert row["prompt_text"] == row["cut_prompt"]
+    assert row["chosen_text"] == test_loader(n_prompt).response_without_eos(tokenizer.eos_token)
+    assert row["chosen_text"] != row["chosen"] and row["chosen_text"].rstrip() == row["chosen"].rstrip()
     # The pair fits training's max_length: the whole prompt, as the test loader keeps it.
     [row] = run(model_dir, tmp_path, prompts, max_new_tokens=2, max_prompt_length=max_prompt_length,
                 train_max_length=512)

@@ -189,13 +189,15 @@ def judge_samples(samples: Sequence[dict], task: str, judge: Judge, seed: int) -
     # Computed before any call from the samples alone (rpo-paper: file positions; rationale: ids), so
     # concurrency and cache hits cannot change them and a rerun sends the same requests.
     orders = presentation_orders(judge.protocol, ids, seed)
+    # The judged texts are the public code's (rpo.generate records them): the prompt as the model was fed
+    # it, the chosen as training tokenised it; samples files from before they were recorded: the raw texts.
     items = [
         JudgeItem(
             id=item_id,
             task=task,
-            prompt=s["prompt"],
-            response_a=s["response"] if first else s["chosen"],
-            response_b=s["chosen"] if first else s["response"],
+            prompt=s.get("prompt_text", s["prompt"]),
+            response_a=s["response"] if first else s.get("chosen_text", s["chosen"]),
+            response_b=s.get("chosen_text", s["chosen"]) if first else s["response"],
             metadata=s.get("metadata") or {},
         )
         for item_id, s, first in zip(ids, samples, orders)
