@@ -21,12 +21,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import rpo.scoring
-from rpo.data.records import PreferenceRecord, write_records
+from rpo.data.records import PreferenceRecord
 from rpo.distributed import DistEnv, as_local_tensor, gather_varlen, local_micro_batches, unwrap
 from rpo.embed import embed_prompts
 from rpo.errors import ConfigError
-from rpo.models import build_model
-from rpo.refcache import compute_reference_cache
 from rpo.train import Trainer, main, resolve_config
 
 THEMES = ["soup", "kites", "clocks", "moss", "boats", "lamps", "owls", "salt"]
@@ -44,19 +42,12 @@ def make_records(n=32):
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    records = make_records()
-    data = root / "train.jsonl"
-    write_records(data, records)
-    spec = {"kind": "small", "arch": "gpt2", "n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 300,
-            "max_position": 96}
-    model = build_model(spec, root / "base", corpus=[r.prompt + r.chosen + r.rejected for r in records], seed=0)
-    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=16,
-                                    dtype="float64")  # the precision of the runs below (config: dtype float64)
-    emb = root / "emb.pt"
-    embed_prompts(data, "tfidf-svd", emb, model_path=model, max_length=64, max_prompt_length=32)
-    return {"root": str(root), "data": str(data), "model": str(model), "cache": str(cache), "emb": str(emb)}
+def paths(tmp_path_factory, build_tiny_world):
+    # the cache in the precision of the runs below (config: dtype float64)
+    built = build_tiny_world(tmp_path_factory.mktemp("dist"), make_records(), cache_batch_size=16, dtype="float64")
+    emb = built["root"] / "emb.pt"
+    embed_prompts(built["data"], "tfidf-svd", emb, model_path=built["model"], max_length=64, max_prompt_length=32)
+    return {**{key: str(value) for key, value in built.items()}, "emb": str(emb)}
 
 
 def config(paths, name, method, **kw):

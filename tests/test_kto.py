@@ -14,12 +14,10 @@ from safetensors.torch import load_file
 
 from rpo import kto
 from rpo.data.batching import item_batches, micro_batch_plan, sides
-from rpo.data.records import PreferenceRecord, write_records
+from rpo.data.records import PreferenceRecord
 from rpo.data.tokenize import tokenize_element
 from rpo.distributed import DistEnv, local_micro_batches
 from rpo.losses import kto_z0
-from rpo.models import build_model
-from rpo.refcache import compute_reference_cache
 from rpo.train import Trainer, resolve_config
 
 TOPICS = ["jam", "ponds", "vans", "chalk", "wool", "ink"]
@@ -34,16 +32,9 @@ def make_records(n=24):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kto")
+def world(tmp_path_factory, build_tiny_world):
     records = make_records()
-    data = root / "train.jsonl"
-    write_records(data, records)
-    spec = {"kind": "small", "arch": "gpt2", "n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 300,
-            "max_position": 128}
-    model = build_model(spec, root / "base", corpus=[r.prompt + r.chosen + r.rejected for r in records], seed=0)
-    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=8)
-    return {"records": records, "data": data, "model": model, "cache": cache}
+    return {"records": records, **build_tiny_world(tmp_path_factory.mktemp("kto"), records, max_position=128)}
 
 
 def config(world, out, **kw):

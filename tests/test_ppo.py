@@ -4,26 +4,17 @@ its own (v_head_max_grad_norm 0.1) while the language model keeps max_grad_norm.
 import pytest
 import torch
 
-from rpo.data.records import PreferenceRecord, write_records
-from rpo.models import build_model
+from rpo.data.records import PreferenceRecord
 from rpo.ppo import parameter_groups
-from rpo.refcache import compute_reference_cache
 from rpo.train import Trainer, resolve_config
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo")
+def world(tmp_path_factory, build_tiny_world):
     records = [PreferenceRecord(id=f"p{i}", prompt=f"\n<|user|>\nname a colour, {i}\n<|assistant|>\n",
                                 chosen=f"blue, number {i % 3}.", rejected="no.", metadata={"truncation": "keep_end"})
                for i in range(16)]
-    data = root / "train.jsonl"
-    write_records(data, records)
-    spec = {"kind": "small", "arch": "gpt2", "n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 300,
-            "max_position": 96}
-    model = build_model(spec, root / "base", corpus=[r.prompt + r.chosen + r.rejected for r in records], seed=0)
-    cache = compute_reference_cache(model, data, root / "ref.pt", max_length=64, max_prompt_length=32, batch_size=8)
-    return {"data": data, "model": model, "cache": cache, "root": root}
+    return build_tiny_world(tmp_path_factory.mktemp("ppo"), records)
 
 
 def trainer(world, name, **kw):

@@ -107,6 +107,21 @@ def test_the_pad_eos_tokenizer_keeps_eos_in_the_labels_and_trains(rehearsal):
             assert rows and all(math.isfinite(r["loss"]) for r in rows if "loss" in r), (task, run)
 
 
+
+def test_every_run_steps_at_the_public_codes_learning_rates(rehearsal):
+    """The public LambdaLR: step k (1-based in metrics.jsonl) at lr x min(1, k / (warmup + 1)), no decay."""
+    config, results = rehearsal
+    files = sorted((results / MODEL).glob("*/models/*/metrics.jsonl"))
+    assert files
+    for path in files:
+        stage = config["sft"] if path.parent.name.startswith("sft") else config["preference"]
+        steps = [row for row in map(json.loads, path.open()) if "lr" in row]
+        assert steps, path
+        for row in steps:
+            want = stage["lr"] * min(1.0, row["step"] / (stage["warmup_steps"] + 1))
+            assert row["lr"] == pytest.approx(want, rel=1e-9), (path, row["step"])
+
+
 def test_a_model_taught_to_stop_stops_at_eos(rehearsal, tmp_path):
     """The rehearsal's few steps at lr 5e-7 cannot teach EOS; 16 steps on one record can. Greedy
     generation must then write that record's chosen response and stop at EOS, counted right."""
@@ -123,7 +138,9 @@ def test_a_model_taught_to_stop_stops_at_eos(rehearsal, tmp_path):
                         max_prompt_length=lengths["max_prompt_length"], train_max_length=lengths["max_length"])
     _, tokenizer = load_model(tmp_path / "sft", dtype="float32")
     assert sample["response"] == record.chosen
-    assert sample["stopped_at_eos"] and sample["new_tokens"] == len(tokenizer(record.chosen)["input_ids"])
+    # it learned the response as the public tokenisation writes it: the text, " ", EOS (the space a token here)
+    element = tokenize_element(tokenizer, record.prompt, record.chosen, truncation="keep_end", **lengths)
+    assert sample["stopped_at_eos"] and sample["new_tokens"] == sum(x != -100 for x in element.labels) - 1
 
 
 def test_samples_record_where_generation_stopped(rehearsal):
@@ -168,7 +185,8 @@ def test_judge_requests_carry_the_paper_protocol(rehearsal):
             samples = {s["id"]: s for s in map(json.loads, (results / MODEL / task / "samples" / path.name).open())}
             assert len(samples) == config["generation"]["n_prompts"]
             for s in samples.values():
-                shown = [render_messages("rpo-paper", task, s["prompt"], a, b)
-                         for a, b in ((s["response"], s["chosen"]), (s["chosen"], s["response"]))]
+                # compare.py's inputs: the prompt as fed, the chosen as tokenised (rpo.generate records both)
+                shown = [render_messages("rpo-paper", task, s["prompt_text"], a, b)
+                         for a, b in ((s["response"], s["chosen_text"]), (s["chosen_text"], s["response"]))]
                 assert any(m in sent for m in shown), (task, path.name, s["id"])
     assert len(bodies) > len(pairwise)  # alpaca_eval's annotator called through the same server
