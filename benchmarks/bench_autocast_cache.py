@@ -69,7 +69,8 @@ def child(args) -> dict:
     n_params = sum(p.numel() for p in model.parameters())  # FSDP: DTensors give the global sizes
     if env.active:
         torch.distributed.destroy_process_group()
-    return {"fwd": fwd.peak - fwd.before, "fwd_bwd": fwd_bwd.peak - fwd_bwd.before, "step": whole.peak - whole.before, "before": whole.before,
+    return {"fwd": fwd.peak - fwd.before, "fwd_bwd": fwd_bwd.peak - fwd_bwd.before, "step": whole.peak - whole.before,
+            "before": whole.before,
             "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "seconds": seconds,
             "loss": float(loss), "params": n_params}
 
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             print("RESULT " + json.dumps(result), flush=True)
         return 0
     base = list(argv if argv is not None else sys.argv[1:])
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if args.fsdp else [sys.executable]
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", "2"] if args.fsdp else [])
     mb = 2 ** 20
     print(f"Llama {args.layers} layers, d_model {args.d_model}, batch {args.seqs} x {args.seq_len} tokens packed, "
           f"fp32 weights + bf16 autocast, RMSprop, {args.threads} thread(s) per rank"
@@ -105,9 +106,11 @@ def main(argv=None) -> int:
                              capture_output=True, text=True).stdout
         r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
         print(f"| {'on' if ac else 'off'} | {'on (torch default)' if cache else 'off (rpo.precision)'} "
-              f"| {r['fwd'] / mb:.0f} MiB | {r['fwd_bwd'] / mb:.0f} MiB | {r['step'] / mb:.0f} MiB | {r['maxrss'] / mb:.0f} MiB "
+              f"| {r['fwd'] / mb:.0f} MiB | {r['fwd_bwd'] / mb:.0f} MiB | {r['step'] / mb:.0f} MiB "
+              f"| {r['maxrss'] / mb:.0f} MiB "
               f"| {r['seconds']:.2f} | {r['loss']:.6f} |", flush=True)
-    print(f"({r['params']:,} parameters: fp32 {r['params'] * 4 / mb:.0f} MiB, a bf16 copy {r['params'] * 2 / mb:.0f} MiB)")
+    print(f"({r['params']:,} parameters: fp32 {r['params'] * 4 / mb:.0f} MiB, "
+          f"a bf16 copy {r['params'] * 2 / mb:.0f} MiB)")
     return 0
 
 
