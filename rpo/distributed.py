@@ -116,8 +116,14 @@ def local_micro_batches(plan: list, step: int, accum: int, env: DistEnv) -> list
 
 
 # -- model wrapping --------------------------------------------------------------------------------
-def wrap_model(model: torch.nn.Module, env: DistEnv, fsdp: bool = False) -> torch.nn.Module:
-    """DDP (or FSDP2) around `model` when there is more than one rank; `model` itself otherwise."""
+def wrap_model(model: torch.nn.Module, env: DistEnv, fsdp: bool = False,
+               activation_checkpointing: bool = False) -> torch.nn.Module:
+    """DDP (or FSDP2) around `model` when there is more than one rank; `model` itself otherwise.
+    activation_checkpointing: per decoder block (rpo.memory), set up before FSDP shards the blocks."""
+    if activation_checkpointing:
+        from rpo.memory import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     if not env.active:
         return model
     if fsdp:

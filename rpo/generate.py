@@ -214,12 +214,14 @@ def generate(
     fast_nucleus: bool = True,
     top_k: int = 50,
     fp32_master_weights: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> list[dict]:
     """Sample one response per prompt row (from select_prompts) and write the samples JSONL.
 
     Collective when `env` (default: the launcher's, see rpo.distributed.init_distributed) has several
     ranks: all call it with the same prompts, rank 0 writes, all return every row. `dtype` and
-    `fp32_master_weights` are the training keys: generation runs in the trainer's precision (rpo.precision).
+    `fp32_master_weights` are the training keys: generation runs in the trainer's precision (rpo.precision), with
+    its attention kernel `attn_implementation` (rpo.models).
     `max_length` (prompt + response tokens, the batch's padded width counting) replaces `max_new_tokens` when given.
     `train_max_length` (training.max_length): a prompt is cut to max_prompt_length only when it and its
     chosen response exceed it, as the test loader cuts it (rpo.data.tokenize.tokenize_element); None: whenever
@@ -242,7 +244,7 @@ def generate(
                           f"max_prompt_length {max_prompt_length}")
     env = init_distributed(device) if env is None else env
     model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
-                                  fp32_master_weights=fp32_master_weights)  # eval mode
+                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation)
     precision = resolve_precision(dtype, model.device, fp32_master_weights)
     sampling = {"do_sample": do_sample, "max_new_tokens": None if max_length else max_new_tokens,
                 "max_length": max_length, "max_prompt_length": max_prompt_length, "train_max_length": train_max_length,
@@ -319,6 +321,8 @@ def read_prompt_records(path) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rpo.models import ATTN_IMPLEMENTATIONS
+
     parser = argparse.ArgumentParser(prog="python -m rpo.generate", description="Sample responses to test prompts.")
     parser.add_argument("--model", required=True, type=Path, help="save_pretrained folder")
     parser.add_argument("--records", required=True, type=Path, help="PreferenceRecord or EvalPrompt JSONL")
@@ -347,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp32-master-weights", action="store_true",
                         help="the run's training.fp32_master_weights: with --dtype bfloat16, fp32 weights + bf16 "
                              "autocast instead of pure bf16 (rpo.precision)")
+    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa",
+                        help="the run's training.attn_implementation: transformers' attention kernel (rpo.models)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--score-chosen", action="store_true",
                         help="record each row's chosen_logp: the model's log-prob of the chosen response")
@@ -369,7 +375,7 @@ def main(argv=None) -> int:
                         do_sample=not args.greedy, max_prompt_length=args.max_prompt_length,
                         train_max_length=args.train_max_length, dtype=args.dtype,
                         device=args.device, env=env, score_chosen=args.score_chosen,
-                        fp32_master_weights=args.fp32_master_weights)
+                        fp32_master_weights=args.fp32_master_weights, attn_implementation=args.attn_implementation)
     finally:
         shutdown_distributed(env)
     if env.is_main:

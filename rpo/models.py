@@ -31,6 +31,10 @@ WEIGHT_SUFFIXES = (".safetensors",)
 # whose `kind: hf` model names that folder (workflow/rehearsal.yaml: SmolLM2 from its GGUF wheel).
 PRETRAINED_BUILDS = {"SmolLM2-135M-Instruct": {"kind": "smollm2-gguf"}}
 WEIGHT_INDEX_NAME = "model.safetensors.index.json"
+# transformers' attention kernels a run may ask for (training.attn_implementation): training, the reference
+# cache and generation load the model with the same one (load_model).
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+FLASH_INSTALL_HINT = "pip install flash-attn --no-build-isolation"
 
 _SMALL_INT_KEYS = ("n_layers", "d_model", "n_heads", "vocab_size", "max_position")
 _ALLOWED_KEYS = {
@@ -293,14 +297,25 @@ def weight_files(path) -> list[Path]:
     return files
 
 
-def load_model(path, dtype="auto", device=None, fp32_master_weights=False):
+def check_attn_implementation(name, need_package: bool = False) -> str:
+    """`name` if it is one of ATTN_IMPLEMENTATIONS; need_package: flash_attention_2 also needs flash-attn here."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"training.attn_implementation: must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                          f"got {name!r}")
+    if need_package and name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("training.attn_implementation: flash_attention_2 needs the flash-attn package, which is "
+                          f"not installed: {FLASH_INSTALL_HINT} (CUDA GPUs only), or use sdpa")
+    return name
+
+
+def load_model(path, dtype="auto", device=None, fp32_master_weights=False, attn_implementation="sdpa"):
     """(model, tokenizer) from a save_pretrained folder; the tokenizer always has a pad token.
 
     dtype and fp32_master_weights are the training keys: the weights are loaded in the dtype
     rpo.precision gives them on `device` (bf16 for pure bf16, fp64 for float64, else fp32); autocast is
     the caller's (`resolve_precision(...).autocast(device)`). device None means CUDA when available,
     else CPU. The model is returned in eval mode (from_pretrained's default); the trainer switches
-    it to train mode itself.
+    it to train mode itself. attn_implementation: the training key, transformers' attention kernel.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -309,9 +324,10 @@ def load_model(path, dtype="auto", device=None, fp32_master_weights=False):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_precision(dtype, device, fp32_master_weights).weights
+    check_attn_implementation(attn_implementation, need_package=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a damaged or foreign folder
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise DataError(f"{path}: cannot load the model ({message}); {_rebuild(path)}") from exc

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names, losses_needing
+from rpo.train_config import DEFAULTS as TRAIN_DEFAULTS
 
 EMBEDDING_LOSSES = losses_needing("embeddings")
 # losses with a diagonal weight w_ii per pair, whose effective beta a matched-beta DPO control takes
@@ -308,6 +309,9 @@ def check_loss_settings(losses: dict) -> None:
 
 
 REFCACHE_ONLY = ("reference_batch_size",)  # training: keys that rpo.refcache reads and rpo.train does not
+# training: keys passed only where they differ from the trainer's default, so that the runs of a config that
+# does not set them keep the params they had before the keys existed (Snakemake reruns a job on new params)
+ONLY_IF_SET = ("activation_checkpointing", "attn_implementation")
 
 
 def train_settings(config: dict, run: Run) -> dict:
@@ -317,7 +321,8 @@ def train_settings(config: dict, run: Run) -> dict:
     `losses:` entry (which wins over the stage-wide value), then the run's own."""
     stage = "sft" if run.method == "sft" else "preference"
     foreign = set(hyperparameter_names()) - set(get_loss(run.method).hyperparameters)
-    settings = {k: v for k, v in config["training"].items() if k not in REFCACHE_ONLY}
+    settings = {k: v for k, v in config["training"].items()
+                if k not in REFCACHE_ONLY and not (k in ONLY_IF_SET and v == TRAIN_DEFAULTS[k])}
     if settings.get("dtype") != "bfloat16":  # read with bfloat16 only: other runs' params stay as they were
         settings.pop("fp32_master_weights", None)
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)

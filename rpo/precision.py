@@ -63,10 +63,19 @@ class Precision:
         return describe(self.as_dict())
 
     def autocast(self, device):
-        """Context manager: autocast to autocast_dtype on `device`, or nothing at all when there is none."""
+        """Context manager: autocast to autocast_dtype on `device`, or nothing at all when there is none.
+
+        Without autocast's weight cache (cache_enabled=False): with it, the first bf16 cast of every fp32
+        weight is kept until the region ends, i.e. a bf16 copy of the whole model (under FSDP2 of every
+        unsharded block) held from forward to backward, past FSDP's reshard and past activation
+        checkpointing's frees. Without it each use casts again: the same bits (tests/test_checkpointing.py),
+        at the cost of a cast per use (benchmarks/bench_autocast_cache.py). Chosen over FSDP2's
+        MixedPrecisionPolicy(param_dtype=bf16), which would change the numbers of FSDP runs only (bf16
+        parameters, not autocast's per-op dtypes) and not those of one-GPU runs, the reference cache and
+        generation, which share this rule."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype)
+        return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype, cache_enabled=False)
 
 
 def resolve_precision(dtype: str | None, device, fp32_master_weights: bool = False) -> Precision:

@@ -30,7 +30,7 @@ from rpo.distributed import (DistEnv, balanced_shards, barrier, gather_in_order,
                              set_rank_threads, shutdown_distributed)
 from rpo.errors import CacheMismatchError, run_cli
 from rpo.io import atomic_path, sha256_file
-from rpo.models import load_model, model_fingerprint, tokenizer_fingerprint
+from rpo.models import ATTN_IMPLEMENTATIONS, load_model, model_fingerprint, tokenizer_fingerprint
 from rpo.precision import DTYPES, Precision, describe, resolve_precision
 from rpo.scoring import score
 
@@ -107,7 +107,7 @@ def cache_meta(records_path, model_path, max_length, max_prompt_length, truncati
 
 def compute_reference_cache(model_path, records_path, out_path, *, max_length=512, max_prompt_length=256,
                             truncation=None, batch_size=16, device=None, dtype="auto", packing=True,
-                            env: DistEnv | None = None, fp32_master_weights=False) -> Path:
+                            env: DistEnv | None = None, fp32_master_weights=False, attn_implementation="sdpa") -> Path:
     """Compute and write the cache in the precision `dtype` and `fp32_master_weights` give on this device
     (rpo.precision: the trainer's rule, so pass the run's training keys) and the layout `packing` (rpo.scoring; the run's training.packing).
     Collective when `env` (default: the launcher's, see
@@ -116,7 +116,7 @@ def compute_reference_cache(model_path, records_path, out_path, *, max_length=51
     records = read_records(records_path)
     truncation = truncation or default_truncation(records)
     model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
-                                  fp32_master_weights=fp32_master_weights)
+                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation)
     model.eval()
     precision = resolve_precision(dtype, next(model.parameters()).device, fp32_master_weights)
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp32-master-weights", action="store_true",
                         help="the run's training.fp32_master_weights: with --dtype bfloat16, fp32 weights + bf16 "
                              "autocast instead of pure bf16 (rpo.precision)")
+    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa",
+                        help="the run's training.attn_implementation: transformers' attention kernel (rpo.models)")
     parser.add_argument("--no-packing", dest="packing", action="store_false",
                         help="right-padded batches (the run's training.packing: false); default packed (rpo.scoring)")
     parser.add_argument("--threads", type=int, default=None)
@@ -206,7 +208,7 @@ def main(argv=None) -> None:
         compute_reference_cache(args.model, args.records, args.out, max_length=args.max_length,
                                 max_prompt_length=args.max_prompt_length, truncation=args.truncation,
                                 batch_size=args.batch_size, dtype=args.dtype, packing=args.packing, env=env,
-                                fp32_master_weights=args.fp32_master_weights)
+                                fp32_master_weights=args.fp32_master_weights, attn_implementation=args.attn_implementation)
     finally:
         shutdown_distributed(env)
 

@@ -60,11 +60,12 @@ class Trainer:
         torch.manual_seed(cfg["seed"])
         # Pure bf16 weights, or fp32 master weights with bf16 autocast (rpo.precision).
         model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),
-                                           dtype=cfg["dtype"], fp32_master_weights=cfg["fp32_master_weights"])
+                                           dtype=cfg["dtype"], fp32_master_weights=cfg["fp32_master_weights"],
+                                           attn_implementation=cfg["attn_implementation"])
         self.device = next(model.parameters()).device
         self.loss = get_loss(cfg["method"])
         model = ppo.attach_value_head(model) if "values" in self.loss.needs else model  # before wrapping: rpo.ppo
-        self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"])
+        self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"], activation_checkpointing=cfg["activation_checkpointing"])
         self.precision = resolve_precision(cfg["dtype"], self.device, cfg["fp32_master_weights"])
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)

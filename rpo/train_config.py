@@ -12,6 +12,7 @@ import yaml
 from rpo.diagnostics import matched_beta
 from rpo.errors import ConfigError
 from rpo.losses import get_loss, hyperparameter_names
+from rpo.models import check_attn_implementation
 from rpo.optim import OPTIMIZERS, check_scheduler
 from rpo.precision import DTYPES
 from rpo.tracking import check_report_to
@@ -28,6 +29,8 @@ DEFAULTS = {
     "fp32_master_weights": False,
     "contrast_scope": "micro", "fsdp": False,
     "packing": True,  # one row per micro-batch, attention per sequence (rpo.scoring); false: right-padded
+    "activation_checkpointing": False,  # recompute each decoder block in backward (rpo.memory)
+    "attn_implementation": "sdpa",  # transformers' attention: sdpa, flash_attention_2 or eager (rpo.models)
     "report_to": [], "logging_dir": None,  # live metrics (rpo.tracking); logging_dir None: {out}.logs
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
     # a matched-beta control: beta = that run's beta x its mean diagonal weight (rpo.diagnostics.matched_beta)
@@ -35,7 +38,8 @@ DEFAULTS = {
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
-RESUME_FREE_KEYS = ("save_every", "save_every_minutes", "threads", "device", "stop_after_steps", "checkpoint_dir",
+# activation_checkpointing changes memory, not numbers: a run that ran out of memory resumes with it on.
+RESUME_FREE_KEYS = ("activation_checkpointing", "save_every", "save_every_minutes", "threads", "device", "stop_after_steps", "checkpoint_dir",
                     "report_to", "logging_dir")
 
 
@@ -100,7 +104,8 @@ def resolve_config(config: dict) -> dict:
                           "contrast matrix; its advantages are whitened per micro-batch); use micro")
     if cfg["dtype"] not in DTYPES:
         raise ConfigError(f"training config key 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    for key in ("fsdp", "packing", "fp32_master_weights"):
+    check_attn_implementation(cfg["attn_implementation"])
+    for key in ("fsdp", "packing", "fp32_master_weights", "activation_checkpointing"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"training config key '{key}' must be true or false, got {cfg[key]!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"

@@ -233,10 +233,22 @@ def test_loss_settings_errors_name_the_key(losses, message):
         validate_config({**config, "losses": losses})
 
 
+def test_keys_at_the_trainers_default_leave_the_runs_params_as_they_were():
+    """activation_checkpointing and attn_implementation reach rpo.train only where set otherwise than the
+    trainer's default: the embedded runs' params (what Snakemake reruns on) predate the keys."""
+    config = profile("config.yaml")
+    for run in runs_by_name(config, "dialogue").values():
+        assert not {"activation_checkpointing", "attn_implementation"} & set(train_settings(config, run)), run.name
+    run = next(iter(runs_by_name(config, "dialogue").values()))
+    config["training"].update(activation_checkpointing=True, attn_implementation="eager")
+    settings = train_settings(config, run)
+    assert (settings["activation_checkpointing"], settings["attn_implementation"]) == (True, "eager")
+
+
 @pytest.mark.parametrize("name", ["workflow/paper.yaml", "workflow/one-gpu.yaml", "workflow/rehearsal.yaml"])
 def test_paper_profiles_take_the_public_codes_training_protocol(name):
     """config/loss/*.yaml's values, trainers.py:351's schedule, :559's SFT loss, base_model.yaml's pure bf16
-    (the CPU rehearsal: fp32 master weights, its comment says why)."""
+    (the CPU rehearsal: fp32 master weights, its comment says why), activation checkpointing and flash attention."""
     config = profile(name)
     public = {"dpo": {"beta": 0.1}, "ipo": {"beta": 0.1}, "cdpo": {"beta": 0.1, "epsilon": 0.2},
               "slic": {"beta": 1.0, "lambda_coef": 0.1}, "kto": {"beta": 0.1}, "rpo-paired": {"beta": 0.1},
@@ -247,6 +259,9 @@ def test_paper_profiles_take_the_public_codes_training_protocol(name):
         assert settings["scheduler"] == "linear_warmup_constant" and settings["warmup_steps"] == 150, run.name
         assert settings["dtype"] == "bfloat16"
         assert settings["fp32_master_weights"] is (name == "workflow/rehearsal.yaml"), run.name
+        assert settings["activation_checkpointing"] is True, run.name  # base_model.yaml:36
+        # use_flash_attention (llama7b.yaml, llama13b.yaml); the CPU rehearsal's sdpa is the default, not passed
+        assert settings.get("attn_implementation") == (None if "rehearsal" in name else "flash_attention_2")
         if run.method == "sft":
             assert settings["normalization"] == "sequence"
         elif run.method in public and run.beta_of is None:

@@ -35,8 +35,11 @@ MEM_MB = config["mem_mb"]
 GPUS = config["gpus"]
 LOCAL_ORACLE = config["judge"]["backend"] == "local-oracle"
 # The trainer's precision (rpo.precision) for the jobs that load a model beside it: refcache, generate.
+# With them the attention kernel (rpo.models), named only when not the default sdpa (the jobs' params stay).
 PRECISION_ARGS = f"--dtype {config['training']['dtype']}" + (
-    " --fp32-master-weights" if config["training"]["fp32_master_weights"] else "")
+    " --fp32-master-weights" if config["training"]["fp32_master_weights"] else "") + (
+    f" --attn-implementation {config['training']['attn_implementation']}"
+    if config["training"]["attn_implementation"] != "sdpa" else "")
 
 
 wildcard_constraints:
