@@ -307,7 +307,8 @@ def check_loss_settings(losses: dict) -> None:
             raise ConfigError(f"config key 'losses.{method}': {exc}") from None
 
 
-REFCACHE_ONLY = ("reference_batch_size",)  # training: keys that rpo.refcache reads and rpo.train does not
+# training: keys that rpo.refcache reads and rpo.train does not
+REFCACHE_ONLY = ("reference_batch_size", "reference_chunk_records")
 
 
 def train_settings(config: dict, run: Run) -> dict:
@@ -329,7 +330,7 @@ def train_settings(config: dict, run: Run) -> dict:
         settings.update(run.trainer_batch(config["preference"]["batch_size"]))
     if run.method in EMBEDDING_LOSSES:
         settings.update(tau=run.tau, embedder=run.embedder)
-    settings["threads"] = config["threads"]
+    settings["device"] = config["device"]  # threads: the job's, which the rule passes (rpo.distributed.set_rank_threads)
     if config["logging"]["report_to"]:  # only when set: the runs' params (and so Snakemake's reruns) stay as they were
         settings["report_to"] = config["logging"]["report_to"]
     return {k: v for k, v in sorted(settings.items()) if v is not None}
