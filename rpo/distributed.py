@@ -24,6 +24,7 @@ import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -57,34 +58,66 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} must be an integer") from None
 
 
+# The GPU install line of README.md / docs/cluster.md: the wheel's CUDA must not be newer than the driver's.
+CUDA_WHEEL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+
+def check_device(device: str | None) -> None:
+    """Refuse `device` cuda where torch finds no GPU: a CPU-only torch wheel, or one built for a newer
+    CUDA than the driver, would otherwise leave a GPU job computing on the CPU for days."""
+    if device is None or not str(device).startswith("cuda") or torch.cuda.is_available():
+        return
+    build = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else
+             f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) finds no usable GPU "
+             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    raise ConfigError(f"device {device}: {build}; install the CUDA wheel matching the driver (nvidia-smi shows "
+                      f"the CUDA version it supports), e.g. `{CUDA_WHEEL}` (cu126 for older drivers), or set "
+                      "config key device: cpu to run on CPU")
+
+
 def rank_device(device: str | None, local_rank: int) -> str:
-    """The device of this rank: cuda:LOCAL_RANK where CUDA is asked for (or, with device None, available)."""
+    """The device of this rank: cuda:LOCAL_RANK where CUDA is asked for (or, with device None, available).
+    An explicit cuda without a usable GPU is refused (check_device)."""
+    check_device(device)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return f"cuda:{local_rank}" if device == "cuda" else device
 
 
+def rank_threads(threads: int, ranks: int) -> int:
+    """Torch threads of each of `ranks` processes sharing a job's `threads` CPUs (at least 1)."""
+    return max(1, int(threads) // max(1, int(ranks)))
+
+
 def set_rank_threads(threads: int | None) -> None:
     """Give this rank its share of the job's `threads` torch threads (None: leave torch's default).
 
-    Snakemake exports OMP_NUM_THREADS = the job's threads, and torchrun keeps it: without this each of
-    N ranks would run that many threads, N times the cores (the rehearsal's generation ran 12x slower).
+    `threads` is what the job booked (the rule's threads, --cpus-per-task under SLURM), shared by the
+    LOCAL_WORLD_SIZE ranks torchrun starts. Snakemake exports OMP_NUM_THREADS = the job's threads and
+    torchrun keeps it: without this each of N ranks would run that many threads, N times the cores
+    (the rehearsal's generation ran 12x slower).
     """
     if threads:
-        torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        torch.set_num_threads(rank_threads(threads, _env_int("LOCAL_WORLD_SIZE", 1)))
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
-    """Join the process group the launcher describes (nccl for CUDA ranks, gloo for CPU ranks)."""
+def init_distributed(device: str | None = None, timeout_minutes: float | None = None) -> DistEnv:
+    """Join the process group the launcher describes (nccl for CUDA ranks, gloo for CPU ranks).
+
+    `timeout_minutes` (training key dist_timeout_minutes) bounds how long a collective waits for the
+    slowest rank; None keeps torch's (NCCL: 10 minutes), which rank 0 writing a 13B model alone can
+    outlast while the other ranks wait at the barrier."""
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
+        check_device(device)
         return DistEnv()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     on_cuda = rank_device(device, local_rank).startswith("cuda")
     if on_cuda:
         torch.cuda.set_device(local_rank)  # before NCCL starts, so each rank talks from its own GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
+        timeout = {"timeout": timedelta(minutes=timeout_minutes)} if timeout_minutes else {}
+        dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world, **timeout)
     elif dist.get_world_size() != world or dist.get_rank() != rank:
         raise ConfigError(f"a process group of world size {dist.get_world_size()} (rank {dist.get_rank()}) "
                           f"exists, but WORLD_SIZE={world} RANK={rank}")

@@ -10,8 +10,12 @@ The text embedded is the public code's batch `prompt_text`: the prompt as traini
 it with one response (`embedded_prompts`); per record, the rejected response's (what paired RPO embeds
 for both sides, and an unpaired rejected item) and the chosen response's (an unpaired chosen item).
 
+Sentence-transformers models run on `device` (default: cuda when available): sentence-t5-large over
+all of HH is hours on CPU; device cuda without a usable GPU is refused (rpo.distributed.check_device).
+`on_gpu` says which embedders the workflow books a GPU for.
+
 CLI: python -m rpo.embed --records X.jsonl --embedder NAME --model MODEL_DIR --max-length L
-         --max-prompt-length P --out X.pt
+         --max-prompt-length P --out X.pt [--device cuda]
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch
 
 from rpo.data.records import PreferenceRecord, read_records
 from rpo.data.tokenize import TOKENIZATION, TRUNCATION_SIDES, default_truncation, tokenize_element
+from rpo.distributed import check_device
 from rpo.errors import CacheMismatchError, ConfigError, DataError, run_cli
 from rpo.io import atomic_path, sha256_file
 from rpo.models import tokenizer_fingerprint
@@ -150,6 +155,14 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CPU_EMBEDDERS = ("tfidf-svd", "random")  # no model weights: nothing for a GPU to do
+
+
+def on_gpu(name: str) -> bool:
+    """Whether `name` is a neural (sentence-transformers) embedder, which runs on a GPU where there is one."""
+    return name not in CPU_EMBEDDERS
+
+
 @functools.lru_cache(maxsize=4)
 def _load_sentence_transformer(name_or_path: str, device: str):
     from sentence_transformers import SentenceTransformer
@@ -172,6 +185,7 @@ def get_embedder(name: str, *, dim: int | None = None, seed: int = 0, device: st
         return TfidfSvdEmbedder(dim or DEFAULT_DIM, seed)
     if name == "random":
         return RandomEmbedder(dim or DEFAULT_DIM)
+    check_device(device)
     device = device or _default_device()
     if name in MINILM_ALIASES:
         return SentenceTransformerEmbedder(MINILM, _load_sentence_transformer(str(minilm_path()), device))
@@ -213,12 +227,14 @@ def _check_lengths(max_length, max_prompt_length) -> None:
 
 
 def embed_prompts(records_path, embedder_name: str, out_path, *, model_path, max_length: int,
-                  max_prompt_length: int, truncation: str | None = None, batch_size: int = 64) -> Path:
+                  max_prompt_length: int, truncation: str | None = None, batch_size: int = 64,
+                  device: str | None = None) -> Path:
     """Embed each record's prompt texts as training cuts them (`embedded_prompts`, each distinct text once),
     atomically.
 
     `model_path` is the policy's model folder (its tokenizer cuts the prompt; the base model's is the SFT
-    model's); truncation None is the records' own (rpo.data.tokenize.default_truncation). The file holds
+    model's); truncation None is the records' own (rpo.data.tokenize.default_truncation); `device` runs a
+    sentence-transformers embedder (None: cuda when available). The file holds
     {"embeddings": float32 [n_records, d] (the rejected side's text), "chosen_embeddings": (the chosen
     side's), "ids": [...], "meta": {"data_sha256", "embedder", "dim", "tokenizer_sha256", "max_length",
     "max_prompt_length", "truncation", "tokenization"}}; row i belongs to record i.
@@ -236,7 +252,7 @@ def embed_prompts(records_path, embedder_name: str, out_path, *, model_path, max
     except OSError as exc:
         raise ConfigError(f"embeddings: cannot load the tokenizer of model folder {model_path}: {exc}") from exc
     texts = [embedded_prompts(tokenizer, r, max_length, max_prompt_length, truncation) for r in records]
-    embedder = get_embedder(embedder_name)
+    embedder = get_embedder(embedder_name, device=device)
     distinct = list(dict.fromkeys(t[side] for t in texts for side in reversed(SIDES)))
     vectors = embedder.encode(distinct, batch_size=batch_size)
     if vectors.shape[0] != len(distinct):
@@ -312,10 +328,12 @@ def main(argv=None) -> None:
                         help="prompt truncation side (default: the records' metadata)")
     parser.add_argument("--out", required=True, help="output .pt file")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="for sentence-transformers embedders; default: cuda when "
+                                                        "available, else cpu; cuda without a usable GPU is refused")
     args = parser.parse_args(argv)
     out = embed_prompts(args.records, args.embedder, args.out, model_path=args.model, max_length=args.max_length,
                         max_prompt_length=args.max_prompt_length, truncation=args.truncation,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, device=args.device)
     meta = torch.load(out, map_location="cpu", weights_only=True)
     print(f"{out}: {meta['embeddings'].shape[0]} rows, dim {meta['meta']['dim']}, "
           f"embedder {meta['meta']['embedder']}")

@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="record each row's chosen_logp: the model's log-prob of the chosen response")
     parser.add_argument("--threads", type=int, default=None,
                         help="the job's torch threads, shared by its ranks (rpo.distributed.set_rank_threads)")
+    parser.add_argument("--dist-timeout-minutes", type=float, default=None,
+                        help="the run's training.dist_timeout_minutes (rpo.distributed.init_distributed)")
     return parser
 
 
@@ -367,7 +369,7 @@ def main(argv=None) -> int:
     # Every rank selects the same prompts (a seeded shuffle of the same file) before any sharding.
     prompts = select_prompts(read_prompt_records(args.records), args.n, prompt_seed)
     set_rank_threads(args.threads)
-    env = init_distributed(args.device)
+    env = init_distributed(args.device, args.dist_timeout_minutes)
     try:
         rows = generate(args.model, prompts, args.out, max_new_tokens=args.max_new_tokens,
                         max_length=args.max_length, top_p=args.top_p, top_k=args.top_k,

@@ -308,7 +308,7 @@ def check_loss_settings(losses: dict) -> None:
             raise ConfigError(f"config key 'losses.{method}': {exc}") from None
 
 
-REFCACHE_ONLY = ("reference_batch_size",)  # training: keys that rpo.refcache reads and rpo.train does not
+REFCACHE_ONLY = ("reference_batch_size", "reference_chunk_records")  # training: keys rpo.refcache reads, rpo.train does not
 # training: keys passed only where they differ from the trainer's default, so that the runs of a config that
 # does not set them keep the params they had before the keys existed (Snakemake reruns a job on new params)
 ONLY_IF_SET = ("activation_checkpointing", "attn_implementation")
@@ -334,7 +334,7 @@ def train_settings(config: dict, run: Run) -> dict:
         settings.update(run.trainer_batch(config["preference"]["batch_size"]))
     if run.method in EMBEDDING_LOSSES:
         settings.update(tau=run.tau, embedder=run.embedder)
-    settings["threads"] = config["threads"]
+    settings["device"] = config["device"]  # threads: the job's, which the rule passes (rpo.distributed.set_rank_threads)
     if config["logging"]["report_to"]:  # only when set: the runs' params (and so Snakemake's reruns) stay as they were
         settings["report_to"] = config["logging"]["report_to"]
     return {k: v for k, v in sorted(settings.items()) if v is not None}

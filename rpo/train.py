@@ -56,7 +56,7 @@ class Trainer:
         set_rank_threads(cfg["threads"])
         self.records = read_records(cfg["data"])
         self.truncation = cfg["truncation"] or default_truncation(self.records)
-        self.env = init_distributed(cfg["device"])
+        self.env = init_distributed(cfg["device"], cfg["dist_timeout_minutes"])
         torch.manual_seed(cfg["seed"])
         # Pure bf16 weights, or fp32 master weights with bf16 autocast (rpo.precision).
         model, self.tokenizer = load_model(cfg["model"], device=rank_device(cfg["device"], self.env.local_rank),

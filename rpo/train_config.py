@@ -35,12 +35,14 @@ DEFAULTS = {
     "stop_after_steps": None,  # stop (resumably) after this many steps of this process: tests, preemption drills
     # a matched-beta control: beta = that run's beta x its mean diagonal weight (rpo.diagnostics.matched_beta)
     "beta_matched_to": None,
+    # minutes a collective waits for the slowest rank (None: torch's, 10 for NCCL); rpo.distributed.init_distributed
+    "dist_timeout_minutes": None,
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
 # activation_checkpointing changes memory, not numbers: a run that ran out of memory resumes with it on.
-RESUME_FREE_KEYS = ("activation_checkpointing", "save_every", "save_every_minutes", "threads", "device", "stop_after_steps", "checkpoint_dir",
-                    "report_to", "logging_dir")
+RESUME_FREE_KEYS = ("activation_checkpointing", "save_every", "save_every_minutes", "threads", "device",
+                    "stop_after_steps", "checkpoint_dir", "report_to", "logging_dir", "dist_timeout_minutes")
 
 
 def resolve_config(config: dict) -> dict:
@@ -76,10 +78,10 @@ def resolve_config(config: dict) -> dict:
     for key in ("batch_size", "gradient_accumulation_steps", "epochs", "save_every"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"training config key '{key}' must be a positive integer, got {cfg[key]!r}")
-    minutes = cfg["save_every_minutes"] = _as_number(cfg["save_every_minutes"])
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
-        raise ConfigError(f"training config key 'save_every_minutes' must be > 0 (or null: by steps only), "
-                          f"got {minutes!r}")
+    for key, null in (("save_every_minutes", "by steps only"), ("dist_timeout_minutes", "torch's default")):
+        minutes = cfg[key] = _as_number(cfg[key])
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+            raise ConfigError(f"training config key '{key}' must be > 0 (or null: {null}), got {minutes!r}")
     for key in ("lr", "v_head_max_grad_norm", *[k for k in ("beta", "tau") if k in spec.hyperparameters]):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ConfigError(f"training config key '{key}' must be > 0, got {cfg[key]!r}")

@@ -203,4 +203,5 @@ def test_hand_run_cli_defaults_agree_with_the_pipeline_defaults():
     assert (refcache.max_length, refcache.max_prompt_length, refcache.dtype) == (
         DEFAULTS["max_length"], DEFAULTS["max_prompt_length"], DEFAULTS["dtype"])
     assert refcache.batch_size == schema_default("training", "reference_batch_size")
+    assert refcache.chunk_records == schema_default("training", "reference_chunk_records")
     assert (generate.max_prompt_length, generate.dtype) == (DEFAULTS["max_prompt_length"], DEFAULTS["dtype"])

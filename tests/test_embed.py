@@ -243,3 +243,28 @@ def test_load_embeddings_refuses_other_tokenizer_lengths_or_truncation(tmp_path,
     torch.save(stored, tmp_path / "old.pt")
     with pytest.raises(DataError, match="has no chosen_embeddings"):
         load(tmp_path / "old.pt", records, "random", model, side="chosen")
+
+
+def test_the_device_reaches_the_sentence_transformer(tmp_path, model, monkeypatch):
+    """embed_prompts(device=...) loads the sentence-transformers model on that device (a GPU for
+    sentence-t5-large at paper scale); weight-free embedders need no GPU and are never refused."""
+    import rpo.embed as embed_module
+
+    loaded = []
+    real = embed_module._load_sentence_transformer.__wrapped__
+    monkeypatch.setattr(embed_module, "_load_sentence_transformer",
+                        lambda path, device: loaded.append(device) or real(path, "cpu"))
+    records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY])
+    embed(records, "all-MiniLM-L6-v2", tmp_path / "e.pt", model, device="cpu")
+    assert loaded == ["cpu"]
+    embed(records, "random", tmp_path / "r.pt", model, device="cuda")  # no weights: no GPU wanted, none refused
+    assert embed_module.on_gpu("sentence-t5-large") and embed_module.on_gpu("all-MiniLM-L6-v2")
+    assert not embed_module.on_gpu("random") and not embed_module.on_gpu("tfidf-svd")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines whose torch finds no GPU")
+def test_device_cuda_without_a_gpu_is_refused_naming_the_cuda_wheel(tmp_path, model):
+    records = write_records(tmp_path / "train.jsonl", [BREAD, HOCKEY])
+    with pytest.raises(ConfigError, match=r"device cuda: .*download\.pytorch\.org/whl/cu"):
+        embed(records, "all-MiniLM-L6-v2", tmp_path / "e.pt", model, device="cuda")
+    assert not (tmp_path / "e.pt").exists()

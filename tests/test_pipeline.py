@@ -140,7 +140,9 @@ def test_a_run_gets_only_its_own_losses_hyperparameters():
     runs = runs_by_name(config, "dialogue")
     dpo = train_settings(config, runs["dpo_bs8_seed1"])
     assert dpo["beta"] == 0.1 and "diagonal_weight" not in dpo and "tau" not in dpo
-    assert "reference_batch_size" not in dpo and dpo["max_length"] == 160 and dpo["threads"] == 1
+    # threads: the job's own, which the rule passes (a job of N ranks books N x config threads)
+    assert "reference_batch_size" not in dpo and dpo["max_length"] == 160 and "threads" not in dpo
+    assert "reference_chunk_records" not in dpo and "device" not in dpo  # device null: the trainer's auto
     assert train_settings(config, runs["rpo-diagonal_bs8_seed1"])["diagonal_weight"] == 0.8
     paired = train_settings(config, runs["rpo-paired_tau0.25_minilm_bs8_seed1"])
     assert (paired["tau"], paired["embedder"], "diagonal_weight" in paired) == (0.25, "all-MiniLM-L6-v2", False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from rpo.distributed import rank_threads
 from rpo.pipeline import TABLE1_METHODS, experiment_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +24,8 @@ PAPER = ROOT / "workflow/paper.yaml"
 ONE_GPU = ROOT / "workflow/one-gpu.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(PROFILE),
              "--configfile", str(PAPER)]
-GPU_RULES = {"sft": 8, "preference": 8, "refcache": 1, "generate": 1, "generate_instructions": 1}
-TORCHRUN_RULES = ("sft", "preference")  # one process per GPU in the config: `gpus` of paper.yaml
+GPU_RULES = {"sft": 8, "preference": 8, "refcache": 8, "generate": 1, "generate_instructions": 1, "embeddings_gpu": 1}
+TORCHRUN_RULES = ("sft", "preference", "refcache")  # one process per GPU of the node: `gpus` of paper.yaml
 
 FAKE_SBATCH = """#!/bin/sh
 printf '%s\\n' "$*" >> "$FAKE_SBATCH_LOG"
@@ -66,8 +67,15 @@ def test_profile_asks_for_gpus_on_every_gpu_rule_only():
     assert {rule: rules[rule]["gpu"] for rule in GPU_RULES} == GPU_RULES
     assert not [rule for rule, res in rules.items() if rule not in GPU_RULES and "gpu" in res]
     # torchrun starts one rank per GPU of the config; fewer GPUs than ranks would fail at start-up
-    gpus = yaml.safe_load(PAPER.read_text())["gpus"]
-    assert all(rules[rule]["gpu"] == gpus for rule in TORCHRUN_RULES)
+    paper = yaml.safe_load(PAPER.read_text())
+    assert all(rules[rule]["gpu"] == paper["gpus"] for rule in TORCHRUN_RULES)
+    # all of a job's GPUs on one node: a --standalone torchrun sees only its own node's
+    assert {rule: rules[rule].get("nodes") for rule in GPU_RULES} == {rule: 1 for rule in GPU_RULES}
+    # the CPUs booked are the job's threads, shared by its ranks: each rank gets the config's threads
+    threads = profile["set-threads"]
+    assert {rule: rank_threads(threads[rule], gpus) for rule, gpus in GPU_RULES.items()} == {
+        rule: paper["threads"] for rule in GPU_RULES}
+    assert not [rule for rule, res in rules.items() if "cpus_per_gpu" in res or "cpus_per_task" in res]
 
 
 def _fake_slurm(tmp_path):
@@ -103,7 +111,9 @@ def test_sbatch_calls_carry_each_rules_gpus_partition_memory_and_time(tmp_path):
                "preference": f"{r}/mistral-7b/dialogue/models/ipo_bs8_seed1",
                "generate": f"{r}/mistral-7b/dialogue/samples/dpo_bs8_seed1.jsonl",
                "generate_instructions": f"{r}/mistral-7b/instructions/samples/dpo_bs8_seed1.jsonl",
-               "judge": f"{r}/mistral-7b/dialogue/judgments/sft_seed1.jsonl"}
+               "judge": f"{r}/mistral-7b/dialogue/judgments/sft_seed1.jsonl",
+               "embeddings_gpu": f"{r}/llama2-7b/embeddings/dialogue/t5large.pt",
+               "embeddings": f"{r}/llama2-7b/embeddings/dialogue/random.pt"}
     _touch(work, f"{r}/mistral-7b/dialogue/models/sft_seed2/config.json")
     log = tmp_path / "sbatch.log"
     result = run(work, "--allowed-rules", *targets, "--retries", "0", "--slurm-init-seconds-before-status-checks",
@@ -121,8 +131,9 @@ def test_sbatch_calls_carry_each_rules_gpus_partition_memory_and_time(tmp_path):
         gpus = [a for a in args if a.startswith("--gpus=")]
         assert gpus == ([f"--gpus={GPU_RULES[rule]}"] if rule in GPU_RULES else []), (rule, args)
         assert args[args.index("-p") + 1] == ("gpuq" if rule in GPU_RULES else "cpuq"), (rule, args)
-        cpus = "--cpus-per-gpu=8" if rule in TORCHRUN_RULES else f"--cpus-per-task={8 if rule in GPU_RULES else 1}"
+        cpus = f"--cpus-per-task={8 * GPU_RULES[rule] if rule in GPU_RULES else (8 if 'embeddings' in rule else 1)}"
         assert "--requeue" in args and cpus in args, (rule, args)
+        assert ("--nodes=1" in args) is (rule in GPU_RULES), (rule, args)
     assert calls["preference"][calls["preference"].index("--mem") + 1] == "480000"
     assert calls["preference"][calls["preference"].index("-t") + 1] == "720"
     assert calls["judge"][calls["judge"].index("--mem") + 1] == "2000"

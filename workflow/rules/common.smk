@@ -2,10 +2,12 @@
 # shows and what each artefact is called live in rpo.pipeline, how a run trains in rpo.train.
 import json
 import os
+import re
 import shlex
 import sys
 
 from rpo.config import validate_config
+from rpo.embed import on_gpu as embedder_on_gpu
 from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
@@ -34,12 +36,22 @@ THREADS = config["threads"]
 MEM_MB = config["mem_mb"]
 GPUS = config["gpus"]
 LOCAL_ORACLE = config["judge"]["backend"] == "local-oracle"
+# `threads` are each process's: a job of one rank per GPU books that many times as many CPUs, of which
+# each rank takes its share (rpo.distributed.set_rank_threads). A profile's set-threads overrides it.
+JOB_THREADS = THREADS * max(1, GPUS)
 # The trainer's precision (rpo.precision) for the jobs that load a model beside it: refcache, generate.
 # With them the attention kernel (rpo.models), named only when not the default sdpa (the jobs' params stay).
 PRECISION_ARGS = f"--dtype {config['training']['dtype']}" + (
     " --fp32-master-weights" if config["training"]["fp32_master_weights"] else "") + (
     f" --attn-implementation {config['training']['attn_implementation']}"
     if config["training"]["attn_implementation"] != "sdpa" else "")
+DEVICE = config["device"]
+TIMEOUT = config["training"]["dist_timeout_minutes"]
+# The trainer's device and process-group timeout, for refcache and generate (rpo.train takes both as keys)
+RANK_ARGS = (f" --device {DEVICE}" if DEVICE else "") + (f" --dist-timeout-minutes {TIMEOUT:g}" if TIMEOUT else "")
+# Neural embedders get a GPU where the config has GPUs (the embeddings_gpu rule); the others run on CPU.
+GPU_EMBEDDERS = [e for e in EMBEDDER_BY_SHORT if GPUS and embedder_on_gpu(EMBEDDER_BY_SHORT[e])]
+CPU_EMBEDDERS = [e for e in EMBEDDER_BY_SHORT if e not in GPU_EMBEDDERS]
 
 
 wildcard_constraints:
@@ -82,6 +94,11 @@ def pretrained_input(model):
     """The folder a `kind: hf` model loads when the `pretrained` rule builds it, else nothing."""
     path = config["models"][model].get("name_or_path") or ""
     return [path] if os.path.dirname(path) == f"{RESULTS}/pretrained" else []
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly `names` (nothing when empty)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 def embeddings_path(model, task, embedder):

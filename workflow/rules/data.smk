@@ -72,10 +72,13 @@ rule embeddings:
         model=f"{RESULTS}/{{model}}/base",
     output:
         f"{RESULTS}/{{model}}/embeddings/{{task}}/{{emb}}.pt",
+    wildcard_constraints:
+        emb=one_of(CPU_EMBEDDERS),
     params:
         embedder=lambda wc: EMBEDDER_BY_SHORT[wc.emb],
         max_length=config["training"]["max_length"],
         max_prompt_length=config["training"]["max_prompt_length"],
+        device=lambda wc: f" --device {DEVICE}" if DEVICE and wc.emb in GPU_EMBEDDERS else "",
     log:
         f"{RESULTS}/logs/{{model}}/embeddings/{{task}}/{{emb}}.log",
     benchmark:
@@ -87,5 +90,14 @@ rule embeddings:
         "../../envs/rpo.yaml"
     shell:
         "python -m rpo.embed --records {input.records} --embedder {params.embedder:q} --model {input.model}"
-        " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length} --out {output}"
-        " > {log} 2>&1"
+        " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}{params.device}"
+        " --out {output} > {log} 2>&1"
+
+
+# The neural embedders on one GPU (sentence-t5-large over all of HH: hours on CPU), where the config has GPUs.
+use rule embeddings as embeddings_gpu with:
+    wildcard_constraints:
+        emb=one_of(GPU_EMBEDDERS),
+    resources:
+        mem_mb=MEM_MB,
+        gpu=1,

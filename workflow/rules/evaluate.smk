@@ -12,12 +12,13 @@ rule generate:
         args=lambda wc: generation_args(GEN["n_prompts"], wc.model),
         seed=config["seeds"][0],
         precision=PRECISION_ARGS,  # the trainer's precision (rpo.precision)
+        ranks=RANK_ARGS,  # the trainer's device and process-group timeout
         launcher=lambda wc, resources: launcher(resources.gpu),  # one rank per GPU of the job
     log:
         f"{RESULTS}/logs/{{model}}/{{task}}/generate_{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/{{task}}/generate_{{run}}.tsv"
-    threads: THREADS
+    threads: JOB_THREADS
     resources:
         mem_mb=MEM_MB,
         gpu=GPUS,
@@ -25,7 +26,7 @@ rule generate:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} {params.precision} --threads {threads} {params.args} --score-chosen > {log} 2>&1"
+        " --seed {params.seed} {params.precision}{params.ranks} --threads {threads} {params.args} --score-chosen > {log} 2>&1"
 
 
 rule judge:
@@ -77,12 +78,13 @@ rule generate_instructions:
         args=lambda wc: generation_args(config["alpacaeval"]["n_prompts"], wc.model),
         seed=config["seeds"][0],
         precision=PRECISION_ARGS,
+        ranks=RANK_ARGS,
         launcher=lambda wc, resources: launcher(resources.gpu),
     log:
         f"{RESULTS}/logs/{{model}}/instructions/generate_{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/instructions/generate_{{run}}.tsv"
-    threads: THREADS
+    threads: JOB_THREADS
     resources:
         mem_mb=MEM_MB,
         gpu=GPUS,
@@ -90,7 +92,7 @@ rule generate_instructions:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.generate --model {input.model} --records {input.records} --out {output}"
-        " --seed {params.seed} {params.precision} --threads {threads} {params.args} > {log} 2>&1"
+        " --seed {params.seed} {params.precision}{params.ranks} --threads {threads} {params.args} > {log} 2>&1"
 
 
 rule alpacaeval:

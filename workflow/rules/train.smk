@@ -15,7 +15,7 @@ rule sft:
         f"{RESULTS}/logs/{{model}}/{{task}}/sft_seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/{{task}}/sft_seed{{seed}}.tsv"
-    threads: THREADS
+    threads: JOB_THREADS
     resources:
         mem_mb=MEM_MB,
         gpu=GPUS,
@@ -23,7 +23,7 @@ rule sft:
         "../../envs/rpo.yaml"
     shell:
         "{params.launcher} -m rpo.train model={input.base} data={input.data} out={output} {params.overrides}"
-        " > {log} 2>&1"
+        " threads={threads} > {log} 2>&1"
 
 
 rule refcache:
@@ -37,6 +37,8 @@ rule refcache:
         max_prompt_length=config["training"]["max_prompt_length"],
         batch_size=config["training"]["reference_batch_size"],
         precision=PRECISION_ARGS,  # the trainer's precision (rpo.precision)
+        ranks=RANK_ARGS,  # the trainer's device and process-group timeout
+        chunk_records=config["training"]["reference_chunk_records"],  # resumable chunks (rpo.refcache)
         packing="" if config["training"]["packing"] else " --no-packing",  # the trainer's layout (rpo.scoring)
         # one rank per GPU this job gets (a profile may give it fewer than the config's gpus)
         launcher=lambda wc, resources: launcher(resources.gpu),
@@ -44,7 +46,7 @@ rule refcache:
         f"{RESULTS}/logs/{{model}}/{{task}}/refcache_sft_seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/{{task}}/refcache_sft_seed{{seed}}.tsv"
-    threads: THREADS
+    threads: JOB_THREADS
     resources:
         mem_mb=MEM_MB,
         gpu=GPUS,
@@ -53,7 +55,8 @@ rule refcache:
     shell:
         "{params.launcher} -m rpo.refcache --model {input.model} --records {input.data} --out {output}"
         " --max-length {params.max_length} --max-prompt-length {params.max_prompt_length}"
-        " --batch-size {params.batch_size} {params.precision}{params.packing} --threads {threads} > {log} 2>&1"
+        " --batch-size {params.batch_size} {params.precision}{params.packing}{params.ranks}"
+        " --chunk-records {params.chunk_records} --threads {threads} > {log} 2>&1"
 
 
 rule preference:
@@ -72,7 +75,7 @@ rule preference:
         f"{RESULTS}/logs/{{model}}/{{task}}/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{model}}/{{task}}/{{run}}.tsv"
-    threads: THREADS
+    threads: JOB_THREADS
     resources:
         mem_mb=MEM_MB,
         gpu=GPUS,
@@ -81,4 +84,4 @@ rule preference:
     shell:
         "{params.launcher} -m rpo.train model={input.sft} data={input.data} out={output}"
         " reference_cache={input.refcache}"
-        " {params.embeddings} {params.beta} {params.overrides} > {log} 2>&1"
+        " {params.embeddings} {params.beta} {params.overrides} threads={threads} > {log} 2>&1"
