@@ -37,3 +37,27 @@ def build_tiny_world():
         return {"data": data, "model": model, "cache": cache, "root": root}
 
     return build
+
+
+def float64_world_with_embeddings(build, root, records, **cache_options) -> dict:
+    """`build_tiny_world`'s world with its cache in float64 and tfidf-svd prompt embeddings, as str paths
+    (the exactness tests' world: test_distributed, test_checkpointing)."""
+    from rpo.embed import embed_prompts
+
+    built = build(root, records, dtype="float64", **cache_options)
+    emb = built["root"] / "emb.pt"
+    embed_prompts(built["data"], "tfidf-svd", emb, model_path=built["model"], max_length=64, max_prompt_length=32)
+    return {**{key: str(value) for key, value in built.items()}, "emb": str(emb)}
+
+
+def float64_config(paths, name, method, **kw) -> dict:
+    """A float64 trainer config on that world: 2 micro-batches of 4 pairs per step (exactness tests)."""
+    from pathlib import Path
+
+    from rpo.train_config import resolve_config
+
+    cfg = {"model": paths["model"], "data": paths["data"], "out": str(Path(paths["root"]) / name), "method": method,
+           "reference_cache": paths["cache"], "embeddings": paths["emb"], "embedder": "tfidf-svd",
+           "batch_size": 4, "gradient_accumulation_steps": 2, "dtype": "float64", "lr": 1e-3, "optimizer": "adamw",
+           "warmup_steps": 1, "max_length": 64, "max_prompt_length": 32, "seed": 3, "threads": 1}
+    return resolve_config({**cfg, **kw})

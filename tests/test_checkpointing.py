@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import float64_config, float64_world_with_embeddings
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
@@ -37,18 +38,10 @@ def make_records(n=16):
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory, build_tiny_world):
-    built = build_tiny_world(tmp_path_factory.mktemp("ckpt"), make_records(), dtype="float64")
-    emb = built["root"] / "emb.pt"
-    embed_prompts(built["data"], "tfidf-svd", emb, model_path=built["model"], max_length=64, max_prompt_length=32)
-    return {**{key: str(value) for key, value in built.items()}, "emb": str(emb)}
+    return float64_world_with_embeddings(build_tiny_world, tmp_path_factory.mktemp("ckpt"), make_records())
 
 
-def config(paths, name, method, **kw):
-    cfg = {"model": paths["model"], "data": paths["data"], "out": str(Path(paths["root"]) / name), "method": method,
-           "reference_cache": paths["cache"], "embeddings": paths["emb"], "embedder": "tfidf-svd",
-           "batch_size": 4, "gradient_accumulation_steps": 2, "dtype": "float64", "lr": 1e-3, "optimizer": "adamw",
-           "warmup_steps": 1, "max_length": 64, "max_prompt_length": 32, "seed": 3, "threads": 1}
-    return resolve_config({**cfg, **kw})
+config = float64_config
 
 
 def step_gradients(cfg) -> tuple[dict, dict, int]:

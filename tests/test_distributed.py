@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import float64_config, float64_world_with_embeddings
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -43,19 +44,10 @@ def make_records(n=32):
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory, build_tiny_world):
-    # the cache in the precision of the runs below (config: dtype float64)
-    built = build_tiny_world(tmp_path_factory.mktemp("dist"), make_records(), cache_batch_size=16, dtype="float64")
-    emb = built["root"] / "emb.pt"
-    embed_prompts(built["data"], "tfidf-svd", emb, model_path=built["model"], max_length=64, max_prompt_length=32)
-    return {**{key: str(value) for key, value in built.items()}, "emb": str(emb)}
+    return float64_world_with_embeddings(build_tiny_world, tmp_path_factory.mktemp("dist"), make_records(), cache_batch_size=16)
 
 
-def config(paths, name, method, **kw):
-    cfg = {"model": paths["model"], "data": paths["data"], "out": str(Path(paths["root"]) / name), "method": method,
-           "reference_cache": paths["cache"], "embeddings": paths["emb"], "embedder": "tfidf-svd",
-           "batch_size": 4, "gradient_accumulation_steps": 2, "dtype": "float64", "lr": 1e-3, "optimizer": "adamw",
-           "warmup_steps": 1, "max_length": 64, "max_prompt_length": 32, "seed": 3, "threads": 1}
-    return resolve_config({**cfg, **kw})
+config = float64_config
 
 
 def grads(trainer) -> dict:
