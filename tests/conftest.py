@@ -61,3 +61,22 @@ def float64_config(paths, name, method, **kw) -> dict:
            "batch_size": 4, "gradient_accumulation_steps": 2, "dtype": "float64", "lr": 1e-3, "optimizer": "adamw",
            "warmup_steps": 1, "max_length": 64, "max_prompt_length": 32, "seed": 3, "threads": 1}
     return resolve_config({**cfg, **kw})
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a process group's MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_two_ranks(worker, module: str, args: tuple) -> None:
+    """worker(rank, *args) on 2 processes forked from a forkserver that imported `module` (the test's) and
+    GPT-2 once, with no compute done: spawn would import everything twice more (~10 s of CPU each)."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([module, "transformers.models.gpt2.modeling_gpt2"])
+    mp.start_processes(worker, args=args, nprocs=2, join=True, start_method="forkserver")

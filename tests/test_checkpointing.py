@@ -4,13 +4,11 @@ FSDP2 on 2 gloo ranks; checkpoints resume and the saved model keeps the plain HF
 cache is off (rpo.precision) and gives the same bits as with it. attn_implementation reaches the model."""
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import float64_config, float64_world_with_embeddings
+from conftest import float64_config, float64_world_with_embeddings, free_port, start_two_ranks
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -140,19 +138,10 @@ def _two_rank_worker(rank, paths, port, results):
         torch.save(out, Path(results) / "grads.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp_checkpointing_keeps_gradients_and_saves_plain_names(paths):
     results = Path(paths["root"]) / "results"
     results.mkdir()
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "transformers.models.gpt2.modeling_gpt2"])
-    mp.start_processes(_two_rank_worker, args=(paths, _free_port(), str(results)), nprocs=2, join=True,
-                       start_method="forkserver")
+    start_two_ranks(_two_rank_worker, __name__, (paths, free_port(), str(results)))
     out = torch.load(results / "grads.pt")
     assert max_diff(out[False][0], out[True][0]) < TOLERANCE
     assert abs(out[False][1] - out[True][1]) < TOLERANCE

@@ -8,17 +8,15 @@ compare what the ranks saved with single-process runs here.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import float64_config, float64_world_with_embeddings
+from conftest import float64_config, float64_world_with_embeddings, free_port, start_two_ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import rpo.scoring
@@ -112,22 +110,11 @@ def _two_rank_worker(rank, paths, port, results):
     assert not dist.is_initialized()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(paths):
     results = Path(paths["root"]) / "results"
     results.mkdir()
-    # forkserver: the server imports torch, transformers and this module once, with no compute done,
-    # and forks both ranks from it; spawn would import everything twice more (~10 s of CPU each).
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "transformers.models.gpt2.modeling_gpt2"])
-    mp.start_processes(_two_rank_worker, args=(paths, _free_port(), str(results)), nprocs=2, join=True,
-                       start_method="forkserver")
+    start_two_ranks(_two_rank_worker, __name__, (paths, free_port(), str(results)))
     return results
 
 
@@ -200,7 +187,7 @@ def test_killed_fsdp_rank_resumes_from_the_sharded_checkpoint(two_ranks, paths):
 
     def torchrun(**popen):
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "rpo.train",
+                                 "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "rpo.train",
                                  *(f"{k}={json.dumps(v)}" for k, v in cfg.items() if v is not None)], env=env,
                                 stdout=subprocess.DEVNULL, **popen)
 

@@ -3,10 +3,10 @@ sliced over ranks (slice_and_move_batch_for_device), KL pairs = the next item of
 (wrap-around), z0 = the mean over ranks of each rank's clamped estimate, 0 at step 0."""
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -121,9 +121,7 @@ def test_z0_is_the_mean_over_ranks_of_clamped_estimates(tmp_path):
     """trainers.py KTOTrainer.loss: each rank's mean(policy - reference) clamped at 0, all_reduce SUM /
     world_size, clamped again. Rank 0's estimate is negative (clamped to 0), rank 1's is 0.6: z0 = 0.3
     on both ranks (clamping the plain mean, -0.2, would give 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     estimates = [[([-3.0, -2.0], [-2.0, -1.0])], [([-1.0, -1.2], [-1.6, -1.8])]]  # means -1.0 and +0.6
     mp.spawn(_mean_worker, args=(port, estimates, str(tmp_path)), nprocs=2, join=True)
     got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.run import get_args_parser as torchrun_parser
 
 from rpo import generate, refcache
 from rpo.data.records import PreferenceRecord, write_records
 from rpo.distributed import DistEnv, balanced_shards, gather_in_order
 from rpo.models import build_model
-from test_distributed import _free_port
+from conftest import free_port, start_two_ranks
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ["tea", "rivers", "chess", "ferns", "bells", "maps", "wool"]
@@ -86,11 +85,7 @@ def outputs(tmp_path_factory):
         run_all(root, root / "one")
     finally:
         torch.set_num_threads(threads)
-    # forkserver: torch and transformers are imported once, by the server, and both ranks fork from it
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "transformers.models.gpt2.modeling_gpt2"])
-    mp.start_processes(_rank_worker, args=(str(root), [_free_port() for _ in range(3)]), nprocs=2, join=True,
-                       start_method="forkserver")
+    start_two_ranks(_rank_worker, __name__, (str(root), [free_port() for _ in range(3)]))
     return root / "one", root / "two"
 
 
