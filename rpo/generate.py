@@ -163,21 +163,21 @@ class FastNucleus(LogitsProcessor):
         return out
 
 
-def _chosen_logps(model, tokenizer, batch: list[dict], max_prompt_length, train_max_length, precision) -> list:
-    """Summed log-prob of each row's chosen response under `model`, tokenized as training tokenizes it
-    (rpo.data.tokenize.tokenize_element), scored packed as the trainer scores (rpo.scoring)."""
+def _chosen_logps(model, tokenizer, batch: list[dict], elements, max_prompt_length, train_max_length,
+                  precision) -> list:
+    """Summed log-prob of each row's chosen response under `model`, tokenized as training tokenizes it: the
+    row's test-loader element (`_prompt_element`, tokenize_element of its prompt and chosen), scored packed
+    as the trainer scores (rpo.scoring)."""
     from rpo.scoring import score
 
     if train_max_length is None or max_prompt_length is None:
         raise ConfigError("score_chosen: needs train_max_length and max_prompt_length (training's cut)")
     examples = []
-    for row in batch:
+    for row, element in zip(batch, elements):
         if not row.get("chosen") or not row.get("rejected"):
             raise ConfigError(f"score_chosen: prompt {row['id']!r} has no chosen/rejected pair to score "
                               "(an instruction set has none; generate without scoring)")
-        truncation = (row.get("metadata") or {}).get("truncation", "keep_end")
-        examples.append(tokenize_element(tokenizer, row["prompt"], row["chosen"], max_length=train_max_length,
-                                         max_prompt_length=max_prompt_length, truncation=truncation).example)
+        examples.append(element.example)
     with torch.no_grad(), precision.autocast(model.device):
         return score(model, examples, tokenizer.pad_token_id).sums.double().tolist()
 
@@ -287,8 +287,8 @@ def generate(
         # where each response stopped: its first EOS (generate pads after it), or the budget
         at_eos = new_tokens == tokenizer.eos_token_id
         lengths = [int(row.nonzero()[0, 0]) if row.any() else budget for row in at_eos]
-        chosen_logps = _chosen_logps(model, tokenizer, batch, max_prompt_length, train_max_length, precision) \
-            if score_chosen else [None] * len(batch)
+        chosen_logps = (_chosen_logps(model, tokenizer, batch, elements, max_prompt_length, train_max_length,
+                                      precision) if score_chosen else [None] * len(batch))
         local[batch_index] = [{
             "id": prompt["id"],
             "prompt": prompt["prompt"],
