@@ -89,11 +89,12 @@ def hierarchical_test(scores: Sequence[Iterable[float]], *, seed: int, n_resampl
     of mean = 0 (`percentile_p_value`), so p < 1 - confidence exactly when the interval excludes 0.
 
     For per-item differences between two runs over shared seeds, this is the test of a seed-pooled
-    comparison. Why not a seed-stratified permutation test (swap the two runs' verdicts within each
-    (seed, prompt)): its null holds the trained seeds fixed, so one seed that differs a lot makes it
-    significant while the interval, which asks about a new seed and resamples seeds, covers 0; the two
-    would disagree exactly where seeds matter. The bootstrap's own p inverts the interval beside it and
-    costs no extra resampling."""
+    comparison. Why not a seed-stratified permutation test: swapping the two runs' verdicts within each
+    (seed, prompt) gives the mean difference exactly McNemar's sign-test distribution over the discordant
+    (seed, prompt) pairs, so it holds the trained seeds fixed and calls one seed's large difference
+    certain while the interval, which resamples seeds, covers 0; swapping whole seeds has only 2^S
+    arrangements (p >= 0.25 at 3 seeds). The bootstrap's own p inverts the interval beside it and costs
+    no extra resampling."""
     matrix = _seed_matrix(scores)
     means = _hierarchical_means(matrix, seed, n_resamples)
     alpha = (1.0 - confidence) / 2.0
