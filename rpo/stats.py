@@ -95,7 +95,7 @@ def hierarchical_test(scores: Sequence[Iterable[float]], *, seed: int, n_resampl
     certain while the interval, which resamples seeds, covers 0; swapping whole seeds has only 2^S
     arrangements (p >= 0.25 at 3 seeds). The bootstrap's own p inverts the interval beside it and costs
     no extra resampling."""
-    matrix = _seed_matrix(scores)
+    matrix = _score_matrix(scores)
     means = _hierarchical_means(matrix, seed, n_resamples)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
@@ -125,7 +125,7 @@ def percentile_p_value(resampled: np.ndarray) -> float:
     return float(min(1.0, 2.0 * end / last, 2.0 * (last - first) / last))
 
 
-def _seed_matrix(scores) -> np.ndarray:
+def _score_matrix(scores) -> np.ndarray:
     rows = [np.asarray(list(row), dtype=np.float64) for row in scores]
     if not rows or len({row.shape for row in rows}) != 1 or rows[0].ndim != 1 or rows[0].size == 0:
         raise DataError(f"hierarchical_interval: expected S seeds x n items of scores (the same items for every "
@@ -140,7 +140,7 @@ def _hierarchical_means(matrix: np.ndarray, seed: int, n_resamples: int) -> np.n
     """The means of `n_resamples` resamples (S seeds, then n items, with replacement) of an S x n matrix,
     drawn by one seeded stream. Each resample sums the drawn seeds' columns (seed counts @ matrix) at the
     drawn items instead of copying the drawn rows: for integer scores (wins, differences of wins) every
-    sum is exact, so each mean is bit for bit drawn[:, items].mean(), in about 2/3 of the time."""
+    sum is exact, so each mean is bit for bit drawn[:, items].mean(), with one copy fewer per resample."""
     n_seeds, n = matrix.shape
     rng = np.random.default_rng(seed)
     sums = np.empty(n_resamples)
