@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from rpo.data.records import PREFERENCE_TASKS as TASKS  # the judged tasks
 from rpo.errors import ConfigError
 
-TASKS = ("dialogue", "summarization")
 VERDICTS = ("A", "B", "tie", "unparseable")
 OUTCOMES = ("model_win", "chosen_win", "tie", "unparseable")
 
