@@ -30,19 +30,19 @@ from unittest import mock
 
 import torch
 
-import bench_mfu  # run as a script: benchmarks/ is on sys.path
-from bench_step import synthetic_records
-from rpo.data.records import ASSISTANT, USER, write_records
 from rpo.distributed import DistEnv, check_device, full_state_dicts
+
+# Imported by the steps that use them (steps 1 and 2 start in seconds): bench_mfu, bench_step (benchmarks/ is
+# on sys.path, this being run as a script), rpo.train and the rest.
 
 # Per device: pairs per step, words of prompt / response, training cut, timed steps after warm-up,
 # generation prompts / batch / new tokens, the ~1B model's shape (bench_mfu's TinyLlama shape; TINY on CPU).
 SIZES = {
     "cuda": {"pairs": 8, "prompt_words": 100, "response_words": 100, "max_length": 256, "max_prompt_length": 128,
-             "steps": 4, "warmup": 2, "gen_batch": 16, "gen_batches": 3, "gen_tokens": 128, "shape": bench_mfu.FULL,
+             "steps": 4, "warmup": 2, "gen_batch": 16, "gen_batches": 3, "gen_tokens": 128, "shape": "FULL",
              "mfu": ["--steps", "10", "--warmup", "3"]},
     "cpu": {"pairs": 2, "prompt_words": 12, "response_words": 12, "max_length": 48, "max_prompt_length": 24,
-            "steps": 1, "warmup": 1, "gen_batch": 2, "gen_batches": 2, "gen_tokens": 8, "shape": bench_mfu.TINY,
+            "steps": 1, "warmup": 1, "gen_batch": 2, "gen_batches": 2, "gen_tokens": 8, "shape": "TINY",
             "mfu": ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "2"]},
 }
 FLASH_RELATIVE_TOLERANCE = 0.01  # flash vs sdpa per-sequence log-probs (bf16 kernels): 1% of |log-prob|
@@ -79,6 +79,8 @@ def smollm2(args) -> Path:
 
 def training_world(args, work: Path, n_pairs: int, model: Path) -> dict:
     """Records of fixed lengths, their tfidf-svd prompt embeddings, and the cut (rpo.train keys)."""
+    from bench_step import synthetic_records
+    from rpo.data.records import write_records
     from rpo.embed import embed_prompts
 
     s = SIZES[args.device]
@@ -213,6 +215,7 @@ def step_nccl(args) -> dict:
 
 
 def step_fsdp_train(args) -> dict:
+    import bench_mfu
     from torch.distributed.fsdp import FSDPModule
 
     from rpo.memory import checkpointed_blocks
@@ -310,6 +313,8 @@ def step_checkpoint(args) -> dict:
 
 
 def step_bench_mfu(args) -> dict:
+    import bench_mfu
+
     argv = [*SIZES[args.device]["mfu"], "--workdir", str(work_dir(args))]
     result = bench_mfu.main(argv)
     mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] else "unknown"
@@ -320,6 +325,7 @@ def step_bench_mfu(args) -> dict:
 
 def varied_examples(tokenizer, device: str) -> list[dict]:
     """Sequences of different lengths (so a packed row has several segments), as training tokenises them."""
+    from bench_step import synthetic_records
     from rpo.data.tokenize import tokenize_records
 
     s = SIZES[device]
@@ -387,8 +393,12 @@ def timed_generate(model, prompts, out, device, max_new_tokens, batch_size) -> t
 
 
 def step_generate(args) -> dict:
+    import bench_mfu
+    from bench_step import synthetic_records
+    from rpo.data.records import ASSISTANT, USER
+
     s, device = SIZES[args.device], args.device
-    shape = {**s["shape"], "prompt_len": s["max_prompt_length"], "response_len": s["gen_tokens"]}
+    shape = {**getattr(bench_mfu, s["shape"]), "prompt_len": s["max_prompt_length"], "response_len": s["gen_tokens"]}
     records = synthetic_records(s["gen_batch"] * s["gen_batches"], prompt_words=s["prompt_words"] // 2)
     prompts = [{"id": r.id, "prompt": r.prompt, "metadata": r.metadata} for r in records]
     with tempfile.TemporaryDirectory(dir=work_dir(args)) as tmp:
