@@ -115,7 +115,8 @@ def run_step(step: Step, log: Path, limit_s: float | None = None) -> dict:
     result = {"status": status, "returncode": code, "wall_s": round(wall, 1), "figures": figures}
     if status != "passed":
         limit = f"killed at its {limit_s:g} s limit\n" if code is None else ""
-        result["error_tail"] = limit + tail(output)
+        error = f"error: {figures['error']}\n" if "error" in figures else ""
+        result["error_tail"] = limit + error + tail(output)
     return result
 
 

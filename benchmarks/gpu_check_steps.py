@@ -45,16 +45,40 @@ SIZES = {
             "steps": 1, "warmup": 1, "gen_batch": 2, "gen_batches": 2, "gen_tokens": 8, "shape": "TINY",
             "mfu": ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "2"]},
 }
-FLASH_RELATIVE_TOLERANCE = 0.01  # flash vs sdpa per-sequence log-probs (bf16 kernels): 1% of |log-prob|
+# Flash varlen vs sdpa may differ by bf16 rounding: as much as sdpa's packed and padded layouts differ from each
+# other, times this margin (a sequence attending across its packed neighbours would differ by whole nats).
+FLASH_FLOOR_FACTOR = 3.0
 REAL_PROMPTS = ("What is the capital of France?", "Give me three tips for sleeping better.",
                 "Explain in two sentences why the sky is blue.", "Write a short poem about the sea.")
 
 
+class StepFailed(RuntimeError):
+    """A failed check that still has figures for the report."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
+
+
 def flash_version() -> str | None:
+    """flash-attn's version where it imports (an install built for another torch or CUDA does not), else None."""
     try:
-        return importlib.metadata.version("flash-attn")
-    except importlib.metadata.PackageNotFoundError:
+        import flash_attn
+    except Exception:  # ImportError, or an undefined symbol of a mismatched build (OSError, RuntimeError)
         return None
+    return getattr(flash_attn, "__version__", None) or importlib.metadata.version("flash-attn")
+
+
+def flash_facts() -> dict:
+    try:
+        installed = importlib.metadata.version("flash-attn")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    version = flash_version()
+    note = ("imports" if version else f"installed ({installed}) but does not import" if installed else
+            "not installed (pip install flash-attn --no-build-isolation)")
+    return {"flash_attn_importable": version is not None, "flash_attn_version": version or installed,
+            "flash_attn": note}
 
 
 def attention(device: str) -> str:
@@ -152,7 +176,7 @@ def step_cuda_facts(args) -> dict:
     import transformers
 
     facts = {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
-             "flash_attn": flash_version() or "not installed (pip install flash-attn --no-build-isolation)"}
+             **flash_facts()}
     if args.device == "cpu":
         return {**facts, "summary": "cpu self-check: no CUDA facts"}
     check_device("cuda")
@@ -261,6 +285,10 @@ def state_differences(saved, loaded, where="") -> list[str]:
         if set(saved) != set(loaded):
             return [f"{where}: keys {sorted(map(str, set(saved) ^ set(loaded)))[:5]}"]
         return [d for key in saved for d in state_differences(saved[key], loaded[key], f"{where}/{key}")]
+    if isinstance(saved, (list, tuple)) and isinstance(loaded, (list, tuple)):
+        if len(saved) != len(loaded):
+            return [f"{where}: {len(saved)} vs {len(loaded)} items"]
+        return [d for i, (a, b) in enumerate(zip(saved, loaded)) for d in state_differences(a, b, f"{where}/{i}")]
     if isinstance(saved, torch.Tensor) and isinstance(loaded, torch.Tensor):
         same = saved.shape == loaded.shape and saved.dtype == loaded.dtype and torch.equal(saved, loaded)
         return [] if same else [where]
@@ -363,20 +391,21 @@ def step_flash_vs_sdpa(args) -> dict:
     figures = {"sequences": n, "mean_abs_logp": round(sdpa_packed.abs().mean().item(), 3),
                "sdpa_packed_vs_padded_max_abs_diff": floor}
     if not flash_version():
-        raise RuntimeError(f"skipped: flash_attn not installed (pip install flash-attn --no-build-isolation); "
-                           f"only sdpa ran: packed vs padded max |diff| {floor:.3g} over {n} sequences")
+        raise StepFailed(f"skipped: flash_attn {flash_facts()['flash_attn']}; only sdpa ran: packed vs padded max "
+                         f"|diff| {floor:.3g} over {n} sequences", figures)
     flash_packed, _, grad_norm = sums("flash_attention_2", True, backward=True)
     flash_padded = sums("flash_attention_2", False)[0]
-    diff = (flash_packed - sdpa_packed).abs()
-    relative = (diff / sdpa_packed.abs().clamp_min(1.0)).max().item()
-    figures.update(flash_attn=flash_version(), flash_varlen_vs_sdpa_max_abs_diff=diff.max().item(),
-                   flash_varlen_vs_sdpa_max_relative_diff=relative, flash_backward_grad_norm=grad_norm,
+    diff = (flash_packed - sdpa_packed).abs().max().item()
+    tolerance = max(FLASH_FLOOR_FACTOR * floor, 1e-3 * figures["mean_abs_logp"])
+    figures.update(flash_attn=flash_version(), flash_varlen_vs_sdpa_max_abs_diff=diff, tolerance=tolerance,
+                   flash_backward_grad_norm=grad_norm,
                    flash_padded_vs_flash_packed_max_abs_diff=(flash_padded - flash_packed).abs().max().item(),
-                   summary=f"{n} sequences, flash varlen vs sdpa max |diff| {diff.max().item():.3g} "
-                           f"({100 * relative:.2f}% of |log-prob|); sdpa packed vs padded {floor:.3g}")
-    if not (relative <= FLASH_RELATIVE_TOLERANCE and grad_norm is not None and grad_norm == grad_norm):
-        raise RuntimeError(f"flash varlen log-probs differ from sdpa by {100 * relative:.2f}% (tolerance "
-                           f"{100 * FLASH_RELATIVE_TOLERANCE}%) or its backward failed (grad norm {grad_norm})")
+                   summary=f"{n} sequences (mean |log-prob| {figures['mean_abs_logp']}): flash varlen vs sdpa max "
+                           f"|diff| {diff:.3g}, sdpa packed vs padded {floor:.3g}")
+    if not (diff <= tolerance and grad_norm is not None and grad_norm == grad_norm):
+        raise StepFailed(f"flash varlen log-probs differ from sdpa by {diff:.3g} (tolerance {tolerance:.3g}: "
+                         f"{FLASH_FLOOR_FACTOR:g} x sdpa's packed-vs-padded {floor:.3g}), or its backward failed "
+                         f"(grad norm {grad_norm})", figures)
     return figures
 
 
@@ -404,6 +433,7 @@ def step_generate(args) -> dict:
     with tempfile.TemporaryDirectory(dir=work_dir(args)) as tmp:
         work = Path(tmp)
         bench_mfu.write_model(work / "llama", shape, [r.prompt + r.chosen for r in records], device)
+        free_memory()  # write_model's copy of the weights must not count in the peak
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         # One batch, then all: the difference is decoding alone (the model load is in both).
@@ -423,10 +453,10 @@ def step_generate(args) -> dict:
                "decode_tokens_per_s": round(rate, 1), "max_memory_allocated_gib": gib(peak),
                "smollm2_tokens_per_s_with_load": round(sum(r["new_tokens"] for r in real) / real_s, 1),
                "smollm2_samples": [row["response"][:160] for row in real[:3]], "smollm2_letter_share": round(letters, 3),
-               "summary": f"~1.1B Llama: {rate:,.0f} new tokens/s (batch {s['gen_batch']}), peak {gib(peak)} GiB; "
+               "summary": f"Llama {shape['layers']} layers x {shape['d_model']}: {rate:,.0f} new tokens/s (batch {s['gen_batch']}), peak {gib(peak)} GiB; "
                           f"SmolLM2 says: {real[0]['response'][:60]!r}"}
     if not all(row["response"] for row in real) or letters < 0.6:
-        raise RuntimeError(f"SmolLM2's samples do not look like text: {figures['smollm2_samples']}")
+        raise StepFailed(f"SmolLM2's samples do not look like text: {figures['smollm2_samples']}", figures)
     return figures
 
 
@@ -449,8 +479,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--smollm2", default=None, help="a save_pretrained folder of SmolLM2-135M-Instruct")
     args = parser.parse_args(argv)
-    figures = STEPS[args.step](args)
     Path(args.figures).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = STEPS[args.step](args)
+    except BaseException as exc:  # the report's first error line (torchrun's summary buries the traceback)
+        found = getattr(exc, "figures", {})
+        Path(args.figures).write_text(json.dumps({**found, "error": f"{type(exc).__name__}: {exc}"}, default=str))
+        raise
     Path(args.figures).write_text(json.dumps(figures, indent=1, default=str))
 
 

@@ -67,7 +67,8 @@ def test_a_failing_or_hanging_step_does_not_stop_the_others(tmp_path):
     child = tmp_path / "child.pid"
     steps = [
         fake_step(1, "writes", "import json, sys; json.dump({'summary': 'ok', 'x': 1}, open(sys.argv[1], 'w'))", tmp_path),
-        fake_step(2, "raises", "print('some output'); raise SystemExit('boom: the GPU caught fire')", tmp_path),
+        fake_step(2, "raises", "import json, sys; json.dump({'error': 'RuntimeError: first line'}, open(sys.argv[1], "
+                               "'w')); print('some output'); raise SystemExit('boom: the GPU caught fire')", tmp_path),
         # a hang whose child process must die with it (torchrun's workers)
         fake_step(3, "hangs", f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
                               f"'import time; time.sleep(60)']); open({str(child)!r}, 'w').write(str(p.pid)); "
@@ -82,6 +83,7 @@ def test_a_failing_or_hanging_step_does_not_stop_the_others(tmp_path):
     by_name = {s["name"]: s for s in report["steps"]}
     assert by_name["writes"]["figures"] == {"summary": "ok", "x": 1} and "error_tail" not in by_name["writes"]
     assert "boom: the GPU caught fire" in by_name["raises"]["error_tail"]
+    assert by_name["raises"]["error_tail"].startswith("error: RuntimeError: first line\n")
     assert "some output" in by_name["raises"]["error_tail"]
     assert "killed at its 3 s limit" in by_name["hangs"]["error_tail"]
     assert not running(int(child.read_text()))  # the hung step's child went with its process group
@@ -119,9 +121,13 @@ def test_a_figures_file_left_by_an_earlier_run_does_not_pass_for_this_one(tmp_pa
 def test_state_differences_finds_any_entry_that_is_not_bit_equal():
     from gpu_check_steps import state_differences
 
-    saved = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(2.0)}}, "lr": 1e-6}}
-    same = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(2.0)}}, "lr": 1e-6}}
+    saved = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(2.0)}}, "lr": 1e-6,
+                                                          "param_groups": [{"params": [0], "t": torch.zeros(2)}]}}
+    same = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(2.0)}}, "lr": 1e-6,
+                                                         "param_groups": [{"params": [0], "t": torch.zeros(2)}]}}
     assert state_differences(saved, same) == []
+    other_group = {**same["optimizer"], "param_groups": [{"params": [0], "t": torch.ones(2)}]}
+    assert state_differences(saved, {**same, "optimizer": other_group}) == ["/optimizer/param_groups/0/t"]
     nudged = {**same, "model": {"w": torch.tensor([1.0, 1.0, 1.0 + 2 ** -20])}}
     assert state_differences(saved, nudged) == ["/model/w"]
     assert state_differences(saved, {**same, "model": {"w": torch.ones(3, dtype=torch.float64)}}) == ["/model/w"]
