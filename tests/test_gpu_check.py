@@ -119,7 +119,7 @@ def test_a_figures_file_left_by_an_earlier_run_does_not_pass_for_this_one(tmp_pa
 
 
 def test_state_differences_finds_any_entry_that_is_not_bit_equal():
-    from gpu_check_steps import state_differences
+    from gpu_check_fsdp import state_differences
 
     saved = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(2.0)}}, "lr": 1e-6,
                                                           "param_groups": [{"params": [0], "t": torch.zeros(2)}]}}
