@@ -162,11 +162,12 @@ def write_report(report: dict, out: Path) -> Path:
              f"- device: {report.get('device', '?')}; every figure below is this run's, on this device", "",
              "| # | step | status | wall / limit (s) | figures |", "|---|---|---|---|---|"]
     for s in report["steps"]:
-        summary = str(s["figures"].get("summary", "")).replace("|", "/")
+        summary = s["figures"].get("summary") or (s.get("error_tail") or "").split("\n")[0][:160]
+        summary = str(summary).replace("|", "/").replace("\n", " ")
         lines.append(f"| {s['number']} | {s['name']} | {s['status']} | {s['wall_s']} / {s['limit_s']:g} | {summary} |")
     for s in report["steps"]:
         lines += ["", f"## {s['number']}. {s['name']}: {s['status']}", "", s["what"], "", f"`{s['command']}`", ""]
-        lines += [f"- {key}: {value}" for key, value in s["figures"].items() if key != "summary"]
+        lines += [f"- {key}: {value}" for key, value in s["figures"].items() if key not in ("summary", "error")]
         if s.get("error_tail"):
             lines += ["", "```", s["error_tail"], "```"]
     path = out / "report.md"

@@ -121,8 +121,9 @@ def step_fsdp_train(args) -> dict:
                              "max_memory_allocated_gib": gib(result["peak_memory_bytes"])}
             del trainer, weights
             free_memory()
-    figures["summary"] = "; ".join(f"{k}: {v['step_time_s']} s/step, {v['max_memory_allocated_gib']} GiB peak"
-                                   for k, v in figures.items() if isinstance(v, dict))
+    figures["summary"] = "; ".join(f"{k}: {v['step_time_s']:.3g} s/step, {v['tokens_per_s']:,} tokens/s, "
+                                   f"{v['max_memory_allocated_gib']} GiB peak" for k, v in figures.items()
+                                   if isinstance(v, dict))
     return figures
 
 

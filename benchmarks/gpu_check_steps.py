@@ -22,8 +22,8 @@ import torch
 
 from rpo.distributed import DistEnv, check_device
 
-# Imported by the steps that use them (steps 1 and 2 start in seconds): bench_mfu, bench_step (benchmarks/ is
-# on sys.path, this being run as a script), rpo.train and the rest.
+# bench_mfu, bench_step (benchmarks/ is on sys.path), rpo.train and the rest are imported by the steps that use
+# them, so steps 1 and 2 start in seconds.
 
 # Per device: pairs per step, words of prompt / response, training cut, timed steps after warm-up,
 # generation prompts / batch / new tokens, the ~1B model's shape (bench_mfu's TinyLlama shape; TINY on CPU).
@@ -122,9 +122,10 @@ def step_cuda_facts(args) -> dict:
     tflops = 10 * 2 * n ** 3 / (time.perf_counter() - start) / 1e12
     if not torch.isfinite(c).all():
         raise RuntimeError("a bf16 matmul on the GPU gave non-finite values")
+    nccl = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
     facts.update(device=props.name, capability=f"{props.major}.{props.minor}", memory_gib=gib(props.total_memory),
                  multiprocessors=props.multi_processor_count, driver=driver, cuda_runtime=torch.version.cuda,
-                 cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())),
+                 cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
                  bf16_supported=torch.cuda.is_bf16_supported(), bf16_matmul_8192_tflops=round(tflops, 1))
     if not facts["bf16_supported"]:
         raise RuntimeError(f"{props.name}: torch.cuda.is_bf16_supported() is False; the GPU profiles train in bf16")
@@ -233,7 +234,7 @@ def step_flash_vs_sdpa(args) -> dict:
     return figures
 
 
-def timed_generate(model, prompts, out, device, max_new_tokens, batch_size) -> tuple[float, int]:
+def timed_generate(model, prompts, out, device, max_new_tokens, batch_size) -> tuple[float, list[dict]]:
     from rpo.generate import generate
 
     if device == "cuda":
@@ -271,14 +272,14 @@ def step_generate(args) -> dict:
                                       work / "smollm2.jsonl", device, 48, len(REAL_PROMPTS))
     text = " ".join(row["response"] for row in real)
     letters = sum(c.isalpha() or c.isspace() for c in text) / max(1, len(text))
-    rate = (tokens[1] - tokens[0]) / (full_s - small_s)
+    rate = (tokens[1] - tokens[0]) / (full_s - small_s) if full_s > small_s else float("nan")
     figures = {"model": f"Llama from config, {shape}", "attention": attention(device), "prompts": len(prompts),
                "batch_size": s["gen_batch"], "new_tokens": tokens[1], "wall_s_with_load": round(full_s, 2),
                "decode_tokens_per_s": round(rate, 1), "max_memory_allocated_gib": gib(peak),
                "smollm2_tokens_per_s_with_load": round(sum(r["new_tokens"] for r in real) / real_s, 1),
                "smollm2_samples": [row["response"][:160] for row in real[:3]], "smollm2_letter_share": round(letters, 3),
-               "summary": f"Llama {shape['layers']} layers x {shape['d_model']}: {rate:,.0f} new tokens/s (batch {s['gen_batch']}), peak {gib(peak)} GiB; "
-                          f"SmolLM2 says: {real[0]['response'][:60]!r}"}
+               "summary": f"Llama {shape['layers']} layers x {shape['d_model']}: {rate:,.0f} new tokens/s (batch "
+                          f"{s['gen_batch']}), peak {gib(peak)} GiB; SmolLM2 says: {real[0]['response'][:60]!r}"}
     if not all(row["response"] for row in real) or letters < 0.6:
         raise StepFailed(f"SmolLM2's samples do not look like text: {figures['smollm2_samples']}", figures)
     return figures
