@@ -135,9 +135,14 @@ def _kill_group(process: subprocess.Popen) -> None:
             pass
 
 
-def run_checks(steps: list[Step], out: Path, meta: dict, total_s: float = TOTAL_LIMIT_S) -> dict:
-    """Every step in turn, whatever the earlier ones did, within `total_s` in all; the report rewritten after each."""
-    report = {**meta, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "steps": []}
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_checks(steps: list[Step], out: Path, meta: dict, total_s: float = TOTAL_LIMIT_S, kept=()) -> dict:
+    """Every step in turn, whatever the earlier ones did, within `total_s` in all; the report rewritten after each.
+    `kept`: results of other steps from an earlier report (--only), listed with these in step order."""
+    report = {**meta, "started": now(), "steps": list(kept)}
     deadline = time.monotonic() + total_s
     for step in steps:
         print(f"gpu_check: step {step.number} {step.name} (limit {step.limit_s:g} s) ...", file=sys.stderr, flush=True)
@@ -147,8 +152,9 @@ def run_checks(steps: list[Step], out: Path, meta: dict, total_s: float = TOTAL_
                         "error_tail": f"the check's {total_s:g} s were spent before this step"})
         print(f"gpu_check: step {step.number} {step.name}: {step.result['status']} in {step.result['wall_s']} s",
               file=sys.stderr, flush=True)
-        report["steps"].append({"number": step.number, "name": step.name, "limit_s": step.limit_s,
+        report["steps"].append({"number": step.number, "name": step.name, "limit_s": step.limit_s, "ran": now(),
                                 "command": " ".join(step.argv), "what": step.what, **step.result})
+        report["steps"].sort(key=lambda s: s["number"])
         write_report(report, out)
     return report
 
@@ -166,7 +172,8 @@ def write_report(report: dict, out: Path) -> Path:
         summary = str(summary).replace("|", "/").replace("\n", " ")
         lines.append(f"| {s['number']} | {s['name']} | {s['status']} | {s['wall_s']} / {s['limit_s']:g} | {summary} |")
     for s in report["steps"]:
-        lines += ["", f"## {s['number']}. {s['name']}: {s['status']}", "", s["what"], "", f"`{s['command']}`", ""]
+        lines += ["", f"## {s['number']}. {s['name']}: {s['status']}", "", s["what"], "",
+                  f"`{s['command']}` (ran {s.get('ran', '?')})", ""]
         lines += [f"- {key}: {value}" for key, value in s["figures"].items() if key not in ("summary", "error")]
         if s.get("error_tail"):
             lines += ["", "```", s["error_tail"], "```"]
@@ -175,11 +182,22 @@ def write_report(report: dict, out: Path) -> Path:
     return path
 
 
+def earlier_results(out: Path, device: str, rerun: list[Step]) -> list[dict]:
+    """The other steps' results of the last report in `out`, if it was made on the same device (--only)."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    numbers = {s.number for s in rerun}
+    return [s for s in report.get("steps", []) if s.get("number") not in numbers] if report.get("device") == device else []
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/gpu_check", help="report folder (default results/gpu_check)")
     parser.add_argument("--dry-run", action="store_true", help="list the steps and their commands; run nothing")
-    parser.add_argument("--only", default=None, help="comma-separated step numbers or names, e.g. 3,4")
+    parser.add_argument("--only", default=None, help="comma-separated step numbers or names, e.g. 3,4; the other "
+                        "steps' results of the last report in OUT (same device) stay in it")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cpu: check this script's steps on CPU (gloo, small sizes); its figures mean nothing")
     parser.add_argument("--smollm2", default=None,
@@ -246,7 +264,8 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu (self-check), torch {torch.__version__}"
     report = run_checks(steps, out, {"command": " ".join(["scripts/gpu_check.sh", *(argv or sys.argv[1:])]),
                                      "device": device, "python": sys.executable},
-                        total_s=TOTAL_LIMIT_S * (1 if args.device == "cuda" else CPU_LIMIT_FACTOR))
+                        total_s=TOTAL_LIMIT_S * (1 if args.device == "cuda" else CPU_LIMIT_FACTOR),
+                        kept=earlier_results(out, device, steps) if args.only else ())
     failed = [f"{s['number']} {s['name']}" for s in report["steps"] if s["status"] != "passed"]
     print(f"gpu_check: report {out / 'report.md'}; " + (f"FAILED: {', '.join(failed)}" if failed else "all passed"),
           file=sys.stderr)

@@ -143,3 +143,15 @@ def test_the_nccl_step_runs_end_to_end_on_cpu_as_gloo(tmp_path):
     (step,) = report["steps"]
     assert step["status"] == "passed" and step["figures"]["backend"] == "gloo" and step["figures"]["world_size"] == 1
     assert gpu_check.CPU_LIMIT_FACTOR * 30 == step["limit_s"]
+
+
+def test_rerunning_some_steps_keeps_the_others_of_the_last_report_made_on_the_same_device(tmp_path):
+    out = tmp_path / "out"
+    run_checks([fake_step(1, "one", "pass", tmp_path), fake_step(2, "two", "raise SystemExit(1)", tmp_path)], out,
+               {"command": "first", "device": "GPU A"})
+    rerun = [fake_step(2, "two", "pass", tmp_path)]
+    kept = gpu_check.earlier_results(out, "GPU A", rerun)
+    report = run_checks(rerun, out, {"command": "second", "device": "GPU A"}, kept=kept)
+    assert [(s["number"], s["status"]) for s in report["steps"]] == [(1, "passed"), (2, "passed")]
+    assert json.loads((out / "report.json").read_text())["command"] == "second"
+    assert gpu_check.earlier_results(out, "GPU B", rerun) == []  # never mixed across devices
