@@ -164,8 +164,9 @@ def write_report(report: dict, out: Path) -> Path:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     passed = sum(s["status"] == "passed" for s in report["steps"])
     lines = [f"# GPU check: {passed} of {len(report['steps'])} steps passed", "",
-             f"- started {report['started']}, `{report['command']}`",
-             f"- device: {report.get('device', '?')}; every figure below is this run's, on this device", "",
+             f"- last run started {report['started']}: `{report['command']}`",
+             f"- device: {report.get('device', '?')}; each step's figures are from its own run on this device "
+             "(the time under its heading)", "",
              "| # | step | status | wall / limit (s) | figures |", "|---|---|---|---|---|"]
     for s in report["steps"]:
         summary = s["figures"].get("summary") or (s.get("error_tail") or "").split("\n")[0][:160]
