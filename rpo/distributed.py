@@ -62,17 +62,21 @@ def _env_int(name: str, default: int) -> int:
 CUDA_WHEEL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 
+def no_gpu_message(device: str = "cuda") -> str:
+    """Why torch finds no GPU for `device`, and the install line that fixes it (check_device, scripts/gpu_check.sh)."""
+    build = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else
+             f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) finds no usable GPU "
+             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return (f"device {device}: {build}; install the CUDA wheel matching the driver (nvidia-smi shows the CUDA "
+            f"version it supports), e.g. `{CUDA_WHEEL}` (cu126 for older drivers)")
+
+
 def check_device(device: str | None) -> None:
     """Refuse `device` cuda where torch finds no GPU: a CPU-only torch wheel, or one built for a newer
     CUDA than the driver, would otherwise leave a GPU job computing on the CPU for days."""
     if device is None or not str(device).startswith("cuda") or torch.cuda.is_available():
         return
-    build = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else
-             f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) finds no usable GPU "
-             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-    raise ConfigError(f"device {device}: {build}; install the CUDA wheel matching the driver (nvidia-smi shows "
-                      f"the CUDA version it supports), e.g. `{CUDA_WHEEL}` (cu126 for older drivers), or set "
-                      "config key device: cpu to run on CPU")
+    raise ConfigError(f"{no_gpu_message(device)}, or set config key device: cpu to run on CPU")
 
 
 def rank_device(device: str | None, local_rank: int) -> str:
