@@ -10,6 +10,7 @@ Run names are output paths, so a name says everything that distinguishes a run:
     rpo-paired_tau0.5_minilm_bs32_global_seed1 one contrast matrix over the global batch of 32
     dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1
                                                DPO at that run's effective beta (beta x its mean w_ii)
+    rpo-paired_tau0.5_minilm_beta0.3_bs8_seed1 a beta sweep's run at beta 0.3 (rpo.sweep); no _beta: the config's
 
 Seeds: SFT trains once, at the first of `seeds`; every preference run starts from that model. A
 preference seed changes the run's batch order and RPO-Unpaired's chosen/rejected draws. Generation and
@@ -61,6 +62,7 @@ class Run:
     embedder: str | None = None  # the full embedder name
     scope: str = "micro"  # "global": batch_size is the global batch one contrast matrix spans
     beta_of: str | None = None  # a matched-beta control: the name of the run whose effective beta it takes
+    beta: float | None = None  # a beta sweep's own beta (rpo.sweep); None: the config's, as every other run
 
     @classmethod
     def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None,
@@ -88,8 +90,9 @@ class Run:
         if self.beta_of is not None:
             return f"{self.method}_matched-{self.beta_of}"
         middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
+        beta = f"_beta{self.beta:g}" if self.beta is not None else ""
         scope = "_global" if self.scope == "global" else ""
-        return f"{self.method}{middle}_bs{self.batch_size}{scope}_seed{self.seed}"
+        return f"{self.method}{middle}{beta}_bs{self.batch_size}{scope}_seed{self.seed}"
 
     def trainer_batch(self, micro_batch_size: int) -> dict:
         """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train."""
@@ -330,6 +333,8 @@ def train_settings(config: dict, run: Run) -> dict:
     settings.update(method=run.method, seed=run.seed)
     if run.beta_of is not None:  # rpo.train takes beta from the source run (rule input beta_matched_to)
         settings.pop("beta", None)
+    elif run.beta is not None:  # a sweep's beta wins over the stage's and the method's own (rpo.sweep)
+        settings["beta"] = run.beta
     if stage == "preference":
         settings.update(run.trainer_batch(config["preference"]["batch_size"]))
     if run.method in EMBEDDING_LOSSES:

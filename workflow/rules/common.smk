@@ -12,6 +12,7 @@ from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
                           table_inputs, table_runs, train_settings)
+from rpo.sweep import known_runs
 
 
 # Fills in every default (the schema's, the trainer's): below, config[...] needs no fallback.
@@ -31,7 +32,8 @@ MODELS = list(config["models"])
 RPO = config["rpo"]
 EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO["control_embedder"] else [])))
 EMBEDDER_BY_SHORT = {embedder_short(e): e for e in EMBEDDERS}
-RUNS_BY_TASK = {t: runs_by_name(config, t) for t in TASKS}
+RUNS_BY_TASK = {t: runs_by_name(config, t) for t in TASKS}  # the default target's runs
+KNOWN_RUNS_BY_TASK = {t: known_runs(config, t) for t in TASKS}  # and the beta sweep's (sweep.smk)
 THREADS = config["threads"]
 MEM_MB = config["mem_mb"]
 GPUS = config["gpus"]
@@ -67,8 +69,8 @@ def quoted_json(obj):
 
 
 def run_settings(wildcards):
-    """The run a job's {task}/{run} names, looked up in the experiment matrix."""
-    return lookup_run(RUNS_BY_TASK[wildcards.task], wildcards.run, wildcards.task)
+    """The run a job's {task}/{run} names, looked up in the experiment matrix and the beta sweep."""
+    return lookup_run(KNOWN_RUNS_BY_TASK[wildcards.task], wildcards.run, wildcards.task)
 
 
 def model_dir(model, task, run):
