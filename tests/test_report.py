@@ -50,12 +50,14 @@ def run_name(method, tau, embedder, bs, seed=1):
     return f"{method}_tau{tau}_{SHORT[embedder]}_bs{bs}_seed{seed}"
 
 
-def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30, beta_of=None):
-    """One run's outputs as the pipeline writes them. Its samples: the response to prompt i is shared by
-    every run where i % 4 (so any two runs have 75% identical samples) and chosen_logp is SFT's plus
-    10 * (win_rate - 0.4). Its loss logits (not SFT's or PPO's): 2 of 8 per step past |x| = 1, and at the
-    end of training every one in the bin [0, 0.25)."""
-    run = f"dpo_matched-{beta_of}" if beta_of else run_name(method, tau, embedder, bs, seed)
+def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30, beta_of=None,
+            name=None):
+    """One run's outputs as the pipeline writes them (in folder `name`, default the pipeline's name of
+    these settings). Its samples: the response to prompt i is shared by every run where i % 4 (so any
+    two runs have 75% identical samples) and chosen_logp is SFT's plus 10 * (win_rate - 0.4). Its loss
+    logits (not SFT's or PPO's): 2 of 8 per step past |x| = 1, and at the end of training every one in
+    the bin [0, 0.25)."""
+    run = name or (f"dpo_matched-{beta_of}" if beta_of else run_name(method, tau, embedder, bs, seed))
     model_dir = root / task / "models" / run
     model_dir.mkdir(parents=True, exist_ok=True)
     # Like the trainer's run.json: no run/task keys, tau on every method, `model` = where training
