@@ -12,7 +12,8 @@ from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
                           table_inputs, table_runs, train_settings)
-from rpo.sweep import known_runs
+from rpo.errors import ConfigError
+from rpo.sweep import SWEEP, known_runs, sweep_runs
 
 
 # Fills in every default (the schema's, the trainer's): below, config[...] needs no fallback.
@@ -198,3 +199,19 @@ def report_inputs(model, table):
 
 def expected_runs(table):
     return " ".join(f"{t}/{r.name}" for t, r in table_inputs(config, table))
+
+
+# -- the beta sweep (sweep.smk) --------------------------------------------------------------------
+SWEEP_RUNS = sweep_runs(config)
+
+
+def sweep_judgments(model):
+    return [f"{RESULTS}/{model}/{t}/judgments/{r.name}" for t in TASKS for r in SWEEP_RUNS]
+
+
+def sweep_targets():
+    if not SWEEP_RUNS:
+        raise ConfigError("the sweep target has no runs: set config keys sweep.betas and sweep.methods")
+    return ([f"{j}.winrate.json" for m in MODELS for j in sweep_judgments(m)]
+            + [f"{RESULTS}/tables/{m}/{SWEEP}.md" for m in MODELS]
+            + [f"{RESULTS}/figures/{m}/{SWEEP}.png" for m in MODELS])

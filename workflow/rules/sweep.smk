@@ -1,23 +1,6 @@
 # The beta sweep (rpo.sweep): `snakemake --cores 2 sweep`, never part of `all`. Its runs train, sample
 # and judge through the rules of every run (train.smk, evaluate.smk); at the configured beta they are
 # the default target's own runs, which it reuses.
-from rpo.errors import ConfigError
-from rpo.sweep import SWEEP, sweep_runs
-
-SWEEP_RUNS = sweep_runs(config)
-
-
-def sweep_judgments(model):
-    return [f"{RESULTS}/{model}/{t}/judgments/{r.name}" for t in TASKS for r in SWEEP_RUNS]
-
-
-def sweep_targets():
-    if not SWEEP_RUNS:
-        raise ConfigError("the sweep target has no runs: set config keys sweep.betas and sweep.methods")
-    return ([f"{j}.winrate.json" for m in MODELS for j in sweep_judgments(m)]
-            + [f"{RESULTS}/tables/{m}/{SWEEP}.md" for m in MODELS]
-            + [f"{RESULTS}/figures/{m}/{SWEEP}.png" for m in MODELS])
-
 
 rule sweep:
     input:
