@@ -2,6 +2,7 @@
 # and judge through the rules of every run (train.smk, evaluate.smk); at the configured beta they are
 # the default target's own runs, which it reuses.
 
+
 rule sweep:
     input:
         lambda wc: sweep_targets(),
