@@ -32,7 +32,8 @@ from pathlib import Path
 
 from rpo.errors import USER_ERRORS, ConfigError, DataError
 from rpo.io import read_jsonl, write_json
-from rpo.judge.base import read_samples, scrub_api_key
+from rpo.judge.base import scrub_api_key
+from rpo.judge.samples import read_samples
 from rpo.stats import bootstrap_interval
 
 PAPER_ANNOTATOR = "alpaca_eval_gpt4_turbo_fn"

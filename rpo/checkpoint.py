@@ -1,4 +1,5 @@
-"""Checkpoints of a run in progress (`{run}.ckpt/`): when to save, what is saved, and resuming.
+"""The trainer's state (`TrainState`) and its checkpoints (`{run}.ckpt/`): when to save, what is saved,
+and resuming.
 
 Two formats, chosen by how the model is held:
 - unsharded (one process, DDP, FSDP on one rank): `state.pt`, the full model and optimizer state
@@ -9,8 +10,9 @@ Two formats, chosen by how the model is held:
   written as `step-{N}.tmp/` and renamed only once every rank's shards and `meta.pt` are in, and
   older `step-*` folders are deleted only after that rename, so a crash at any point leaves the
   last complete checkpoint usable. A `.tmp` folder is never read.
-Run state: step, scheduler, every rank's RNG states, the config fingerprint and the world size; a
-checkpoint of another config or world size (a step's micro-batches depend on it) is refused.
+Run state: the TrainState's step, scheduler and KTO reference KL log-probs, every rank's RNG states, the
+config fingerprint and the world size; a checkpoint of another config or world size (a step's
+micro-batches depend on it) is refused.
 The metrics file beside it is append-only and trimmed to the checkpoint's step on resume.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +43,25 @@ _STEP = re.compile(r"step-(\d+)$")
 _now = time.monotonic  # the clock of save_every_minutes (tests replace it)
 
 
+@dataclass
+class TrainState:
+    """What training changes and a checkpoint restores; the rest of the trainer (data, plan, reference
+    cache, embeddings) is rebuilt from the config. A checkpoint adds every rank's RNG states, taken when
+    it is saved and set on resume."""
+
+    model: torch.nn.Module  # the wrapped policy; under ppo its value head is a submodule (rpo.ppo)
+    optimizer: torch.optim.Optimizer  # over all of the model's parameters, the value head's included
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0  # optimizer steps taken
+    reference_kl: list | None = None  # KTO: per plan micro-batch, its KL sequences' initial log-probs (rpo.kto)
+
+
 def fingerprint(cfg: dict) -> str:
     return sha256_json({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS})
 
 
-def is_sharded(trainer) -> bool:
-    return bool(trainer.cfg["fsdp"]) and trainer.env.active  # FSDP on one rank holds full tensors
+def is_sharded(cfg: dict, env) -> bool:
+    return bool(cfg["fsdp"]) and env.active  # FSDP on one rank holds full tensors
 
 
 class Cadence:
@@ -68,42 +84,42 @@ class Cadence:
 
 
 # -- save ------------------------------------------------------------------------------------------
-def save(trainer) -> None:
-    (_save_sharded if is_sharded(trainer) else _save_full)(trainer)
+def save(state: TrainState, cfg: dict, env, device) -> None:
+    """Write `state` under cfg["checkpoint_dir"] (every rank calls it: saving is collective)."""
+    (_save_sharded if is_sharded(cfg, env) else _save_full)(state, cfg, env, device)
 
 
-def _run_state(trainer, rng: list) -> dict:
-    return {"scheduler": trainer.scheduler.state_dict(), "step": trainer.step, "rng": rng,
-            "config_sha256": fingerprint(trainer.cfg), "world_size": trainer.env.world_size,
-            "reference_kl": trainer.reference_kl}  # KTO: the KL sequences' initial log-probs (rpo.kto)
+def _run_state(state: TrainState, cfg: dict, env, rng: list) -> dict:
+    return {"scheduler": state.scheduler.state_dict(), "step": state.step, "rng": rng,
+            "config_sha256": fingerprint(cfg), "world_size": env.world_size, "reference_kl": state.reference_kl}
 
 
-def _save_full(trainer) -> None:
-    model_state, optimizer_state = full_state_dicts(trainer.model, trainer.optimizer)
-    rng = gather_objects(rng_state(), trainer.env)  # one state per rank
-    if trainer.env.is_main:
-        with atomic_path(Path(trainer.cfg["checkpoint_dir"]) / STATE) as tmp:
-            torch.save({"model": model_state, "optimizer": optimizer_state, **_run_state(trainer, rng)}, tmp)
-    barrier(trainer.env)
+def _save_full(state: TrainState, cfg: dict, env, device) -> None:
+    model_state, optimizer_state = full_state_dicts(state.model, state.optimizer)
+    rng = gather_objects(rng_state(), env)  # one state per rank
+    if env.is_main:
+        with atomic_path(Path(cfg["checkpoint_dir"]) / STATE) as tmp:
+            torch.save({"model": model_state, "optimizer": optimizer_state, **_run_state(state, cfg, env, rng)}, tmp)
+    barrier(env)
 
 
-def _save_sharded(trainer) -> None:
+def _save_sharded(state: TrainState, cfg: dict, env, device) -> None:
     import torch.distributed.checkpoint as dcp
 
-    env, root = trainer.env, Path(trainer.cfg["checkpoint_dir"])
-    final, tmp = root / f"step-{trainer.step}", root / f"step-{trainer.step}.tmp"
+    root = Path(cfg["checkpoint_dir"])
+    final, tmp = root / f"step-{state.step}", root / f"step-{state.step}.tmp"
     rng = gather_objects(rng_state(), env)
     # Saved already at this step (stop_after_steps on a save_every step); rank 0's view decides for all.
-    if all_reduce_sum([float(env.is_main and final.is_dir())], env, trainer.device)[0] > 0:
+    if all_reduce_sum([float(env.is_main and final.is_dir())], env, device)[0] > 0:
         return
     if env.is_main:  # a deterministic name, so every rank writes into the same folder
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(env)
-    model_state, optimizer_state = sharded_state_dicts(trainer.model, trainer.optimizer)
+    model_state, optimizer_state = sharded_state_dicts(state.model, state.optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp))
     if env.is_main:
-        torch.save(_run_state(trainer, rng), tmp / META)
+        torch.save(_run_state(state, cfg, env, rng), tmp / META)
         os.replace(tmp, final)
         for old in root.glob("step-*"):
             if old != final:
@@ -130,38 +146,39 @@ def latest(root: Path) -> Path | None:
     return newest
 
 
-def resume(trainer) -> bool:
-    root = Path(trainer.cfg["checkpoint_dir"])
+def resume(state: TrainState, cfg: dict, env) -> bool:
+    """Restore `state` (and this rank's RNG states) from the latest checkpoint; False when there is none."""
+    root = Path(cfg["checkpoint_dir"])
     found = latest(root)
     if found is None:
-        if trainer.env.is_main:  # rows of an attempt killed before its first checkpoint
+        if env.is_main:  # rows of an attempt killed before its first checkpoint
             truncate_metrics(root / "metrics.jsonl", 0)
         return False
-    state = _load_state(found if found.name == STATE else found / META, root)
-    if state["config_sha256"] != fingerprint(trainer.cfg):
+    saved = _load_state(found if found.name == STATE else found / META, root)
+    if saved["config_sha256"] != fingerprint(cfg):
         raise ConfigError(f"{found} belongs to a run with another config; delete {root} to start over")
-    if state.get("world_size", 1) != trainer.env.world_size:  # a step's micro-batches depend on it
-        raise ConfigError(f"{found} was written by {state.get('world_size', 1)} process(es), this run has "
-                          f"{trainer.env.world_size}; resume with as many or delete {root}")
+    if saved.get("world_size", 1) != env.world_size:  # a step's micro-batches depend on it
+        raise ConfigError(f"{found} was written by {saved.get('world_size', 1)} process(es), this run has "
+                          f"{env.world_size}; resume with as many or delete {root}")
     try:  # a state that does not fit this run's model must stop it, never half-load
         if found.name == STATE:
-            load_full_state_dicts(trainer.model, trainer.optimizer, state["model"], state["optimizer"])
+            load_full_state_dicts(state.model, state.optimizer, saved["model"], saved["optimizer"])
         else:
             import torch.distributed.checkpoint as dcp
 
             # The live state dicts give DCP each rank's shard layout; it reads into them in place.
-            model_state, optimizer_state = sharded_state_dicts(trainer.model, trainer.optimizer)
+            model_state, optimizer_state = sharded_state_dicts(state.model, state.optimizer)
             shards = {"model": model_state, "optimizer": optimizer_state}
             dcp.load(shards, checkpoint_id=str(found))
-            load_sharded_state_dicts(trainer.model, trainer.optimizer, shards["model"], shards["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][trainer.env.rank])
+            load_sharded_state_dicts(state.model, state.optimizer, shards["model"], shards["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"][env.rank])
     except Exception as exc:  # shapes, missing entries, unreadable shards: nothing to resume from
         raise DataError(f"{found}: cannot be resumed ({_reason(exc)}); delete {root} to start this run over") from exc
-    trainer.step = state["step"]
-    trainer.reference_kl = state.get("reference_kl")
-    if trainer.env.is_main:
-        truncate_metrics(root / "metrics.jsonl", trainer.step)
+    state.step = saved["step"]
+    state.reference_kl = saved.get("reference_kl")
+    if env.is_main:
+        truncate_metrics(root / "metrics.jsonl", state.step)
     return True
 
 

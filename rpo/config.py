@@ -18,7 +18,7 @@ import yaml
 
 from rpo.errors import ConfigError
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"  # package data: an installed rpo has it too
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -29,13 +29,15 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(schema_path=SCHEMA) -> dict:
-    """The config schema, with the method enum taken from the loss registry and the scheduler enum from
-    rpo.optim (their one homes)."""
+    """The config schema, with the method enum taken from the loss registry, the scheduler enum from
+    rpo.optim and the task enum from rpo.data.records (their one homes)."""
+    from rpo.data.records import PREFERENCE_TASKS
     from rpo.losses import REGISTRY
     from rpo.optim import SCHEDULERS
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     schema["definitions"]["method"]["enum"] = list(REGISTRY)
+    schema["properties"]["data"]["properties"]["tasks"]["items"]["enum"] = list(PREFERENCE_TASKS)
     schema["definitions"]["stage"]["properties"]["scheduler"]["enum"] = list(SCHEDULERS)
     return schema
 
@@ -131,41 +133,3 @@ def _check_cross_keys(config: dict) -> None:
     training = config["training"]
     if training["max_prompt_length"] >= training["max_length"]:
         raise ConfigError("config key 'training.max_prompt_length': must be below training.max_length")
-
-
-class ReadTracker(dict):
-    """A config that records the key paths read from it into `reads` (a set of tuples): a key looked
-    up, and every key of a mapping handed on whole (iterated, unpacked, dumped to JSON). Nested
-    mappings come back tracked. tests/test_config.py runs the workflow on one to prove that every
-    schema key reaches the rules."""
-
-    def __init__(self, data=(), reads: set | None = None, path: tuple = ()):
-        super().__init__(data)
-        self.reads = set() if reads is None else reads
-        self.path = path
-
-    def _record(self, path: tuple) -> None:
-        self.reads.add(path)
-
-    def _read(self, key, value):
-        path = (*self.path, key)
-        self._record(path)
-        return type(self)(value, self.reads, path) if isinstance(value, dict) else value
-
-    def __getitem__(self, key):
-        return self._read(key, super().__getitem__(key))
-
-    def get(self, key, default=None):
-        return self[key] if key in self else default
-
-    def items(self):
-        return [(key, self._read(key, value)) for key, value in super().items()]
-
-    def values(self):
-        return [value for _, value in self.items()]
-
-    def keys(self):
-        return [key for key, _ in self.items()]
-
-    def __iter__(self):
-        return iter(self.keys())

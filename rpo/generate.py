@@ -244,7 +244,8 @@ def generate(
                           f"max_prompt_length {max_prompt_length}")
     env = init_distributed(device) if env is None else env
     model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
-                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation)
+                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation,
+                                  inference=True)
     precision = resolve_precision(dtype, model.device, fp32_master_weights)
     sampling = {"do_sample": do_sample, "max_new_tokens": None if max_length else max_new_tokens,
                 "max_length": max_length, "max_prompt_length": max_prompt_length, "train_max_length": train_max_length,

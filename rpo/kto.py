@@ -58,23 +58,23 @@ def local_plan_indices(step: int, accum: int, env) -> range:
 def policy_kl_logps(trainer, index: int) -> torch.Tensor:
     """Summed log-probs of plan micro-batch `index`'s KL sequences under the current weights (no graph:
     z0 is detached)."""
-    return trainer.forward_logps(trainer.kl_sequences[index], unwrap(trainer.model))[0]
+    return trainer.forward_logps(trainer.kl_sequences[index], unwrap(trainer.state.model))[0]
 
 
 def prepare_reference(trainer, resumed: bool) -> None:
-    """trainer.reference_kl: per plan micro-batch, its KL sequences' log-probs under the initial weights.
+    """trainer.state.reference_kl: per plan micro-batch, its KL sequences' log-probs under the initial weights.
 
     A fresh run computes them (each rank the micro-batches it trains on, then every rank gets all, so
     rank 0 can checkpoint them); a resumed run has them from its checkpoint (rpo.checkpoint)."""
     if resumed:
-        if trainer.reference_kl is None:
+        if trainer.state.reference_kl is None:
             raise ConfigError(f"{trainer.cfg['checkpoint_dir']}: the checkpoint holds no reference KL log-probs "
                               "(written before KTO kept them); delete it to start this run over")
         return
     env, accum = trainer.env, trainer.cfg["gradient_accumulation_steps"]
     mine = {m: policy_kl_logps(trainer, m).cpu() for step in range(trainer.total_steps)
             for m in local_plan_indices(step, accum, env)}
-    trainer.reference_kl = gather_in_order(mine, trainer.total_steps * accum * env.world_size, env)
+    trainer.state.reference_kl = gather_in_order(mine, trainer.total_steps * accum * env.world_size, env)
 
 
 def mean_over_ranks(estimates: list[torch.Tensor], env, device) -> float:
@@ -85,13 +85,14 @@ def mean_over_ranks(estimates: list[torch.Tensor], env, device) -> float:
 
 def step_z0(trainer) -> float:
     """z0 of the current step: every local micro-batch's estimate, averaged over all of the step's."""
-    if trainer.reference_kl is None:  # a step taken outside fit() (tests): only the first may prepare them
-        if trainer.step != 0:
+    state = trainer.state
+    if state.reference_kl is None:  # a step taken outside fit() (tests): only the first may prepare them
+        if state.step != 0:
             raise RuntimeError("KTO's reference KL log-probs must come from the initial weights: call "
                                "rpo.kto.prepare_reference before the first step")
         prepare_reference(trainer, resumed=False)
     estimates = []
-    for m in local_plan_indices(trainer.step, trainer.cfg["gradient_accumulation_steps"], trainer.env):
+    for m in local_plan_indices(state.step, trainer.cfg["gradient_accumulation_steps"], trainer.env):
         policy = policy_kl_logps(trainer, m)
-        estimates.append(kto_z0(policy, trainer.reference_kl[m].to(policy)))
+        estimates.append(kto_z0(policy, state.reference_kl[m].to(policy)))
     return mean_over_ranks(estimates, trainer.env, trainer.device)

@@ -17,7 +17,7 @@ import torch
 
 from rpo.errors import ConfigError, DataError, run_cli
 from rpo.io import atomic_path, read_json_object, sha256_file, sha256_json
-from rpo.precision import resolve_precision
+from rpo.precision import for_inference, resolve_precision
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -308,7 +308,8 @@ def check_attn_implementation(name, need_package: bool = False) -> str:
     return name
 
 
-def load_model(path, dtype="auto", device=None, fp32_master_weights=False, attn_implementation="sdpa"):
+def load_model(path, dtype="auto", device=None, fp32_master_weights=False, attn_implementation="sdpa",
+               inference=False):
     """(model, tokenizer) from a save_pretrained folder; the tokenizer always has a pad token.
 
     dtype and fp32_master_weights are the training keys: the weights are loaded in the dtype
@@ -316,6 +317,8 @@ def load_model(path, dtype="auto", device=None, fp32_master_weights=False, attn_
     the caller's (`resolve_precision(...).autocast(device)`). device None means CUDA when available,
     else CPU. The model is returned in eval mode (from_pretrained's default); the trainer switches
     it to train mode itself. attn_implementation: the training key, transformers' attention kernel.
+    inference: for the reference cache and generation only (rpo.precision.for_inference: no gradients, and
+    under autocast the linear weights stored in bf16, exactly).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -323,17 +326,17 @@ def load_model(path, dtype="auto", device=None, fp32_master_weights=False, attn_
     weight_files(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = resolve_precision(dtype, device, fp32_master_weights).weights
+    precision = resolve_precision(dtype, device, fp32_master_weights)
     check_attn_implementation(attn_implementation, need_package=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.weights, attn_implementation=attn_implementation)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a damaged or foreign folder
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise DataError(f"{path}: cannot load the model ({message}); {_rebuild(path)}") from exc
     model = model.to(device)
     _ensure_pad_token(model, tokenizer)
-    return model, tokenizer
+    return (for_inference(model, precision) if inference else model), tokenizer
 
 
 def tokenizer_fingerprint(path) -> str | None:

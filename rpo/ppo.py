@@ -78,16 +78,17 @@ def reference_matrix(cache: dict, chosen_idx, rejected_idx, mask: torch.Tensor) 
     return out
 
 
-def micro_batch_loss(trainer, chosen_idx: list[int], rejected_idx: list[int]):
-    """One forward of the policy (log-probs and values per token), the ppo loss on it; the trainer's
-    micro_batch_loss contract: (loss output, summed chosen and rejected log-probs, attended tokens)."""
-    scores = trainer.score(trainer.examples(chosen_idx, rejected_idx), with_values=True)
+def micro_batch_loss(loss, scores, reference_cache: dict, chosen_idx: list[int], rejected_idx: list[int],
+                     hyperparameters: dict):
+    """The ppo `loss` of one micro-batch from the policy's `scores` of it (log-probs and values per token:
+    rpo.scoring.score with_values); the trainer's micro_batch_loss contract: (loss output, summed chosen
+    and rejected log-probs, attended tokens)."""
     logps, mask = scores.as_matrix()
     values = scores.as_matrix(scores.values)[0]
     m = len(chosen_idx)
     rewards = torch.tensor([1.0] * m + [-1.0] * len(rejected_idx), dtype=logps.dtype, device=logps.device)
-    reference = reference_matrix(trainer.ref, chosen_idx, rejected_idx, mask).to(logps.dtype)
-    out = trainer.loss(logps, reference_token_logps=reference, response_mask=mask, values=values.to(logps.dtype),
-                       episode_rewards=rewards, **{k: trainer.cfg[k] for k in trainer.loss.hyperparameters})
+    reference = reference_matrix(reference_cache, chosen_idx, rejected_idx, mask).to(logps.dtype)
+    out = loss(logps, reference_token_logps=reference, response_mask=mask, values=values.to(logps.dtype),
+               episode_rewards=rewards, **hyperparameters)
     summed = scores.sums
     return out, summed[:m], summed[m:], scores.n_tokens

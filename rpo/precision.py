@@ -78,6 +78,27 @@ class Precision:
         return torch.autocast(torch.device(device).type, dtype=self.autocast_dtype, cache_enabled=False)
 
 
+def for_inference(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    """`model` (weights in precision.weights) made ready for inference only (reference cache, generation):
+    no parameter requires a gradient, and under autocast every nn.Linear weight not shared with the input
+    embedding is stored in the autocast dtype.
+
+    Exact: autocast runs linear in its lower dtype by casting the fp32 weight on each call, and a weight
+    cast once beforehand has the same bits (round to nearest either way), while embeddings and norms, which
+    autocast leaves in fp32, keep fp32 weights. For fp32 master weights this halves the model's inference
+    memory (13B: 52 GB of weights to 26 GB plus the fp32 embeddings and norms); pure bf16 and fp32 are
+    unchanged. A tied head (input embedding = lm_head) stays fp32: the embedding lookup reads it in fp32."""
+    model.requires_grad_(False)
+    if precision.autocast_dtype is None:
+        return model
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shared = embedding.weight if embedding is not None else None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not shared:
+            module.to(precision.autocast_dtype)
+    return model
+
+
 def resolve_precision(dtype: str | None, device, fp32_master_weights: bool = False) -> Precision:
     """The table above; dtype None means auto. `device`: a torch.device or its name ("cuda:0", "cpu")."""
     dtype = "auto" if dtype is None else dtype

@@ -230,7 +230,8 @@ def compute_reference_cache(model_path, records_path, out_path, *, max_length=51
     records = read_records(records_path)
     truncation = truncation or default_truncation(records)
     model, tokenizer = load_model(model_path, dtype=dtype, device=rank_device(device, env.local_rank),
-                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation)
+                                  fp32_master_weights=fp32_master_weights, attn_implementation=attn_implementation,
+                                  inference=True)
     model.eval()
     precision = resolve_precision(dtype, next(model.parameters()).device, fp32_master_weights)
     sequences = tokenize_records(records, tokenizer, max_length, max_prompt_length, truncation)

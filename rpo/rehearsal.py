@@ -4,7 +4,7 @@
 
 1. The generated world of the profile's `data.world` -> {results_dir}/world (rpo.data.prepare).
 2. That world in the hub's raw formats -> the folders the profile's `data.hub` reads
-   (rpo.data.export: Anthropic/hh-rlhf, openai/summarize_from_feedback, tatsu-lab/alpaca_eval).
+   (rpo.world.export: Anthropic/hh-rlhf, openai/summarize_from_feedback, tatsu-lab/alpaca_eval).
 3. `snakemake --configfile X` inside rpo.judge.local: an OpenAI-compatible server on 127.0.0.1 whose
    verdicts come from the world's reward. The DAG's `openai` judge backend and alpaca_eval find it
    through OPENAI_BASE_URL, exactly as they would find GPT-4's endpoint. Every request body it
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from rpo.data.records import TASKS
 from rpo.errors import ConfigError, DataError
 
 DEFAULT_PROFILE = "workflow/rehearsal.yaml"
@@ -45,9 +46,9 @@ def load_profile(path) -> dict:
 
 def prepare_world(config: dict, profile) -> Path:
     """{results_dir}/world and the hub folders of data.hub, written once; returns world.json's path."""
-    from rpo.data.export import export_hub_layout
     from rpo.data.prepare import prepare
     from rpo.world.config import WorldConfig
+    from rpo.world.export import export_hub_layout
 
     data = config["data"]
     world_dir = Path(config["results_dir"]) / "world"
@@ -62,7 +63,7 @@ def prepare_world(config: dict, profile) -> Path:
         prepare({"source": "world", "tasks": data["tasks"], "world": data["world"]}, world_dir)
     if not hub_dir.exists():
         section = export_hub_layout(world_dir, hub_dir)
-        for key in ("dialogue", "summarization", "instructions"):
+        for key in TASKS:
             if key in data["hub"] and data["hub"][key]["path"] != section[key]["path"]:
                 raise ConfigError(f"{profile}: data.hub.{key}.path is {data['hub'][key]['path']!r}; the "
                                   f"export beside data.hub.dialogue.path writes {section[key]['path']!r}")

@@ -132,8 +132,10 @@ def _response_head(model, positions: Tensor, targets: Tensor):
     linear = head.forward
     vocab = head.weight.shape[0]
     # Pure half-precision weights (rpo.precision, pure bf16): log-probs in the weights' dtype, as the public
-    # code's bf16 log_softmax gives them; fp32 weights (autocast or not) keep them in fp32.
-    half = head.weight.dtype if head.weight.dtype in (torch.float16, torch.bfloat16) else None
+    # code's bf16 log_softmax gives them; fp32 weights (autocast or not) keep them in fp32. Read off the input
+    # embedding: for inference under autocast the head alone may be bf16 (rpo.precision.for_inference).
+    weights = model.get_input_embeddings().weight.dtype
+    half = weights if weights in (torch.float16, torch.bfloat16) else None
 
     def forward(hidden):
         hidden = hidden.flatten(0, 1).index_select(0, positions)

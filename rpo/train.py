@@ -65,7 +65,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.loss = get_loss(cfg["method"])
         model = ppo.attach_value_head(model) if "values" in self.loss.needs else model  # before wrapping: rpo.ppo
-        self.model = wrap_model(model, self.env, fsdp=cfg["fsdp"], activation_checkpointing=cfg["activation_checkpointing"])
+        model = wrap_model(model, self.env, fsdp=cfg["fsdp"], activation_checkpointing=cfg["activation_checkpointing"])
         self.precision = resolve_precision(cfg["dtype"], self.device, cfg["fp32_master_weights"])
         self.sequences = tokenize_records(self.records, self.tokenizer, cfg["max_length"], cfg["max_prompt_length"],
                                           self.truncation)
@@ -90,14 +90,26 @@ class Trainer:
             raise ConfigError(f"{cfg['data']}: {len(self.records)} records give no full step of batch_size "
                               f"{cfg['batch_size']} x gradient_accumulation_steps {accum} x {self.env.world_size} "
                               "rank(s)")
-        # KTO: this step's z0 and the KL sequences' initial log-probs (rpo.kto); ppo: the value head's grad norm
-        self.z0 = self.reference_kl = self.v_head_grad_norm = None
+        self.z0 = None  # KTO: this step's z0 (rpo.kto)
         if "kl" in self.loss.needs:
             self.kl_sequences = kto.kl_sequences(self, self.total_steps * accum * self.env.world_size)
-        self.optimizer = make_optimizer(self.model.parameters(), cfg)
-        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
-        self.step = 0
+        optimizer = make_optimizer(model.parameters(), cfg)
+        # What training changes and a checkpoint restores: model, optimizer, scheduler, step, KTO's reference KL
+        self.state = checkpoint.TrainState(model, optimizer, make_scheduler(optimizer, cfg, self.total_steps))
         self.final_step = diagnostics.final_steps(self.total_steps)  # from here on, logit histograms are logged
+
+    # The run's state lives in self.state (rpo.checkpoint.TrainState); these read it.
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.state.optimizer
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     def contrast_weights(self) -> dict | None:
         """The mean w_ii over the run's own contrast matrices (paired embedding-weighted losses): a
@@ -150,7 +162,9 @@ class Trainer:
 
     def micro_batch_loss(self, chosen_idx: list[int], rejected_idx: list[int]):
         if "values" in self.loss.needs:  # ppo: per-token log-probs and values, not summed log-probs
-            return ppo.micro_batch_loss(self, chosen_idx, rejected_idx)
+            scores = self.score(self.examples(chosen_idx, rejected_idx), with_values=True)
+            return ppo.micro_batch_loss(self.loss, scores, self.ref, chosen_idx, rejected_idx,
+                                        {k: self.cfg[k] for k in self.loss.hyperparameters})
         logps, counts, n_tokens = self.forward_logps(self.examples(chosen_idx, rejected_idx))
         m = len(chosen_idx)
         pc, pr = logps[:m], logps[m:]
@@ -259,35 +273,34 @@ class Trainer:
             n_tokens += tokens
         return out, pc, pr, n_tokens
 
-    def apply_gradients(self) -> float:
-        """Clip, optimizer and scheduler step; returns the gradient norm before clipping."""
-        policy, head = ppo.parameter_groups(unwrap(self.model))  # ppo: the value head is clipped on its own
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy, self.cfg["max_grad_norm"])
+    def apply_gradients(self) -> dict:
+        """Clip, optimizer and scheduler step; the gradient norms before clipping: `grad_norm`, and under
+        ppo `grad_norm/v_head` (the value head is clipped on its own, rpo.ppo)."""
+        state = self.state
+        policy, head = ppo.parameter_groups(unwrap(state.model))
+        norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(policy, self.cfg["max_grad_norm"])}
         if head:
-            self.v_head_grad_norm = float(as_local_tensor(
-                torch.nn.utils.clip_grad_norm_(head, self.cfg["v_head_max_grad_norm"])))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return float(as_local_tensor(grad_norm))
+            norms["grad_norm/v_head"] = torch.nn.utils.clip_grad_norm_(head, self.cfg["v_head_max_grad_norm"])
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        return {key: float(as_local_tensor(norm)) for key, norm in norms.items()}
 
     def train_step(self) -> dict:
         started = time.perf_counter()
         lr = current_lr(self.optimizer)  # the lr this step applies (get_last_lr() after it is the next step's)
         row = self.accumulate_gradients()
-        grad_norm = self.apply_gradients()
+        norms = self.apply_gradients()
         tokens_per_s = row.pop("tokens") / (time.perf_counter() - started)
-        head = {} if self.v_head_grad_norm is None else {"grad_norm/v_head": self.v_head_grad_norm}
-        return {"step": self.step, **row, "lr": lr, "grad_norm": grad_norm, **head,
-                "tokens_per_s": tokens_per_s}
+        return {"step": self.step, **row, "lr": lr, **norms, "tokens_per_s": tokens_per_s}
 
     # -- checkpoints (formats, atomicity and the resume checks: rpo.checkpoint) ------------------
     def save_checkpoint(self) -> None:
-        checkpoint.save(self)
+        checkpoint.save(self.state, self.cfg, self.env, self.device)
 
     def maybe_resume(self) -> bool:
-        return checkpoint.resume(self)
+        return checkpoint.resume(self.state, self.cfg, self.env)
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> Path | None:

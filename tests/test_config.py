@@ -1,6 +1,8 @@
 """The pipeline config schema: the profiles validate, the method list is the loss registry's,
 defaults are filled in from their one home, and every schema key reaches the code that uses it."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rpo.config import ReadTracker, load_schema, validate_config
+from read_tracker import ReadTracker
+from rpo.config import load_schema, validate_config
 from rpo.errors import ConfigError
 from rpo.losses import REGISTRY
 
@@ -23,6 +26,37 @@ def profile(name):
                                   "workflow/rehearsal.yaml"])
 def test_profiles_validate(name):
     validate_config(profile(name))
+
+
+def test_an_installed_rpo_validates_outside_the_checkout(tmp_path):
+    """The schema is package data: a wheel built from the sources, installed elsewhere, validates a
+    profile from a folder that holds no checkout."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "rpo", source / "rpo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "wheel"),
+                          str(source)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "wheel").glob("rpo-*.whl"))
+    subprocess.run(pip + ["install", "--no-deps", "--no-index", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    shutil.rmtree(source)
+    check = ("import sys, yaml, rpo.config; assert rpo.config.__file__.startswith(sys.argv[1]), rpo.config.__file__; "
+             "rpo.config.validate_config(yaml.safe_load(open(sys.argv[2]))); print(rpo.config.SCHEMA)")
+    run = subprocess.run([sys.executable, "-c", check, str(tmp_path / "site"), str(ROOT / "config.yaml")],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "site" / "rpo" / "config.schema.yaml")
+
+
+def test_task_enum_is_the_records_tasks():
+    config = profile("config.yaml")
+    config["data"]["tasks"] = ["dialogue", "poetry"]
+    with pytest.raises(ConfigError, match=r"config key 'data.tasks\[1\]': 'poetry' is not one of "
+                                          r"\['dialogue', 'summarization'\]"):
+        validate_config(config)
 
 
 def test_method_enum_is_the_registry():
@@ -137,11 +171,14 @@ TRACING_SNAKEFILE = """
 import atexit, json, os, sys
 import rpo.config
 
+sys.path.insert(0, {tests!r})
+import read_tracker
+
 OURS = ({root!r} + "/rpo/", {root!r} + "/workflow/", {root!r} + "/Snakefile")
-PASS_THROUGH = (os.path.dirname(json.__file__), rpo.config.__file__)
+PASS_THROUGH = (os.path.dirname(json.__file__), rpo.config.__file__, read_tracker.__file__)
 
 
-class WorkflowReads(rpo.config.ReadTracker):
+class WorkflowReads(read_tracker.ReadTracker):
     def _record(self, path):
         frame = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename.startswith(PASS_THROUGH):
@@ -169,7 +206,7 @@ def test_every_schema_key_reaches_the_rules(tmp_path, name):
     would be silently ignored (judge.max_tokens once was)."""
     out = tmp_path / "reads.json"
     wrapper = tmp_path / "Snakefile"
-    wrapper.write_text(TRACING_SNAKEFILE.format(out=str(out), root=str(ROOT)))
+    wrapper.write_text(TRACING_SNAKEFILE.format(out=str(out), root=str(ROOT), tests=str(ROOT / "tests")))
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(wrapper), "-n", "-p", "--cores", "1",
                              "--configfile", str(ROOT / name), "--directory", str(tmp_path), "all"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)

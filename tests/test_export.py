@@ -1,4 +1,4 @@
-"""World -> the hub's raw formats (rpo.data.export) -> the hub loaders -> the same records."""
+"""World -> the hub's raw formats (rpo.world.export) -> the hub loaders -> the same records."""
 import gzip
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from pathlib import Path
 
-from rpo.data.export import export_hub_layout, main, post_fields, prompt_turns, write_alpaca_eval_json
+from rpo.world.export import export_hub_layout, main, post_fields, prompt_turns, write_alpaca_eval_json
 from rpo.data.hub_rows import hh_row, hh_transcript
 from rpo.data.loaders import load_eval_prompts, load_preference_data
 from rpo.data.prepare import prepare

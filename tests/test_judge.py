@@ -17,9 +17,9 @@ from rpo.judge import (
     render_prompt, split_rendered, template_sha256,
 )
 from rpo.judge.__main__ import main as judge_main
-from rpo.judge.base import model_shown_first, outcome
 from rpo.judge.openai_backend import OpenAIJudge, estimate_cost
-from rpo.judge.protocols import paper_answer, protocol_sha256, split_paper_messages
+from rpo.judge.protocols import model_shown_first, paper_answer, protocol_sha256, split_paper_messages
+from rpo.judge.samples import outcome
 
 N = 12
 

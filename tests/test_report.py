@@ -226,7 +226,7 @@ def test_table1_paired_differences_from_dpo_and_sft(runs):
     paired = row_of(frame, method="RPO-Paired")
     k = w_rpo - w_dpo
     assert paired["dialogue: vs DPO"].startswith(f"+{100 * k / 256:.1f} [")
-    assert f"p={2 * 0.5 ** k:.2g}" in paired["dialogue: vs DPO"]
+    assert f"p={2 * 0.5 ** k:.2g} (McNemar)" in paired["dialogue: vs DPO"]  # one seed: the exact test, named
     assert paired["dialogue: vs DPO"].endswith("(paper +6.3)")  # 78.52 - 72.26, both published
     assert row_of(frame, method="SFT")["dialogue: vs DPO"].startswith(f"{100 * (w_sft - w_dpo) / 256:.1f} [")
     assert row_of(frame, method="DPO")["dialogue: vs DPO"] == "" == row_of(frame, method="SFT")["dialogue: vs SFT"]
@@ -234,7 +234,30 @@ def test_table1_paired_differences_from_dpo_and_sft(runs):
     data = table1(runs, DEFAULTS).data
     cell = data[(data["task"] == "dialogue") & (data["method"] == "rpo-paired")].iloc[0]
     assert cell["vs DPO: diff"] == pytest.approx(k / 256) and cell["vs DPO: p"] == pytest.approx(2 * 0.5 ** k)
+    assert cell["vs DPO: test"] == "McNemar"
     assert cell["vs DPO: diff_low"] <= cell["vs DPO: diff"] <= cell["vs DPO: diff_high"]
+
+
+def test_seed_pooled_differences_take_the_bootstrap_p_that_agrees_with_their_interval(tree, tmp_path):
+    """A pure seed effect: RPO-Paired's seed 1 wins alone on k = 22 dialogue prompts, its seeds 2 and 3
+    judge exactly as DPO's. McNemar over the 3 x 256 (seed, prompt) pairs would say p = 2 * 2^-22; the
+    hierarchical bootstrap leaves seed 1 out of (2/3)^3 of its resamples (difference exactly 0), so its
+    interval starts at 0 and its p is about 2 * 8/27. Against SFT (one seed) the cell keeps McNemar."""
+    copy = shutil.copytree(tree, tmp_path / "r")
+    for seed in (2, 3):
+        add_run(copy, "dialogue", "dpo", None, None, 8, 0.70, seed=seed)
+        add_run(copy, "dialogue", "rpo-paired", 0.5, MINILM, 8, 0.70, seed=seed)
+    table = table1(collect_runs(copy), DEFAULTS)
+    cell = row_of(table.data, task="dialogue", method="rpo-paired")
+    k = round(0.785 * 256) - round(0.70 * 256)
+    assert (cell["vs DPO: test"], cell["vs DPO: n_seeds"]) == ("bootstrap", 3)
+    assert cell["vs DPO: diff"] == pytest.approx(k / 768) and cell["vs DPO: diff_low"] == 0.0
+    assert cell["vs DPO: p"] == pytest.approx(2 * 8 / 27, abs=0.03)
+    assert cell["vs DPO: p"] > 0.05 and cell["vs DPO: diff_low"] <= 0 <= cell["vs DPO: diff_high"]
+    text = row_of(table.frame, method="RPO-Paired")["dialogue: vs DPO"]
+    assert text.startswith(f"+{100 * k / 768:.1f} [+0.0, ") and f"p={cell['vs DPO: p']:.2g} (bootstrap, 3 seeds)" in text
+    assert "(McNemar)" in row_of(table.frame, method="RPO-Paired")["dialogue: vs SFT"]
+    assert any("'bootstrap' (seeds pooled)" in note and "'McNemar' (one seed)" in note for note in table.notes)
 
 
 def test_paired_comparison_refuses_runs_judged_on_other_prompts(tree, tmp_path):

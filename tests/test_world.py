@@ -17,7 +17,7 @@ from rpo.world import World, WorldConfig, generate_world, load_world, reward, ve
 from rpo.world.generator import _draw_prompt
 from rpo.world.lexicon import DIALOGUE_THEMES, GOOD_FRAMES
 from rpo.world.lexicon_posts import POST_THEMES
-from rpo.world.scoring import content_words, words
+from rpo.world.ground_truth import content_words, words
 from rpo.world.tasks import join_clauses, second_person
 
 SMALL = {

@@ -12,6 +12,12 @@ from typing import Iterable, Sequence
 from rpo.errors import DataError
 from rpo.io import read_jsonl_numbered, write_jsonl
 
+# The tasks, named here only: two preference tasks (trained on, judged pairwise against the chosen
+# response) and the AlpacaEval instructions (evaluation only: a prompt and a reference output).
+PREFERENCE_TASKS = ("dialogue", "summarization")
+INSTRUCTIONS = "instructions"
+TASKS = (*PREFERENCE_TASKS, INSTRUCTIONS)
+
 USER = "\n<|user|>\n"
 ASSISTANT = "\n<|assistant|>\n"
 _MARKERS = {"user": USER, "assistant": ASSISTANT}

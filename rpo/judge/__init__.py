@@ -7,24 +7,11 @@
 
 The OpenAI backend is imported lazily so that the oracle path needs no `openai` import.
 """
-from rpo.judge.base import (
-    OUTCOMES,
-    TASKS,
-    VERDICTS,
-    Judge,
-    JudgeAPIError,
-    JudgeItem,
-    Judgment,
-    answer_line,
-    judge_samples,
-    parse_verdict,
-    read_samples,
-    render_prompt,
-    split_rendered,
-    template_sha256,
-)
+from rpo.judge.base import OUTCOMES, TASKS, VERDICTS, Judge, JudgeAPIError, JudgeItem, Judgment
 from rpo.judge.cache import JudgeCache, cache_key
 from rpo.judge.oracle_backend import OracleJudge
+from rpo.judge.protocols import answer_line, parse_verdict, render_prompt, split_rendered, template_sha256
+from rpo.judge.samples import judge_samples, read_samples
 from rpo.judge.winrate import summarize
 
 __all__ = [

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from rpo.errors import USER_ERRORS, ConfigError
 from rpo.io import write_json, write_jsonl
-from rpo.judge.base import TASKS, Judge, JudgeAPIError, judge_samples, read_samples
+from rpo.judge.base import TASKS, Judge, JudgeAPIError
 from rpo.judge.cache import JudgeCache
 from rpo.judge.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_sha256
+from rpo.judge.samples import judge_samples, read_samples
 from rpo.judge.winrate import attempt_counts, summarize
 
 

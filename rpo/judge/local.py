@@ -22,8 +22,8 @@ import subprocess
 import sys
 
 from rpo.data.records import format_turns
-from rpo.judge.base import TASKS, answer_line, split_rendered
-from rpo.judge.protocols import paper_answer, paper_history, split_paper_messages
+from rpo.judge.base import TASKS
+from rpo.judge.protocols import answer_line, paper_answer, paper_history, split_paper_messages, split_rendered
 from rpo.judge.server import ChatServer, Reply
 from rpo.world.oracle import verdict
 

@@ -15,7 +15,7 @@ and which response is shown first.
   thread pool's completion order and cache hits cannot change it, and a rerun asks (and hits the
   cache with) exactly the same requests. The generator's seed is the protocol's 0, not --seed.
 - "rationale": this project's earlier template (rpo/judge/templates/{task}.txt: one sentence, then
-  "More helpful: A/B"), parsed and ordered by rpo.judge.base (per-item hash of (seed, item id)).
+  "More helpful: A/B"), its last answer line parsed; order: a per-item hash of (seed, item id).
 
     messages = render_messages("rpo-paper", "dialogue", prompt, response_a, response_b)
     parse_answer("rpo-paper", "dialogue", "Response 2")  # -> "B"
@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 from rpo.data.records import ASSISTANT, USER
 from rpo.errors import ConfigError
-from rpo.judge import base
+from rpo.judge.base import check_task
 
 PROTOCOLS = ("rpo-paper", "rationale")
 DEFAULT_PROTOCOL = "rpo-paper"
@@ -37,6 +39,18 @@ DEFAULT_PROTOCOL = "rpo-paper"
 PAPER_REQUEST = {"temperature": 0, "max_tokens": 10, "seed": 0}
 PAPER_LABELS = "12"  # compare.py's default --labels: response 1 is shown first (our "A")
 _HANGING = re.compile(r"[.!?](?=[^.!?]*$)")  # the last sentence end (compare.py's clean_response)
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"  # rationale's, one per task
+# The label of the final answer line each rationale template asks for.
+ANSWER_LABELS = {"dialogue": "More helpful", "summarization": "Preferred"}
+_PLACEHOLDER = re.compile(r"\{(prompt|response_a|response_b)\}")
+# Last line of the form "More helpful: A" / "Preferred: B" (markdown and "Response"/"Summary" tolerated).
+# The letters are case-sensitive so "Preferred: a longer summary" is not read as A.
+_VERDICT_LINE = re.compile(
+    r"^[\s*_#>`\"']*(?i:more\s+helpful|preferred)[\s*_`]*:[\s*_`\"'(\[]*"
+    r"(?:(?i:response|summary)\s+)?([AB]|(?i:tie|neither|equal|both))\b",
+    re.MULTILINE,
+)
 
 # Wording per task, character for character as compare.py writes it (markers stripped, as it prints them):
 # PromptTemplate.format for dialogue, SummarizationPromptTemplate.format for summarization (whose intro has
@@ -68,6 +82,59 @@ def check_protocol(name: str) -> str:
     return name
 
 
+# -- rationale ----------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def load_template(task: str) -> str:
+    return (TEMPLATE_DIR / f"{check_task(task)}.txt").read_text(encoding="utf-8")
+
+
+def template_sha256(task: str) -> str:
+    return hashlib.sha256(load_template(task).encode("utf-8")).hexdigest()
+
+
+def render_prompt(task: str, prompt: str, response_a: str, response_b: str) -> str:
+    """Fill the task's template in one pass, so braces inside the texts are never re-substituted."""
+    values = {"prompt": prompt.strip(), "response_a": response_a, "response_b": response_b}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], load_template(task))
+
+
+@lru_cache(maxsize=None)
+def _rendered_pattern(task: str) -> re.Pattern:
+    parts = _PLACEHOLDER.split(load_template(task))  # literal, name, literal, name, ...
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.*?)" for i, p in enumerate(parts))
+    return re.compile(pattern, re.DOTALL)
+
+
+def split_rendered(task: str, text: str) -> dict | None:
+    """Inverse of render_prompt: {"prompt", "response_a", "response_b"}, or None if `text` is not one.
+
+    Lets a local judge server (an oracle, a test double) recover what it is asked to compare.
+    """
+    match = _rendered_pattern(task).fullmatch(text)
+    return match.groupdict() if match else None
+
+
+def parse_verdict(text: str | None) -> str:
+    """"A", "B" or "tie" from the judge's last answer line; "unparseable" when there is none."""
+    matches = _VERDICT_LINE.findall(text or "")
+    if not matches:
+        return "unparseable"
+    answer = matches[-1]
+    return answer if answer in ("A", "B") else "tie"
+
+
+def answer_line(task: str, verdict: str) -> str:
+    """The final line a well-behaved judge writes for `verdict` ("A" or "B")."""
+    return f"{ANSWER_LABELS[check_task(task)]}: {verdict}"
+
+
+def model_shown_first(seed: int, item_id: str) -> bool:
+    """Seeded, per-item coin: True when the model response is presented as A."""
+    digest = hashlib.sha256(f"{seed}\x00{item_id}".encode("utf-8")).digest()
+    return digest[0] % 2 == 0
+
+
+# -- rpo-paper ----------------------------------------------------------------------------------------
 def clean_response(response: str) -> str:
     """The response cut after its last '.', '!' or '?' (a hanging sentence dropped); whole if it has none."""
     match = _HANGING.search(response)
@@ -85,20 +152,13 @@ def paper_history(prompt: str) -> str:
 
 
 def _paper_messages(task: str, prompt: str, response_a: str, response_b: str) -> list[dict]:
-    text = PAPER_TEXT[base.check_task(task)]
+    text = PAPER_TEXT[check_task(task)]
     blocks = [text["choose"]]
     for label, response in zip(PAPER_LABELS, (response_a, response_b)):
         blocks.append(f"{text['label']} {label}: {clean_response(response)}\n{text['end']} {label}")
     blocks.append(text["question"])
     return [{"role": "user", "content": text["intro"] + paper_history(prompt)},
             {"role": "user", "content": "\n\n".join(blocks)}]
-
-
-def render_messages(protocol: str, task: str, prompt: str, response_a: str, response_b: str) -> list[dict]:
-    """The chat messages one judge call sends for the pair as presented (A shown first)."""
-    if check_protocol(protocol) == "rpo-paper":
-        return _paper_messages(task, prompt, response_a, response_b)
-    return [{"role": "user", "content": base.render_prompt(task, prompt, response_a, response_b)}]
 
 
 def _paper_verdict(task: str, text: str | None) -> str:
@@ -110,49 +170,12 @@ def _paper_verdict(task: str, text: str | None) -> str:
     return "A" if match.group(1) == PAPER_LABELS[0] else "B"
 
 
-def parse_answer(protocol: str, task: str, text: str | None) -> str:
-    """"A" / "B" (the response shown first / second), "tie" (rationale only) or "unparseable"."""
-    if check_protocol(protocol) == "rpo-paper":
-        return _paper_verdict(base.check_task(task), text)
-    return base.parse_verdict(text)
-
-
 def paper_answer(task: str, verdict: str) -> str:
     """What a well-behaved judge answers under rpo-paper: "Response 1", "Summary 2"; "Neither" (which
     parses as no winner, the protocol having no tie) for a tie."""
     if verdict not in ("A", "B"):
         return "Neither"
-    return f"{PAPER_TEXT[base.check_task(task)]['label']} {PAPER_LABELS[verdict == 'B']}"
-
-
-def protocol_sha256(protocol: str, task: str) -> str:
-    """Hash of everything fixed about a protocol's request for a task (its wording, call settings)."""
-    if check_protocol(protocol) == "rationale":
-        return base.template_sha256(task)
-    fixed = repr((protocol, sorted(PAPER_TEXT[base.check_task(task)].items()), sorted(PAPER_REQUEST.items()),
-                  PAPER_LABELS, _HANGING.pattern))
-    return hashlib.sha256(fixed.encode("utf-8")).hexdigest()
-
-
-def request_options(protocol: str, max_tokens: int, temperature: float = 0.0) -> dict:
-    """The call's sampling settings. rpo-paper fixes its own (max_tokens 10 wins over the config's
-    judge.max_tokens, which applies to rationale only)."""
-    if check_protocol(protocol) == "rpo-paper":
-        return dict(PAPER_REQUEST)
-    return {"temperature": temperature, "max_tokens": max_tokens}
-
-
-def presentation_orders(protocol: str, ids: Sequence[str], seed: int) -> list[bool]:
-    """Per item, in file order: True when the model response is shown first (as A / 1)."""
-    if check_protocol(protocol) == "rationale":
-        return [base.model_shown_first(seed, i) for i in ids]
-    rng = random.Random(PAPER_REQUEST["seed"])  # same stream as compare.py's random.seed(0)
-    models = ["model", "chosen"]  # [candidate_key, baseline_key], as compare.py builds it
-    orders = []
-    for _ in ids:
-        rng.shuffle(models)  # in place and cumulative, exactly like PromptTemplate.shuffle
-        orders.append(models[0] == "model")
-    return orders
+    return f"{PAPER_TEXT[check_task(task)]['label']} {PAPER_LABELS[verdict == 'B']}"
 
 
 def split_paper_messages(messages: Sequence[dict]) -> dict | None:
@@ -172,3 +195,48 @@ def split_paper_messages(messages: Sequence[dict]) -> dict | None:
             return {"task": task, "history": contents[0][len(text["intro"]):],
                     "response_a": match.group("a"), "response_b": match.group("b")}
     return None
+
+
+# -- both, by name ------------------------------------------------------------------------------------
+def render_messages(protocol: str, task: str, prompt: str, response_a: str, response_b: str) -> list[dict]:
+    """The chat messages one judge call sends for the pair as presented (A shown first)."""
+    if check_protocol(protocol) == "rpo-paper":
+        return _paper_messages(task, prompt, response_a, response_b)
+    return [{"role": "user", "content": render_prompt(task, prompt, response_a, response_b)}]
+
+
+def parse_answer(protocol: str, task: str, text: str | None) -> str:
+    """"A" / "B" (the response shown first / second), "tie" (rationale only) or "unparseable"."""
+    if check_protocol(protocol) == "rpo-paper":
+        return _paper_verdict(check_task(task), text)
+    return parse_verdict(text)
+
+
+def protocol_sha256(protocol: str, task: str) -> str:
+    """Hash of everything fixed about a protocol's request for a task (its wording, call settings)."""
+    if check_protocol(protocol) == "rationale":
+        return template_sha256(task)
+    fixed = repr((protocol, sorted(PAPER_TEXT[check_task(task)].items()), sorted(PAPER_REQUEST.items()),
+                  PAPER_LABELS, _HANGING.pattern))
+    return hashlib.sha256(fixed.encode("utf-8")).hexdigest()
+
+
+def request_options(protocol: str, max_tokens: int, temperature: float = 0.0) -> dict:
+    """The call's sampling settings. rpo-paper fixes its own (max_tokens 10 wins over the config's
+    judge.max_tokens, which applies to rationale only)."""
+    if check_protocol(protocol) == "rpo-paper":
+        return dict(PAPER_REQUEST)
+    return {"temperature": temperature, "max_tokens": max_tokens}
+
+
+def presentation_orders(protocol: str, ids: Sequence[str], seed: int) -> list[bool]:
+    """Per item, in file order: True when the model response is shown first (as A / 1)."""
+    if check_protocol(protocol) == "rationale":
+        return [model_shown_first(seed, i) for i in ids]
+    rng = random.Random(PAPER_REQUEST["seed"])  # same stream as compare.py's random.seed(0)
+    models = ["model", "chosen"]  # [candidate_key, baseline_key], as compare.py builds it
+    orders = []
+    for _ in ids:
+        rng.shuffle(models)  # in place and cumulative, exactly like PromptTemplate.shuffle
+        orders.append(models[0] == "model")
+    return orders

@@ -12,12 +12,11 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from rpo.data.records import INSTRUCTIONS as ALPACAEVAL_TASK, PREFERENCE_TASKS as TASKS
 from rpo.errors import DataError
 from rpo.io import read_json_object, read_jsonl, read_jsonl_once
 from rpo.losses import REGISTRY
 
-TASKS = ("dialogue", "summarization")
-ALPACAEVAL_TASK = "instructions"
 METHODS = tuple(REGISTRY)
 # beta_of: a matched-beta control's source run (the folder name of its run.json's beta_matched_to)
 CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope", "beta_of")

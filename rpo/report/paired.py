@@ -7,8 +7,11 @@ then prompts), so it covers the spread between seeds as well as the sampling of 
 cell shows the seeds' own range.
 
 A comparison pairs the two cells' seeds by number and their prompts by id: the win-rate difference with
-its paired bootstrap 95% interval (hierarchical over seeds when there are several) and the exact
-McNemar p-value on the prompts where exactly one of the two wins.
+its paired bootstrap 95% interval and a p-value. One shared seed: the exact McNemar test on the prompts
+where exactly one of the two wins. Several: the hierarchical bootstrap (seeds, then prompts) gives the
+interval and, from the same resamples, the p-value (rpo.stats.hierarchical_test, which says why not a
+permutation test): McNemar over (seed, prompt) pairs would count one prompt's verdicts under different
+seeds as independent and call a difference clear that the interval beside it, covering 0, does not.
 """
 from __future__ import annotations
 
@@ -16,12 +19,16 @@ import pandas as pd
 
 from rpo.errors import DataError
 from rpo.io import read_jsonl_once
-from rpo.stats import hierarchical_interval, mcnemar_exact, paired_difference
+from rpo.stats import hierarchical_interval, hierarchical_test, mcnemar_exact, paired_difference
 
+MCNEMAR, BOOTSTRAP = "McNemar", "bootstrap"  # the p-value's test, as the cells name it
 PAIRED_NOTE = ("{}: this row's win rate minus that method's, in points, on the same prompts: paired bootstrap 95% "
-               "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and the exact "
-               "McNemar p-value on the prompts where only one of the two wins; '(paper ...)': the paper's "
-               "difference where it publishes both numbers.")
+               "interval (prompts resampled together; seeds, then prompts, when a cell pools seeds) and a p-value "
+               f"whose test the cell names: '{MCNEMAR}' (one seed): the exact McNemar test on the prompts where only "
+               f"one of the two wins; '{BOOTSTRAP}' (seeds pooled): the hierarchical bootstrap's own two-sided p, "
+               "from the interval's resamples, so p < 0.05 exactly when the interval excludes 0 (McNemar would "
+               "count each (seed, prompt) pair as independent and ignore the spread between seeds); "
+               "'(paper ...)': the paper's difference where it publishes both numbers.")
 POOL_CHECK = ("beta", "tau", "embedder", "batch_size", "contrast_scope", "model", "matched_control")
 
 
@@ -87,8 +94,8 @@ def pool_runs(group: pd.DataFrame) -> dict:
 
 
 def compare(cell: pd.DataFrame, baseline: pd.DataFrame) -> dict:
-    """diff, low, high (fractions), p and n_seeds of `cell` minus `baseline`, both groups of collect_runs
-    rows, over the training seeds they share."""
+    """diff, low, high (fractions), p, test (MCNEMAR or BOOTSTRAP: p's) and n_seeds of `cell` minus
+    `baseline`, both groups of collect_runs rows, over the training seeds they share."""
     seeds = sorted(set(cell["seed"]) & set(baseline["seed"]))
     if not seeds:
         raise DataError(f"runs {', '.join(cell['run'])} and {', '.join(baseline['run'])}: no training seed in "
@@ -102,20 +109,23 @@ def compare(cell: pd.DataFrame, baseline: pd.DataFrame) -> dict:
     judge_seed = int(cell["judge_seed"].dropna().iloc[0]) if cell["judge_seed"].notna().any() else 0
     if len(seeds) == 1:
         diff, low, high = paired_difference(a[0], b[0], seed=judge_seed)
+        p, test = mcnemar_exact(a[0], b[0]), MCNEMAR
     else:
-        diff, low, high = hierarchical_interval([[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)],
-                                                seed=judge_seed)
-    p = mcnemar_exact([x for row in a for x in row], [y for row in b for y in row])
-    return {"diff": diff, "diff_low": low, "diff_high": high, "p": p, "n_seeds": len(seeds)}
+        diff, low, high, p = hierarchical_test([[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)],
+                                               seed=judge_seed)
+        test = BOOTSTRAP
+    return {"diff": diff, "diff_low": low, "diff_high": high, "p": p, "test": test, "n_seeds": len(seeds)}
 
 
 def format_difference(result: dict, paper_diff: float | None = None) -> str:
-    """'+0.6 [-1.2, +2.4] p=0.52' in points (', 3 seeds' when it pools seeds), and the paper's difference
-    beside it where it has both numbers."""
+    """'+0.6 [-1.2, +2.4] p=0.52 (McNemar)' in points, or '... p=0.31 (bootstrap, 3 seeds)' when it pools
+    seeds, and the paper's difference beside it where it has both numbers. A bootstrap p below 0.001
+    reads 'p<0.001': 10,000 resamples cannot resolve it."""
     def points(x):
         return f"{100 * x:+.1f}"
 
+    test = result["test"]
+    p = "p<0.001" if test == BOOTSTRAP and result["p"] < 0.001 else f"p={result['p']:.2g}"
     seeds = f", {result['n_seeds']} seeds" if result.get("n_seeds", 1) > 1 else ""
-    text = (f"{points(result['diff'])} [{points(result['diff_low'])}, {points(result['diff_high'])}] "
-            f"p={result['p']:.2g}{seeds}")
+    text = f"{points(result['diff'])} [{points(result['diff_low'])}, {points(result['diff_high'])}] {p} ({test}{seeds})"
     return text + (f" (paper {points(paper_diff)})" if paper_diff is not None else "")

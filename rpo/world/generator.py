@@ -4,7 +4,7 @@
 Prompts come in clusters (one theme each: shared topic and wording, own good and bad vocabulary), so
 prompt embeddings separate clusters and what makes an answer bad for one prompt makes it bad for its
 neighbours, the structure RPO's cross-prompt contrasts exploit. Pairs are labelled by the true reward
-(`rpo.world.scoring.reward`), then swapped with probability `label_noise`.
+(`rpo.world.ground_truth.reward`), then swapped with probability `label_noise`.
 
 `World.write(folder)` writes {dialogue,summarization}/{train,test}.jsonl, instructions/eval.jsonl and
 world.json (the config, from which `load_world` regenerates the identical world); the pipeline's CLI
@@ -17,16 +17,16 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpo.data.records import ASSISTANT, USER, EvalPrompt, PreferenceRecord, write_eval_prompts, write_records
+from rpo.data.records import (ASSISTANT, PREFERENCE_TASKS, USER, EvalPrompt, PreferenceRecord, write_eval_prompts,
+                              write_records)
 from rpo.world.config import WorldConfig
 from rpo.world.lexicon import DIALOGUE_THEMES
 from rpo.world.lexicon_posts import POST_THEMES
-from rpo.world.scoring import reward, words
+from rpo.world.ground_truth import reward, words
 from rpo.world import tasks
 from rpo.errors import ConfigError
 from rpo.io import read_json_object, write_json
 
-PREFERENCE_TASKS = ("dialogue", "summarization")
 SPLITS = ("train", "test")
 TRUNCATION = {"dialogue": "keep_end", "summarization": "keep_start", "instructions": "keep_end"}
 _PROMPT_ATTEMPTS = 200  # fresh draws before concluding a cluster has no unused prompt left

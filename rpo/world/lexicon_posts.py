@@ -34,7 +34,7 @@ def _theme(name, subreddit, titles, facts, fillers) -> PostTheme:
 
 
 # The OpenAI TL;DR format, as rpo.data.loaders.tldr_prompt_text writes a hub row: exported world posts
-# load back as the same prompt (rpo.data.export), so the oracle judges the rehearsal's hub data too.
+# load back as the same prompt (rpo.world.export), so the oracle judges the rehearsal's hub data too.
 POST_FRAME = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {body}\nTL;DR:"
 SUMMARY_JOINERS = (", ", "; ")
 

@@ -3,7 +3,7 @@
 Both oracle judges use it: the local OpenAI-compatible server (rpo.judge.local, what the embedded
 pipeline judges through) and the in-process OracleJudge (rpo.judge.oracle_backend). The comparison
 is exact: equal rewards tie, any difference wins. The world's reward is rounded to 6 decimals
-(rpo.world.scoring), so two rewards are either equal or at least 1e-6 apart, and no float noise
+(rpo.world.ground_truth), so two rewards are either equal or at least 1e-6 apart, and no float noise
 can decide a pair. A reward that is not a finite number is refused rather than read as a tie.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from rpo.world.lexicon import (
     OPENERS, RAMBLE_FRAMES, REQUESTS, DialogueTheme,
 )
 from rpo.world.lexicon_posts import POST_FRAME, SUMMARY_JOINERS, PostTheme
-from rpo.world.scoring import content_words
+from rpo.world.ground_truth import content_words
 
 # Dialogue candidates: how much advice they give, then flaws. "confused" answers give the
 # advice of a sibling problem of the same cluster, the mistake a weak model makes most (it confuses

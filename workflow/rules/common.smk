@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from rpo.config import validate_config
+from rpo.data.records import PREFERENCE_TASKS
 from rpo.embed import on_gpu as embedder_on_gpu
 from rpo.models import PRETRAINED_BUILDS
 from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
@@ -59,7 +60,7 @@ CPU_EMBEDDERS = [e for e in EMBEDDER_BY_SHORT if e not in GPU_EMBEDDERS]
 
 wildcard_constraints:
     model="[A-Za-z0-9._-]+",
-    task="dialogue|summarization",
+    task="|".join(PREFERENCE_TASKS),
     seed=r"\d+",
     run=r"[a-z-]+_[A-Za-z0-9._-]+",
     emb="[A-Za-z0-9._-]+",

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from rpo.data.records import TASKS
 from rpo.errors import DataError
 from rpo.world.lexicon import NEUTRAL
 
-TASKS = ("dialogue", "summarization", "instructions")
 _WORD = re.compile(r"[a-z0-9]+")
 
 # Penalty per bad phrase used, by the metadata key that lists the cluster's phrases of that kind.

@@ -1,8 +1,8 @@
 """Write a world data folder in the hub's raw formats, so the paper profile (`data.source: hub`) can
 be rehearsed offline on generated data through the real loaders of rpo/data/loaders.py.
 
-    python -m rpo.data.export --data results/data --out DIR      (a data folder written by rpo.data.prepare)
-    python -m rpo.data.export --world results/data/world.json --out DIR
+    python -m rpo.world.export --data results/data --out DIR      (a data folder written by rpo.data.prepare)
+    python -m rpo.world.export --world results/data/world.json --out DIR
 
 writes, laid out like the hub repositories (tests/fixtures/hub/ has the same layouts):
     DIR/hh-rlhf/helpful-base/{train,test}.jsonl.gz          dialogue: {"chosen", "rejected"} transcripts
@@ -10,8 +10,11 @@ writes, laid out like the hub repositories (tests/fixtures/hub/ has the same lay
     DIR/alpaca_eval/alpaca_eval_gpt4_baseline.json           instructions: [{dataset, instruction, output, generator}]
 and prints the `data.hub` section that reads them back. DIR is replaced as a whole on success.
 
-It lives in rpo/data, not rpo/world: it is the inverse of the loaders and imports them, and the
-world must not depend on the loaders (docs/design.md, dependency direction).
+It is the world's: what it writes is the world's data (a World, its world.json, or a data folder of
+`data.source: world`), framed by the world's POST_FRAME. It imports no loader (the world does not
+depend on the loaders, docs/design.md): of rpo/data only the records and the HH transcript writer
+(rpo.data.hub_rows.hh_transcript), whose inverse the HH loader applies; tests/test_export.py reads
+every export back through the real loaders.
 
 Round trip: loaded records keep the world's order, prompt (see below), chosen and rejected; ids
 become the loaders' f"{source}-{split}-{index}" (index = position in the world's split file, so
@@ -31,9 +34,11 @@ import sys
 from pathlib import Path
 
 from rpo.data.hub_rows import hh_transcript
-from rpo.data.records import ASSISTANT, USER, read_eval_prompts, read_records
+from rpo.data.records import ASSISTANT, PREFERENCE_TASKS, USER, read_eval_prompts, read_records
 from rpo.errors import ConfigError, DataError
 from rpo.io import atomic_path, write_jsonl
+from rpo.world.generator import World, load_world
+from rpo.world.lexicon_posts import POST_FRAME
 
 HH_SUBSET = "helpful-base"
 # world split -> the hub's split name of each source (TL;DR's held-out comparisons are "validation").
@@ -105,8 +110,6 @@ def prompt_turns(prompt: str, where: str) -> list[tuple[str, str]]:
 
 def _post_pattern() -> re.Pattern:
     """A regex of the world's POST_FRAME with one group per field, so the frame has one home."""
-    from rpo.world.lexicon_posts import POST_FRAME
-
     pieces = []
     for literal, name, _, _ in string.Formatter().parse(POST_FRAME):
         pieces.append(re.escape(literal))
@@ -184,8 +187,6 @@ def _write_jsonl_gz(path: Path, rows) -> None:
 def _read_source(source):
     """(splits {task: {split: records}}, instructions, where {task/split: file}) of a World, a
     world.json or a data folder."""
-    from rpo.world import World, load_world
-
     if isinstance(source, World):
         world = source
     elif Path(source).is_file():
@@ -193,7 +194,7 @@ def _read_source(source):
     elif Path(source).is_dir():
         folder = Path(source)
         splits, where = {}, {}
-        for task in ("dialogue", "summarization"):
+        for task in PREFERENCE_TASKS:
             for split in HH_SPLITS:
                 path = folder / task / f"{split}.jsonl"
                 if path.is_file():
@@ -251,7 +252,7 @@ def export_hub_layout(world_or_data_dir, out_dir) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rpo.data.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rpo.world.export", description=__doc__.split("\n\n")[0])
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--data", help="a data folder written by rpo.data.prepare (world source)")
     given.add_argument("--world", help="a world.json (the world is regenerated from it)")
