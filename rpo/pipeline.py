@@ -33,12 +33,8 @@ import sys
 from dataclasses import dataclass
 
 from rpo.errors import ConfigError
-from rpo.losses import get_loss, hyperparameter_names, losses_needing
+from rpo.losses import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, get_loss, hyperparameter_names
 from rpo.train_config import DEFAULTS as TRAIN_DEFAULTS
-
-EMBEDDING_LOSSES = losses_needing("embeddings")
-# losses with a diagonal weight w_ii per pair, whose effective beta a matched-beta DPO control takes
-MATCHED_BETA_SOURCES = tuple(m for m in EMBEDDING_LOSSES if get_loss(m).batching == "paired")
 
 # -- embedders -------------------------------------------------------------------------------------
 # The one short form of an embedder name: run names, embedding files and the report's grouping.
@@ -285,32 +281,6 @@ def alpacaeval_runs(config: dict) -> list[Run]:
 
 
 # -- training arguments ----------------------------------------------------------------------------
-RUN_HYPERPARAMETERS = ("tau",)  # a run's own setting (rpo.taus, rpo.default_tau), never a losses: entry's
-
-
-def check_loss_settings(losses: dict) -> None:
-    """The `losses:` mapping: known methods, each with hyperparameters its loss takes (categorical ones
-    among their choices); numeric values are checked by rpo.train."""
-    from rpo.losses import REGISTRY
-
-    for method, values in (losses or {}).items():
-        if method not in REGISTRY:
-            raise ConfigError(f"config key 'losses.{method}': unknown loss; known: {', '.join(REGISTRY)}")
-        spec = get_loss(method)
-        for key in values or {}:
-            if key in RUN_HYPERPARAMETERS:
-                raise ConfigError(f"config key 'losses.{method}.{key}': {key} is each run's own (rpo.taus, "
-                                  "rpo.default_tau), not a loss setting")
-            if key not in spec.hyperparameters:
-                takes = ", ".join(k for k in spec.hyperparameters if k not in RUN_HYPERPARAMETERS) or "nothing"
-                raise ConfigError(f"config key 'losses.{method}.{key}': not a hyperparameter of loss {method!r} "
-                                  f"(it takes {takes})")
-        try:
-            spec.resolve_hyperparameters(values or {})
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'losses.{method}': {exc}") from None
-
-
 REFCACHE_ONLY = ("reference_batch_size", "reference_chunk_records")  # training: keys rpo.refcache reads, rpo.train does not
 # training: keys passed only where they differ from the trainer's default, so that the runs of a config that
 # does not set them keep the params they had before the keys existed (Snakemake reruns a job on new params)

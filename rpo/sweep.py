@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 
 from rpo.errors import ConfigError
-from rpo.losses import get_loss
-from rpo.pipeline import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, Run, runs_by_name, sft_seed, train_settings
+from rpo.losses import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, get_loss
+from rpo.pipeline import Run, runs_by_name, sft_seed, train_settings
 
 SWEEP = "sweep"  # the target, and the stem of its table and figure (results/{tables,figures}/{model}/sweep.*)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rpo.errors import DataError
-from rpo.pipeline import MATCHED_BETA_SOURCES
+from rpo.losses import MATCHED_BETA_SOURCES
 from rpo.report.collect import load_metrics
 from rpo.report.figures import plt, save_figure
 from rpo.report.paired import PAIRED_NOTE, compare, format_difference, pool_runs

@@ -9,8 +9,9 @@ import sys
 from rpo.config import validate_config
 from rpo.data.records import PREFERENCE_TASKS
 from rpo.embed import on_gpu as embedder_on_gpu
+from rpo.losses import EMBEDDING_LOSSES
 from rpo.models import PRETRAINED_BUILDS
-from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
+from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
                           table_inputs, table_runs, train_settings)
 from rpo.errors import ConfigError
