@@ -18,7 +18,8 @@ judging use the first seed for every run (common random numbers: two runs' sampl
 their models do), so runs of different seeds differ in training alone.
 
 Names are only ever built from settings, never parsed back: a rule looks its run up by name in the
-config's experiment matrix (`runs_by_name`). Every name of a config:
+config's experiment matrix (`runs_by_name`), and passes the run's record (`Run.record`: name and
+settings) to rpo.train, which writes it into run.json, where the report reads it. Every name of a config:
 
     python -m rpo.pipeline --configfile config.yaml [--task dialogue]
 """
@@ -30,7 +31,7 @@ import json
 import math
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 
 from rpo.errors import ConfigError
 from rpo.losses import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, get_loss, hyperparameter_names
@@ -60,15 +61,25 @@ class Run:
     beta_of: str | None = None  # a matched-beta control: the name of the run whose effective beta it takes
     beta: float | None = None  # a beta sweep's own beta (rpo.sweep); None: the config's, as every other run
 
+    def record(self) -> dict:
+        """The run's identity as run.json records it (key `run`, which the rule passes to rpo.train): its
+        name and the settings that make it (those set), so the report reads a run, never rebuilds it."""
+        return {"name": self.name, **{k: v for k, v in asdict(self).items() if v is not None}}
+
     @classmethod
-    def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None,
-                      beta_of=None) -> "Run":
-        """The run a trainer's run.json describes: settings its method does not take are dropped."""
-        if method == "sft":
-            return cls("sft", seed)
-        if method not in EMBEDDING_LOSSES:
-            tau = embedder = None
-        return cls(method, seed, batch_size, tau, embedder, scope or "micro", beta_of)
+    def from_record(cls, record) -> "Run":
+        """The run a run.json's `run` records; its settings must make its name."""
+        fields = {f.name for f in dataclass_fields(cls)}
+        if not isinstance(record, dict) or not {"name", "method", "seed"} <= set(record) or set(record) - fields - {"name"}:
+            raise ConfigError(f"not a run record (name, method, seed and any of {', '.join(sorted(fields))}): {record!r}")
+        try:
+            run = cls(**{k: v for k, v in record.items() if k != "name"})
+            name = run.name
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"run record {record!r}: {exc}") from None
+        if name != record["name"]:
+            raise ConfigError(f"run record names {record['name']!r} but its settings make {name!r}")
+        return run
 
     @classmethod
     def matched_beta(cls, source: "Run") -> "Run":
@@ -138,7 +149,8 @@ class Defaults:
         if run.method == "sft":
             return True
         checks = {"batch_size": self.batch_size is None or run.batch_size == self.batch_size,
-                  "scope": run.scope == "micro", "matched": run.beta_of is None}
+                  "scope": run.scope == "micro", "matched": run.beta_of is None,
+                  "beta": run.beta is None}  # a beta sweep's own beta: no table's run (rpo.report.sweep's)
         if run.method in EMBEDDING_LOSSES:
             checks["tau"] = self.tau is None or (run.tau is not None and math.isclose(run.tau, self.tau))
             checks["embedder"] = (self.embedder is None or embedder_short(run.embedder) == embedder_short(self.embedder)
@@ -300,7 +312,7 @@ def train_settings(config: dict, run: Run) -> dict:
         settings.pop("fp32_master_weights", None)
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
     settings.update((config.get("losses") or {}).get(run.method) or {})
-    settings.update(method=run.method, seed=run.seed)
+    settings.update(method=run.method, seed=run.seed, run=run.record())  # run: recorded in run.json, for the report
     if run.beta_of is not None:  # rpo.train takes beta from the source run (rule input beta_matched_to)
         settings.pop("beta", None)
     elif run.beta is not None:  # a sweep's beta wins over the stage's and the method's own (rpo.sweep)

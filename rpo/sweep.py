@@ -33,7 +33,10 @@ def configured_beta(config: dict, method: str) -> float:
     spec = get_loss(method)
     if "beta" not in spec.hyperparameters:
         raise ConfigError(f"config key 'sweep.methods': loss {method!r} has no beta to sweep")
-    return float(train_settings(config, Run(method, sft_seed(config))).get("beta", spec.hyperparameters["beta"]))
+    rpo = config["rpo"]
+    settings = (rpo["default_tau"], rpo["default_embedder"]) if method in EMBEDDING_LOSSES else ()
+    main = Run(method, sft_seed(config), config["preference"]["batch_size"], *settings)
+    return float(train_settings(config, main).get("beta", spec.hyperparameters["beta"]))
 
 
 def sweep_runs(config: dict) -> list[Run]:

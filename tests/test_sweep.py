@@ -58,7 +58,8 @@ def test_the_trainer_gets_the_sweeps_beta_and_the_control_its_sources():
     assert "beta" not in train_settings(config, by_name["dpo_matched-rpo-paired_tau0.5_minilm_beta1_bs8_seed1"])
     # otherwise the runs are the main runs' settings: only beta differs
     main, swept = (train_settings(config, by_name[n]) for n in ("dpo_bs8_seed2", "dpo_beta0.3_bs8_seed2"))
-    assert {k for k in main if main[k] != swept[k]} == {"beta"}
+    assert {k for k in main if main[k] != swept[k]} == {"beta", "run"}  # run: each one's own identity (run.json)
+    assert swept["run"] == by_name["dpo_beta0.3_bs8_seed2"].record() and swept["run"]["beta"] == 0.3
 
 
 def test_a_methods_own_beta_decides_which_sweep_beta_is_its_main_run():
@@ -167,11 +168,12 @@ def tree(tmp_path_factory):
             for seed in SEEDS:
                 source = Run("rpo-paired", seed, 8, 0.5, MINILM, beta=own)
                 runs = {"rpo-paired": add_run(root, task, "rpo-paired", 0.5, MINILM, 8, rate("rpo-paired", b, seed),
-                                              seed=seed, beta=beta, name=source.name, n=N),
+                                              seed=seed, beta=beta, sweep_beta=own, n=N),
                         "control": add_run(root, task, "dpo", None, None, 8, rate("control", b, seed), seed=seed,
                                            beta=0.3 * beta + 0.001 * seed, beta_of=source.name, n=N),
                         "dpo": add_run(root, task, "dpo", None, None, 8, rate("dpo", b, seed), seed=seed, beta=beta,
-                                       name=Run("dpo", seed, 8, beta=own).name, n=N)}
+                                       sweep_beta=own, n=N)}
+                assert runs["rpo-paired"] == source.name and runs["dpo"] == Run("dpo", seed, 8, beta=own).name
                 for role, run in runs.items():
                     write_logits(root, task, run, saturated(role, b, seed), end_loss(role, b, seed))
     return root
