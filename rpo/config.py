@@ -99,7 +99,7 @@ def _check_cross_keys(config: dict) -> None:
         if method not in config["methods"]:
             raise ConfigError(f"config key 'seeded_methods[{i}]': {method!r} is not in methods "
                               f"({', '.join(config['methods'])}): add it there or drop it here")
-    from rpo.pipeline import MATCHED_BETA_SOURCES, check_loss_settings
+    from rpo.losses import MATCHED_BETA_SOURCES
 
     check_loss_settings(config.get("losses"))
 
@@ -133,3 +133,29 @@ def _check_cross_keys(config: dict) -> None:
     training = config["training"]
     if training["max_prompt_length"] >= training["max_length"]:
         raise ConfigError("config key 'training.max_prompt_length': must be below training.max_length")
+
+
+RUN_HYPERPARAMETERS = ("tau",)  # a run's own setting (rpo.taus, rpo.default_tau), never a losses: entry's
+
+
+def check_loss_settings(losses: dict) -> None:
+    """The `losses:` mapping: known methods, each with hyperparameters its loss takes (categorical ones
+    among their choices); numeric values are checked by rpo.train."""
+    from rpo.losses import REGISTRY
+
+    for method, values in (losses or {}).items():
+        if method not in REGISTRY:
+            raise ConfigError(f"config key 'losses.{method}': unknown loss; known: {', '.join(REGISTRY)}")
+        spec = REGISTRY[method]
+        for key in values or {}:
+            if key in RUN_HYPERPARAMETERS:
+                raise ConfigError(f"config key 'losses.{method}.{key}': {key} is each run's own (rpo.taus, "
+                                  "rpo.default_tau), not a loss setting")
+            if key not in spec.hyperparameters:
+                takes = ", ".join(k for k in spec.hyperparameters if k not in RUN_HYPERPARAMETERS) or "nothing"
+                raise ConfigError(f"config key 'losses.{method}.{key}': not a hyperparameter of loss {method!r} "
+                                  f"(it takes {takes})")
+        try:
+            spec.resolve_hyperparameters(values or {})
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'losses.{method}': {exc}") from None

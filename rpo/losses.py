@@ -389,6 +389,11 @@ def losses_needing(need: str) -> tuple[str, ...]:
     return tuple(name for name, spec in REGISTRY.items() if need in spec.needs)
 
 
+EMBEDDING_LOSSES = losses_needing("embeddings")  # the runs that take an embedder and tau
+# losses with a diagonal weight w_ii per pair, whose effective beta a matched-beta DPO control takes
+MATCHED_BETA_SOURCES = tuple(m for m in EMBEDDING_LOSSES if REGISTRY[m].batching == "paired")
+
+
 def hyperparameter_names() -> tuple[str, ...]:
     """Every hyperparameter some loss takes (the trainer's config keys for them)."""
     return tuple(dict.fromkeys(k for spec in REGISTRY.values() for k in spec.hyperparameters))

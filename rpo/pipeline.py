@@ -10,6 +10,7 @@ Run names are output paths, so a name says everything that distinguishes a run:
     rpo-paired_tau0.5_minilm_bs32_global_seed1 one contrast matrix over the global batch of 32
     dpo_matched-rpo-paired_tau0.5_minilm_bs8_seed1
                                                DPO at that run's effective beta (beta x its mean w_ii)
+    rpo-paired_tau0.5_minilm_beta0.3_bs8_seed1 a beta sweep's run at beta 0.3 (rpo.sweep); no _beta: the config's
 
 Seeds: SFT trains once, at the first of `seeds`; every preference run starts from that model. A
 preference seed changes the run's batch order and RPO-Unpaired's chosen/rejected draws. Generation and
@@ -17,7 +18,8 @@ judging use the first seed for every run (common random numbers: two runs' sampl
 their models do), so runs of different seeds differ in training alone.
 
 Names are only ever built from settings, never parsed back: a rule looks its run up by name in the
-config's experiment matrix (`runs_by_name`). Every name of a config:
+config's experiment matrix (`runs_by_name`), and passes the run's record (`Run.record`: name and
+settings) to rpo.train, which writes it into run.json, where the report reads it. Every name of a config:
 
     python -m rpo.pipeline --configfile config.yaml [--task dialogue]
 """
@@ -29,15 +31,11 @@ import json
 import math
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 
 from rpo.errors import ConfigError
-from rpo.losses import get_loss, hyperparameter_names, losses_needing
+from rpo.losses import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, get_loss, hyperparameter_names
 from rpo.train_config import DEFAULTS as TRAIN_DEFAULTS
-
-EMBEDDING_LOSSES = losses_needing("embeddings")
-# losses with a diagonal weight w_ii per pair, whose effective beta a matched-beta DPO control takes
-MATCHED_BETA_SOURCES = tuple(m for m in EMBEDDING_LOSSES if get_loss(m).batching == "paired")
 
 # -- embedders -------------------------------------------------------------------------------------
 # The one short form of an embedder name: run names, embedding files and the report's grouping.
@@ -61,16 +59,27 @@ class Run:
     embedder: str | None = None  # the full embedder name
     scope: str = "micro"  # "global": batch_size is the global batch one contrast matrix spans
     beta_of: str | None = None  # a matched-beta control: the name of the run whose effective beta it takes
+    beta: float | None = None  # a beta sweep's own beta (rpo.sweep); None: the config's, as every other run
+
+    def record(self) -> dict:
+        """The run's identity as run.json records it (key `run`, which the rule passes to rpo.train): its
+        name and the settings that make it (those set), so the report reads a run, never rebuilds it."""
+        return {"name": self.name, **{k: v for k, v in asdict(self).items() if v is not None}}
 
     @classmethod
-    def from_settings(cls, method: str, seed, batch_size=None, tau=None, embedder=None, scope=None,
-                      beta_of=None) -> "Run":
-        """The run a trainer's run.json describes: settings its method does not take are dropped."""
-        if method == "sft":
-            return cls("sft", seed)
-        if method not in EMBEDDING_LOSSES:
-            tau = embedder = None
-        return cls(method, seed, batch_size, tau, embedder, scope or "micro", beta_of)
+    def from_record(cls, record) -> "Run":
+        """The run a run.json's `run` records; its settings must make its name."""
+        fields = {f.name for f in dataclass_fields(cls)}
+        if not isinstance(record, dict) or not {"name", "method", "seed"} <= set(record) or set(record) - fields - {"name"}:
+            raise ConfigError(f"not a run record (name, method, seed and any of {', '.join(sorted(fields))}): {record!r}")
+        try:
+            run = cls(**{k: v for k, v in record.items() if k != "name"})
+            name = run.name
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"run record {record!r}: {exc}") from None
+        if name != record["name"]:
+            raise ConfigError(f"run record names {record['name']!r} but its settings make {name!r}")
+        return run
 
     @classmethod
     def matched_beta(cls, source: "Run") -> "Run":
@@ -88,8 +97,9 @@ class Run:
         if self.beta_of is not None:
             return f"{self.method}_matched-{self.beta_of}"
         middle = f"_tau{self.tau:g}_{embedder_short(self.embedder)}" if self.method in EMBEDDING_LOSSES else ""
+        beta = f"_beta{self.beta:g}" if self.beta is not None else ""
         scope = "_global" if self.scope == "global" else ""
-        return f"{self.method}{middle}_bs{self.batch_size}{scope}_seed{self.seed}"
+        return f"{self.method}{middle}{beta}_bs{self.batch_size}{scope}_seed{self.seed}"
 
     def trainer_batch(self, micro_batch_size: int) -> dict:
         """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train."""
@@ -139,7 +149,8 @@ class Defaults:
         if run.method == "sft":
             return True
         checks = {"batch_size": self.batch_size is None or run.batch_size == self.batch_size,
-                  "scope": run.scope == "micro", "matched": run.beta_of is None}
+                  "scope": run.scope == "micro", "matched": run.beta_of is None,
+                  "beta": run.beta is None}  # a beta sweep's own beta: no table's run (rpo.report.sweep's)
         if run.method in EMBEDDING_LOSSES:
             checks["tau"] = self.tau is None or (run.tau is not None and math.isclose(run.tau, self.tau))
             checks["embedder"] = (self.embedder is None or embedder_short(run.embedder) == embedder_short(self.embedder)
@@ -282,32 +293,6 @@ def alpacaeval_runs(config: dict) -> list[Run]:
 
 
 # -- training arguments ----------------------------------------------------------------------------
-RUN_HYPERPARAMETERS = ("tau",)  # a run's own setting (rpo.taus, rpo.default_tau), never a losses: entry's
-
-
-def check_loss_settings(losses: dict) -> None:
-    """The `losses:` mapping: known methods, each with hyperparameters its loss takes (categorical ones
-    among their choices); numeric values are checked by rpo.train."""
-    from rpo.losses import REGISTRY
-
-    for method, values in (losses or {}).items():
-        if method not in REGISTRY:
-            raise ConfigError(f"config key 'losses.{method}': unknown loss; known: {', '.join(REGISTRY)}")
-        spec = get_loss(method)
-        for key in values or {}:
-            if key in RUN_HYPERPARAMETERS:
-                raise ConfigError(f"config key 'losses.{method}.{key}': {key} is each run's own (rpo.taus, "
-                                  "rpo.default_tau), not a loss setting")
-            if key not in spec.hyperparameters:
-                takes = ", ".join(k for k in spec.hyperparameters if k not in RUN_HYPERPARAMETERS) or "nothing"
-                raise ConfigError(f"config key 'losses.{method}.{key}': not a hyperparameter of loss {method!r} "
-                                  f"(it takes {takes})")
-        try:
-            spec.resolve_hyperparameters(values or {})
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'losses.{method}': {exc}") from None
-
-
 REFCACHE_ONLY = ("reference_batch_size", "reference_chunk_records")  # training: keys rpo.refcache reads, rpo.train does not
 # training: keys passed only where they differ from the trainer's default, so that the runs of a config that
 # does not set them keep the params they had before the keys existed (Snakemake reruns a job on new params)
@@ -327,9 +312,11 @@ def train_settings(config: dict, run: Run) -> dict:
         settings.pop("fp32_master_weights", None)
     settings.update((k, v) for k, v in config[stage].items() if k not in foreign)
     settings.update((config.get("losses") or {}).get(run.method) or {})
-    settings.update(method=run.method, seed=run.seed)
+    settings.update(method=run.method, seed=run.seed, run=run.record())  # run: recorded in run.json, for the report
     if run.beta_of is not None:  # rpo.train takes beta from the source run (rule input beta_matched_to)
         settings.pop("beta", None)
+    elif run.beta is not None:  # a sweep's beta wins over the stage's and the method's own (rpo.sweep)
+        settings["beta"] = run.beta
     if stage == "preference":
         settings.update(run.trainer_batch(config["preference"]["batch_size"]))
     if run.method in EMBEDDING_LOSSES:

@@ -37,12 +37,16 @@ DEFAULTS = {
     "beta_matched_to": None,
     # minutes a collective waits for the slowest rank (None: torch's, 10 for NCCL); rpo.distributed.init_distributed
     "dist_timeout_minutes": None,
+    # the run's identity as the pipeline names it ({"name": ..., its settings}: rpo.pipeline.Run.record), which
+    # the rule passes; recorded in run.json, where the report reads it. The trainer itself never reads it.
+    "run": None,
 }
 REQUIRED = ("model", "data", "out", "method")
 # Keys that may change between a run and its resumption without invalidating the checkpoint.
 # activation_checkpointing changes memory, not numbers: a run that ran out of memory resumes with it on.
+# run: a label, which changes no number.
 RESUME_FREE_KEYS = ("activation_checkpointing", "save_every", "save_every_minutes", "threads", "device",
-                    "stop_after_steps", "checkpoint_dir", "report_to", "logging_dir", "dist_timeout_minutes")
+                    "stop_after_steps", "checkpoint_dir", "report_to", "logging_dir", "dist_timeout_minutes", "run")
 
 
 def resolve_config(config: dict) -> dict:
@@ -110,6 +114,9 @@ def resolve_config(config: dict) -> dict:
     for key in ("fsdp", "packing", "fp32_master_weights", "activation_checkpointing"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"training config key '{key}' must be true or false, got {cfg[key]!r}")
+    if cfg["run"] is not None and not (isinstance(cfg["run"], dict) and isinstance(cfg["run"].get("name"), str)):
+        raise ConfigError(f"training config key 'run' must be a mapping with the run's name (rpo.pipeline.Run.record), "
+                          f"got {cfg['run']!r}")
     cfg["checkpoint_dir"] = cfg["checkpoint_dir"] or str(cfg["out"]).rstrip("/") + ".ckpt"
     cfg["report_to"] = check_report_to(cfg["report_to"])
     # Beside the output folder, not in it or in the checkpoint: both are replaced or removed at the end.

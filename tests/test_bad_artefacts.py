@@ -21,6 +21,7 @@ from rpo.generate import main as generate_main
 from rpo.io import atomic_path, write_json, write_jsonl
 from rpo.judge.__main__ import main as judge_main
 from rpo.models import build_model, load_model, model_fingerprint, save_model
+from rpo.pipeline import Run
 from rpo.precision import Precision
 from rpo.refcache import compute_reference_cache, load_reference_cache
 from rpo.report.collect import collect_runs
@@ -214,7 +215,8 @@ def test_judgments_of_another_prompt_set_than_the_samples_are_refused(tmp_path):
     root = tmp_path / "results"
     for folder in ("models/sft_seed1", "judgments", "samples"):
         (root / "dialogue" / folder).mkdir(parents=True)
-    (root / "dialogue" / "models" / "sft_seed1" / "run.json").write_text(json.dumps({"method": "sft", "model": "b"}))
+    (root / "dialogue" / "models" / "sft_seed1" / "run.json").write_text(json.dumps(
+        {"method": "sft", "model": "b", "run": Run("sft", 1).record()}))
     write_json(root / "dialogue" / "judgments" / "sft_seed1.winrate.json", {
         "n": 4, "wins": 2, "ties": 0, "losses": 2, "unparseable": 0, "win_rate": 0.5, "ci_low": 0.1, "ci_high": 0.9})
     judged = [{**row, "verdict": "model_win" if i < 2 else "chosen_win"} for i, row in enumerate(sample_rows())]

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -5,11 +6,12 @@ import yaml
 
 from rpo.config import validate_config
 from rpo.errors import ConfigError
-from rpo.pipeline import (TABLES, Defaults, Run, alpacaeval_runs, as_overrides, embedder_short, experiment_runs,
+from rpo.pipeline import (TABLE_RUNS, TABLES, Defaults, Run, alpacaeval_runs, as_overrides, embedder_short, experiment_runs,
                           lookup_run, main, runs_by_name, shown_figures, table_inputs, table_runs,
                           train_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
+MINILM = "all-MiniLM-L6-v2"
 CONFIG = {
     "seeds": [1],
     "methods": ["dpo", "ipo", "kto", "rpo-paired", "rpo-unpaired", "rpo-diagonal", "rpo-uniform"],
@@ -49,10 +51,30 @@ def test_runs_are_looked_up_by_name_never_parsed():
     assert "python -m rpo.pipeline --configfile <profile> --task dialogue" in str(err.value)
 
 
-def test_from_settings_drops_what_the_method_does_not_take():
-    assert Run.from_settings("dpo", 1, 8, tau=0.5, embedder=None, scope=None) == Run("dpo", 1, 8)
-    assert Run.from_settings("sft", 2, 16, tau=0.5) == Run("sft", 2)
-    assert Run.from_settings("rpo-paired", 1, 32, 0.5, "random", "global").scope == "global"
+def test_a_runs_record_is_read_back_as_the_same_run_or_refused():
+    """run.json's `run` (Run.record, passed by the rule): the report reads the run itself, never rebuilds it."""
+    runs = [Run("sft", 2), Run("dpo", 1, 8), Run("rpo-paired", 1, 32, 0.5, "random", "global"),
+            Run("rpo-paired", 3, 8, 0.5, MINILM, beta=0.3), Run("dpo", 1, 8, beta_of="rpo-paired_tau0.5_minilm_bs8_seed1")]
+    for run in runs:
+        record = json.loads(json.dumps(run.record()))  # as run.json holds it
+        assert record["name"] == run.name and Run.from_record(record) == run
+    assert Run("dpo", 1, 8).record() == {"name": "dpo_bs8_seed1", "method": "dpo", "seed": 1, "batch_size": 8,
+                                         "scope": "micro"}
+    record = Run("dpo", 1, 8).record()
+    with pytest.raises(ConfigError, match="run record names 'dpo_bs8_seed1' but its settings make 'dpo_bs4_seed1'"):
+        Run.from_record({**record, "batch_size": 4})
+    with pytest.raises(ConfigError, match="not a run record"):
+        Run.from_record({**record, "lr": 1e-6})
+    with pytest.raises(ConfigError, match="not a run record"):
+        Run.from_record("dpo_bs8_seed1")
+    with pytest.raises(ConfigError, match="run record .*tau"):
+        Run.from_record({"name": "rpo-paired_tau0.5_minilm_bs8_seed1", "method": "rpo-paired", "seed": 1})
+
+
+def test_a_sweeps_own_beta_is_no_tables_run():
+    defaults = Defaults(8, 0.5, MINILM)
+    swept, main = Run("dpo", 1, 8, beta=0.3), Run("dpo", 1, 8)
+    assert defaults.matches(main) and not any(defaults.matches(swept, vary) for _, vary in TABLE_RUNS.values())
 
 
 def test_cli_lists_run_names(capsys):
@@ -186,7 +208,7 @@ def test_the_matched_beta_control_runs_beside_each_rpo_paired_main_run():
     assert (control.method, control.seed, control.batch_size) == ("dpo", 1, 8)
     settings = train_settings({**profile("config.yaml"), **config}, control)
     assert settings["method"] == "dpo" and "beta" not in settings  # rpo.train reads it from the source run
-    assert Run.from_settings("dpo", 1, 8, beta_of=control.beta_of) == control
+    assert settings["run"] == control.record() and settings["run"]["beta_of"] == "rpo-paired_tau0.5_minilm_bs8_seed1"
     defaults = Defaults.from_config(config)
     assert not defaults.matches(control) and defaults.matches(control, ("matched",))
     assert control not in [run for _, run in table_runs({**config, "data": {"tasks": ["dialogue"]}}, "table1")]

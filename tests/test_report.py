@@ -13,7 +13,7 @@ import torch
 from rpo.errors import DataError
 from rpo.judge.winrate import summarize
 from rpo.losses import rpo_weights
-from rpo.pipeline import Defaults
+from rpo.pipeline import Defaults, Run
 from rpo.stats import hierarchical_interval
 from rpo.report import (collect_alpacaeval, collect_runs, load_metrics, read_weight_example, table1, table2,
                         table3, table4, weight_example, weighting, write_table)
@@ -42,27 +42,24 @@ DEFAULT_FLAGS = ["--main-batch-size", "8", "--default-tau", "0.5", "--default-em
                  "--control-embedder", "random"]
 
 
-def run_name(method, tau, embedder, bs, seed=1):
-    if method == "sft":
-        return f"sft_seed{seed}"
-    if tau is None:
-        return f"{method}_bs{bs}_seed{seed}"
-    return f"{method}_tau{tau}_{SHORT[embedder]}_bs{bs}_seed{seed}"
-
-
-def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30, beta_of=None):
-    """One run's outputs as the pipeline writes them. Its samples: the response to prompt i is shared by
+def add_run(root, task, method, tau, embedder, bs, win_rate, seed=1, n=256, beta=0.1, steps=30, beta_of=None,
+            sweep_beta=None):
+    """One run's outputs as the pipeline writes them, in the folder of the pipeline's name of these settings
+    (sweep_beta: a beta sweep's own beta, rpo.sweep). Its samples: the response to prompt i is shared by
     every run where i % 4 (so any two runs have 75% identical samples) and chosen_logp is SFT's plus
     10 * (win_rate - 0.4). Its loss logits (not SFT's or PPO's): 2 of 8 per step past |x| = 1, and at the
     end of training every one in the bin [0, 0.25)."""
-    run = f"dpo_matched-{beta_of}" if beta_of else run_name(method, tau, embedder, bs, seed)
+    identity = Run(method, seed) if method == "sft" else Run(method, seed, bs, tau, embedder, beta_of=beta_of,
+                                                             beta=sweep_beta)
+    run = identity.name
     model_dir = root / task / "models" / run
     model_dir.mkdir(parents=True, exist_ok=True)
-    # Like the trainer's run.json: no run/task keys, tau on every method, `model` = where training
-    # started (a preference run starts from its SFT run's folder).
+    # Like the trainer's run.json: the run's identity as the rule passes it, no task key, tau on every
+    # method, `model` = where training started (a preference run starts from its SFT run's folder).
     start = f"results/base/{MODEL}" if method == "sft" else f"results/{task}/models/sft_seed1"
     config = {"model": start, "data": f"results/{task}/data/train.jsonl", "out": str(model_dir), "method": method,
-              "beta": beta, "tau": 0.5 if tau is None else tau, "embedder": embedder, "batch_size": bs, "seed": seed}
+              "beta": beta, "tau": 0.5 if tau is None else tau, "embedder": embedder, "batch_size": bs, "seed": seed,
+              "run": identity.record()}
     if beta_of:
         config["beta_matched_to"] = f"results/{task}/models/{beta_of}"
     (model_dir / "run.json").write_text(json.dumps(config))
@@ -186,8 +183,19 @@ def test_bad_inputs_name_file_and_key(tree, tmp_path):
         collect_runs(copy, tasks=["summarization"])
     dpo_config = copy / "dialogue" / "models" / "dpo_bs4_seed1" / "run.json"
     original = dpo_config.read_text()
-    dpo_config.write_text(json.dumps({**json.loads(original), "run": "dpo_bs8_seed1"}))
-    with pytest.raises(DataError, match=r"dpo_bs4_seed1/run\.json: key 'run' is 'dpo_bs8_seed1' but the folder is 'dpo_bs4_seed1'"):
+    dpo_config.write_text(json.dumps({**json.loads(original), "run": Run("dpo", 1, 8).record()}))
+    with pytest.raises(DataError, match=r"dpo_bs4_seed1/run\.json: records run 'dpo_bs8_seed1' but lies in folder 'dpo_bs4_seed1'"):
+        collect_runs(copy, tasks=["dialogue"])
+    legacy = {k: v for k, v in json.loads(original).items() if k != "run"}  # trained before rpo.train recorded it
+    dpo_config.write_text(json.dumps(legacy))
+    with pytest.raises(DataError, match=r"^\S*dpo_bs4_seed1/run\.json: records no run identity \(key 'run'.*: retrain it$"):
+        collect_runs(copy, tasks=["dialogue"])
+    dpo_config.write_text(json.dumps({**legacy, "run": {**Run("dpo", 1, 4).record(), "batch_size": 8}}))
+    with pytest.raises(DataError, match=r"run\.json: key 'run': run record names 'dpo_bs4_seed1' but its settings make "
+                                        r"'dpo_bs8_seed1'; retrain it$"):
+        collect_runs(copy, tasks=["dialogue"])
+    dpo_config.write_text(json.dumps({**legacy, "run": {"name": "dpo_bs4_seed1", "method": "dpo"}}))
+    with pytest.raises(DataError, match=r"key 'run': not a run record \(name, method, seed and any of"):
         collect_runs(copy, tasks=["dialogue"])
     dpo_config.write_text(json.dumps({**json.loads(original), "model": "results/dialogue/models/sft_seed7"}))
     with pytest.raises(DataError, match=r"key 'model' points to run 'sft_seed7', whose run config .* is missing"):
@@ -434,6 +442,20 @@ def test_cli_writes_every_table_and_figure(tree, tmp_path, capsys):
                  "dialogue/nope"]) == 1
     assert "expected run dialogue/nope is missing" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_controls_source_is_the_name_its_run_json_records(tmp_path):
+    """beta_of is the matched-beta source as the control's run.json records it (key `run`), whatever folder
+    beta_matched_to names: the report parses no folder name."""
+    root = tmp_path / "results"
+    add_run(root, "dialogue", "sft", None, None, 8, 0.4)  # where both start
+    source = add_run(root, "dialogue", "rpo-paired", 0.5, MINILM, 8, 0.7)
+    control = add_run(root, "dialogue", "dpo", None, None, 8, 0.66, beta=0.08, beta_of=source)
+    path = root / "dialogue" / "models" / control / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "beta_matched_to": "/elsewhere/renamed-copy"}))
+    runs = collect_runs(root, tasks=["dialogue"]).set_index("run")
+    assert runs.loc[control, "beta_of"] == source and runs.loc[source, "beta_of"] is None
+    assert runs.loc[control, "identity"].beta_of == source
 
 
 def test_cli_curves_for_every_trained_run(tmp_path):

@@ -21,6 +21,7 @@ from rpo.embed import embed_prompts
 from rpo.errors import CacheMismatchError, ConfigError, TrainingDivergedError
 from rpo.losses import PPO_METRICS, REGISTRY, LossOutput
 from rpo.models import build_model
+from rpo.pipeline import Run
 from rpo.precision import Precision
 from rpo.refcache import compute_reference_cache, load_reference_cache
 from rpo.train import Trainer, micro_batch_plan, resolve_config
@@ -96,6 +97,8 @@ def test_a_run_takes_only_its_losss_hyperparameters(world, tmp_path):
     with pytest.raises(ConfigError, match="unknown training config key\\(s\\): betta"):
         config(world, tmp_path, "dpo", betta=0.5)
     assert config(world, tmp_path, "rpo-paired", tau="2.5e-1")["tau"] == 0.25  # YAML 1.1 reads 2.5e-1 as text
+    with pytest.raises(ConfigError, match="training config key 'run' must be a mapping with the run's name"):
+        config(world, tmp_path, "dpo", run="dpo_bs4_seed3")
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -153,12 +156,16 @@ def test_resume_after_interruption_is_bit_identical(world, tmp_path):
     full = Trainer(config(world, tmp_path / "a", "rpo-paired", max_steps=5, save_every=2)).fit()
     cfg_b = config(world, tmp_path / "b", "rpo-paired", max_steps=5, save_every=2, stop_after_steps=3)
     assert Trainer(cfg_b).fit() is None  # stopped after step 3 with a checkpoint
-    resumed = Trainer({**cfg_b, "stop_after_steps": None}).fit()
+    # `run` (the identity the rule passes, recorded for the report) is a label: a checkpoint written without it resumes
+    identity = Run("rpo-paired", 3, 4, 0.5, "tfidf-svd").record()
+    resumed = Trainer({**cfg_b, "stop_after_steps": None, "run": identity}).fit()
     a, b = weights(full), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3, 4, 5]
-    assert json.loads((resumed / "run.json").read_text())["resumed"] is True
+    recorded = json.loads((resumed / "run.json").read_text())
+    assert recorded["resumed"] is True and recorded["run"] == identity
+    assert json.loads((full / "run.json").read_text())["run"] is None  # trained by hand: no identity given
 
 
 def test_killed_process_resumes_to_identical_weights(world, tmp_path):

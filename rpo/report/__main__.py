@@ -10,6 +10,8 @@
       --embedder all-MiniLM-L6-v2 --model results/small/base --max-length 512 --max-prompt-length 256 \
       --tau 0.5 --batch-size 8 --out example.json
   python -m rpo.report heatmap --weights example.json --out results/figures/weights_heatmap_dialogue
+  python -m rpo.report sweep --results results/small --out results/tables/small/sweep \
+      --figure results/figures/small/sweep --expected-runs ...   (the beta sweep's table and figure, rpo.sweep)
 
 Table and figure names are rpo.pipeline's (TABLES, FIGURES), as are the runs each table shows: the
 main runs are those at the defaults, taken from --config (a pipeline profile) and/or the flags
@@ -30,7 +32,7 @@ import yaml
 from rpo.config import validate_config
 from rpo.errors import USER_ERRORS, ConfigError, DataError
 from rpo.pipeline import ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults
-from rpo.report import figures, regime, tables
+from rpo.report import figures, regime, sweep, tables
 from rpo.report.collect import TASKS, collect_alpacaeval, collect_runs, list_trained_runs, load_metrics
 
 BUILDERS = {"table1": tables.table1, "table3": tables.table3, "table4": tables.table4, "weighting": tables.weighting,
@@ -140,6 +142,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="output JSON")
+    p = sub.add_parser("sweep", help="the beta sweep's table and figure (rpo.sweep)")
+    _add_common(p, "table stem: writes STEM.csv/.md/.tex/.data.csv")
+    p.add_argument("--figure", type=Path, required=True, help="figure stem: writes STEM.png and STEM.pdf")
     p = sub.add_parser("heatmap", help="heat map of one batch's RPO weights")
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output stem")
@@ -176,6 +181,9 @@ def main(argv=None) -> int:
                                                     figures.training_curve_title(config), args.out)
         elif args.command == "weights-example":
             written.append(write_weight_example(args))
+        elif args.command == "sweep":
+            table = sweep.sweep_table(collect_runs(args.results, args.tasks, args.expected_runs))
+            written += tables.write_table(table, args.out) + sweep.plot_sweep(table, args.figure)
         elif args.command == "heatmap":
             written += figures.plot_weight_heatmap(figures.read_weight_example(args.weights), args.out)
     except USER_ERRORS as exc:

@@ -13,13 +13,16 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from rpo.data.records import INSTRUCTIONS as ALPACAEVAL_TASK, PREFERENCE_TASKS as TASKS
-from rpo.errors import DataError
+from rpo.errors import ConfigError, DataError
 from rpo.io import read_json_object, read_jsonl, read_jsonl_once
 from rpo.losses import REGISTRY
+from rpo.pipeline import Run
 
 METHODS = tuple(REGISTRY)
-# beta_of: a matched-beta control's source run (the folder name of its run.json's beta_matched_to)
-CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope", "beta_of")
+# beta_of: a matched-beta control's source run, by name; identity: the rpo.pipeline.Run that run.json records
+# (key `run`), which decides the tables a run is in (rpo.pipeline.in_table)
+CONFIG_COLUMNS = ("method", "beta", "tau", "embedder", "batch_size", "seed", "model", "contrast_scope", "beta_of",
+                  "identity")
 WINRATE_KEYS = ("n", "wins", "ties", "losses", "unparseable", "win_rate", "ci_low", "ci_high")
 ALPACAEVAL_KEYS = ("win_rate", "standard_error", "n", "ci_low", "ci_high")  # lc_win_rate optional
 
@@ -71,20 +74,34 @@ def base_model(config: dict, path: Path) -> str:
         where, model = parent, read_json_object(parent).get("model")
 
 
+def run_identity(config: dict, path: Path) -> Run:
+    """The run a run.json records (key `run`, rpo.pipeline.Run.record, written by rpo.train as its rule
+    passes it). Nothing is derived from folder names: a run.json without it is refused."""
+    if config.get("run") is None:
+        raise DataError(f"{path}: records no run identity (key 'run', which rpo.train writes as its Snakemake rule "
+                        "passes it); it was trained before the key existed or by hand: retrain it")
+    try:
+        return Run.from_record(config["run"])
+    except ConfigError as exc:
+        raise DataError(f"{path}: key 'run': {exc}; retrain it") from None
+
+
 def read_run_config(path: Path, run: str, task: str | None = None) -> dict:
-    """A run.json, checked: a known method, and `run`/`task` (when recorded) matching where the file
-    lies; `model` resolved to the base model; missing optional keys become None."""
+    """A run.json, checked: a known method, its recorded run named `run` (the folder it lies in, which
+    is where rule inputs look it up) and `task` (when recorded) matching where the file lies; `model`
+    resolved to the base model; missing optional keys become None."""
     config = read_json_object(path)
     _require(config, ("method", "model"), path)
-    if config.get("run", run) != run:
-        raise DataError(f"{path}: key 'run' is {config['run']!r} but the folder is {run!r}")
+    identity = run_identity(config, path)
+    if identity.name != run:
+        raise DataError(f"{path}: records run {identity.name!r} but lies in folder {run!r}")
     if task is not None and config.get("task", task) != task:
         raise DataError(f"{path}: key 'task' is {config['task']!r} but the file lies under task {task!r}")
     if config["method"] not in METHODS:
         raise DataError(f"{path}: key 'method' is {config['method']!r}, expected one of {', '.join(METHODS)}")
     row = {**{key: config.get(key) for key in CONFIG_COLUMNS}, "model": base_model(config, path)}
     row["contrast_scope"] = row["contrast_scope"] or "micro"
-    row["beta_of"] = Path(str(config["beta_matched_to"]).rstrip("/")).name if config.get("beta_matched_to") else None
+    row.update(beta_of=identity.beta_of, identity=identity)
     if row["contrast_scope"] == "global":  # one contrast matrix spans the global batch: that is its size
         row["batch_size"] = config.get("global_batch_size", row["batch_size"])
     return row
@@ -107,7 +124,8 @@ def collect_runs(results_dir, tasks: Sequence[str] = TASKS, expected_runs: Seque
     """One row per judged run: its winrate.json joined with its run.json; with `expected_runs`,
     exactly those runs.
 
-    Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, contrast_scope, n,
+    Columns: task, run, method, beta, tau, embedder, batch_size, seed, model, contrast_scope, beta_of
+    (a matched-beta control's source run), identity (the rpo.pipeline.Run its run.json records), n,
     wins, ties, losses, unparseable, win_rate, ci_low, ci_high, judge_seed (the bootstrap's seed),
     protocol (the judging protocol, rpo.judge.protocols) and judgments (the per-prompt verdicts beside
     the winrate.json). Raises DataError naming every judgment without a run.json, every run.json
@@ -246,7 +264,8 @@ def list_trained_runs(results_dir, tasks: Sequence[str] = TASKS) -> pd.DataFrame
     rows = []
     for task in tasks:
         for path in sorted((results_dir / task / "models").glob("*/run.json")):
-            rows.append({"task": task, "run": path.parent.name, **read_run_config(path, path.parent.name, task)})
+            config = read_run_config(path, path.parent.name, task)
+            rows.append({"task": task, "run": config["identity"].name, **config})
     if not rows:
         raise DataError(f"{results_dir}: no trained runs (models/*/run.json) under tasks {', '.join(tasks)}")
     return pd.DataFrame(rows, columns=["task", "run", *CONFIG_COLUMNS])

@@ -18,7 +18,7 @@ import pandas as pd
 from rpo.errors import DataError
 from rpo.io import atomic_write_text
 from rpo.losses import REGISTRY
-from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, Run, embedder_short, in_table
+from rpo.pipeline import TABLE1_METHODS, WEIGHTING_METHODS, Defaults, embedder_short, in_table
 from rpo.report import paper_numbers as paper
 from rpo.report.paired import PAIRED_NOTE, compare, format_difference, pool_runs
 
@@ -64,17 +64,10 @@ def _value(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def run_of(row) -> Run:
-    """The rpo.pipeline.Run a collected row (its run.json) describes."""
-    seed, batch_size = _value(row["seed"]), _value(row["batch_size"])
-    return Run.from_settings(row["method"], None if seed is None else int(seed),
-                             None if batch_size is None else int(batch_size), _value(row["tau"]),
-                             _value(row["embedder"]), _value(row.get("contrast_scope")), _value(row.get("beta_of")))
-
-
 def select(runs: pd.DataFrame, table: str, defaults: Defaults) -> pd.DataFrame:
-    """The rows `table` shows (rpo.pipeline.in_table), embedders by their short name."""
-    keep = [in_table(table, run_of(row), defaults) for _, row in runs.iterrows()]
+    """The rows `table` shows (rpo.pipeline.in_table of the run each run.json records), embedders by their
+    short name."""
+    keep = [in_table(table, run, defaults) for run in runs["identity"]]
     selected = runs[keep].copy()
     selected["embedder"] = selected["embedder"].map(lambda e: None if _value(e) is None else embedder_short(e))
     return selected

@@ -9,10 +9,13 @@ import sys
 from rpo.config import validate_config
 from rpo.data.records import PREFERENCE_TASKS
 from rpo.embed import on_gpu as embedder_on_gpu
+from rpo.losses import EMBEDDING_LOSSES
 from rpo.models import PRETRAINED_BUILDS
-from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, EMBEDDING_LOSSES, FIGURES, HEATMAP, TABLES, Defaults, Run,
+from rpo.pipeline import (ALPACAEVAL_TABLE, CURVES, FIGURES, HEATMAP, TABLES, Defaults, Run,
                           alpacaeval_runs, as_overrides, embedder_short, lookup_run, runs_by_name, sft_seed, shown_figures,
                           table_inputs, table_runs, train_settings)
+from rpo.errors import ConfigError
+from rpo.sweep import SWEEP, known_runs, sweep_runs
 
 
 # Fills in every default (the schema's, the trainer's): below, config[...] needs no fallback.
@@ -32,7 +35,8 @@ MODELS = list(config["models"])
 RPO = config["rpo"]
 EMBEDDERS = list(dict.fromkeys(RPO["embedders"] + ([RPO["control_embedder"]] if RPO["control_embedder"] else [])))
 EMBEDDER_BY_SHORT = {embedder_short(e): e for e in EMBEDDERS}
-RUNS_BY_TASK = {t: runs_by_name(config, t) for t in TASKS}
+RUNS_BY_TASK = {t: runs_by_name(config, t) for t in TASKS}  # the default target's runs
+KNOWN_RUNS_BY_TASK = {t: known_runs(config, t) for t in TASKS}  # and the beta sweep's (sweep.smk)
 THREADS = config["threads"]
 MEM_MB = config["mem_mb"]
 GPUS = config["gpus"]
@@ -68,8 +72,8 @@ def quoted_json(obj):
 
 
 def run_settings(wildcards):
-    """The run a job's {task}/{run} names, looked up in the experiment matrix."""
-    return lookup_run(RUNS_BY_TASK[wildcards.task], wildcards.run, wildcards.task)
+    """The run a job's {task}/{run} names, looked up in the experiment matrix and the beta sweep."""
+    return lookup_run(KNOWN_RUNS_BY_TASK[wildcards.task], wildcards.run, wildcards.task)
 
 
 def model_dir(model, task, run):
@@ -197,3 +201,19 @@ def report_inputs(model, table):
 
 def expected_runs(table):
     return " ".join(f"{t}/{r.name}" for t, r in table_inputs(config, table))
+
+
+# -- the beta sweep (sweep.smk) --------------------------------------------------------------------
+SWEEP_RUNS = sweep_runs(config)
+
+
+def sweep_judgments(model):
+    return [f"{RESULTS}/{model}/{t}/judgments/{r.name}" for t in TASKS for r in SWEEP_RUNS]
+
+
+def sweep_targets():
+    if not SWEEP_RUNS:
+        raise ConfigError("the sweep target has no runs: set config keys sweep.betas and sweep.methods")
+    return ([f"{j}.winrate.json" for m in MODELS for j in sweep_judgments(m)]
+            + [f"{RESULTS}/tables/{m}/{SWEEP}.md" for m in MODELS]
+            + [f"{RESULTS}/figures/{m}/{SWEEP}.png" for m in MODELS])
