@@ -202,7 +202,8 @@ def test_killed_run_keeps_answers_already_received(api_key, tmp_path):
     with ChatServer(reply) as srv:
         args = ["--samples", str(samples_path), "--task", "dialogue", "--base-url", srv.base_url,
                 "--cache", str(tmp_path / "cache.sqlite"), "--seed", "1", "--out", str(tmp_path / "j.jsonl"),
-                "--summary", str(tmp_path / "w.json"), "--concurrency", "1", "--timeout", "30", "--no-progress"]
+                "--summary", str(tmp_path / "w.json"), "--usage", str(tmp_path / "u.json"), "--concurrency", "1",
+                "--timeout", "30", "--no-progress"]
         proc = subprocess.Popen([sys.executable, "-m", "rpo.judge", *args], env=os.environ.copy(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -218,8 +219,9 @@ def test_killed_run_keeps_answers_already_received(api_key, tmp_path):
         before = srv.requests
         assert judge_main(args + ["--timeout", "2"]) == 0
         assert srv.requests - before == N - 3
-    summary = json.loads((tmp_path / "w.json").read_text())
-    assert summary["cached"] == 3 and summary["api_calls"] == N - 3
+    usage = json.loads((tmp_path / "u.json").read_text())
+    assert usage["cached"] == len(usage["cached_ids"]) == 3 and usage["api_calls"] == N - 3
+    assert "cached" not in json.loads((tmp_path / "w.json").read_text())  # the summary: verdicts only
 
 
 def test_cli_summary_tokens_cost_and_no_key_in_any_file(api_key, server, tmp_path, capsys):
@@ -230,21 +232,23 @@ def test_cli_summary_tokens_cost_and_no_key_in_any_file(api_key, server, tmp_pat
               "--cache", str(tmp_path / "cache.sqlite"), "--seed", "7", "--concurrency", "1",
               "--timeout", "0.5", "--backoff-base", "0.01", "--no-progress"]
     out, summary_path = tmp_path / "judgments" / "run.jsonl", tmp_path / "judgments" / "run.winrate.json"
-    assert judge_main(common + ["--out", str(out), "--summary", str(summary_path)]) == 0
-    summary = json.loads(summary_path.read_text())
+    usage_path = tmp_path / "judgments" / "run.usage.json"
+    assert judge_main(common + ["--out", str(out), "--summary", str(summary_path), "--usage", str(usage_path)]) == 0
+    summary, usage = json.loads(summary_path.read_text()), json.loads(usage_path.read_text())
     assert {k: summary[k] for k in ("run", "task", "n", "wins", "ties", "losses", "unparseable")} == {
         "run": "samples", "task": "dialogue", "n": N, "wins": 5, "ties": 0, "losses": 6, "unparseable": 1}
     assert summary["win_rate"] == pytest.approx(5 / N)
     assert summary["ci_low"] <= summary["win_rate"] <= summary["ci_high"]
     served_in = sum(len(m["content"].split()) for body in server.bodies for m in body["messages"])
     served_out = sum(len(parse.split()) for parse in [json.loads(r)["raw"] for r in out.read_text().splitlines()])
-    assert (summary["input_tokens"], summary["output_tokens"]) == (served_in, served_out)
-    assert summary["estimated_cost_usd"] == pytest.approx(served_in * 30e-6 + served_out * 60e-6)
+    assert (usage["input_tokens"], usage["output_tokens"]) == (served_in, served_out)
+    assert usage["estimated_cost_usd"] == pytest.approx(served_in * 30e-6 + served_out * 60e-6)
     assert summary["judge_model"] == "gpt-4-0613" and summary["protocol"] == "rpo-paper"
     assert summary["template_sha256"] == protocol_sha256("rpo-paper", "dialogue") != template_sha256("dialogue")
     assert (summary["retried_items"], summary["failed_items"]) == (0, 0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert set(rows[0]) >= {"id", "task", "prompt", "response", "chosen", "order", "raw", "verdict"}
+    assert "cached" not in rows[0]  # a verdict file is the same bytes whatever the shared cache held
 
     server.fail(401, times=100)  # a failing run: its error message must not carry the key either
     assert judge_main(["--samples", str(samples_path), "--task", "summarization", "--base-url",

@@ -206,7 +206,8 @@ def test_summary_counts_retried_and_failed_items(tmp_path):
             args = ["--samples", str(path), "--task", "summarization", "--base-url", server.base_url,
                     "--cache", str(tmp_path / cache), "--concurrency", "1", "--max-attempts", "3",
                     "--backoff-base", "0.01", "--timeout", "2", "--no-progress",
-                    "--out", str(tmp_path / f"{name}.jsonl"), "--summary", str(tmp_path / f"{name}.json"), *extra]
+                    "--out", str(tmp_path / f"{name}.jsonl"), "--summary", str(tmp_path / f"{name}.json"),
+                    "--usage", str(tmp_path / f"{name}.usage.json"), *extra]
             code = judge_main(args)
             return code, json.loads((tmp_path / f"{name}.json").read_text()) if code == 0 else None
 
@@ -215,7 +216,7 @@ def test_summary_counts_retried_and_failed_items(tmp_path):
         assert code == 0 and (summary["retried_items"], summary["failed_items"]) == (1, 0)
         assert summary["protocol"] == "rpo-paper" and summary["wins"] == 3
         _, again = run("b", "a.sqlite")  # from the cache: the attempts it took are kept there
-        assert again["cached"] == 6 and again["retried_items"] == 1
+        assert again["retried_items"] == 1 and json.loads((tmp_path / "b.usage.json").read_text())["cached"] == 6
 
         server.fail(500, times=3)  # every attempt of the first item fails
         assert run("c", "c.sqlite")[0] == 1  # by default a failure fails the run (rerun pays only for it)

@@ -3,13 +3,16 @@
     python -m rpo.judge --samples results/hh/samples/dpo_bs8_seed1.jsonl --task dialogue \
         --backend openai --model gpt-4-0613 --cache results/hh/judge_cache.sqlite --seed 1 \
         --out results/hh/judgments/dpo_bs8_seed1.jsonl \
-        --summary results/hh/judgments/dpo_bs8_seed1.winrate.json
+        --summary results/hh/judgments/dpo_bs8_seed1.winrate.json \
+        --usage results/hh/judgments/dpo_bs8_seed1.usage.json
 
 --protocol chooses the judging protocol (rpo.judge.protocols): rpo-paper (default, the public code's
 compare.py: fixed temperature 0, max_tokens 10 and seed 0, its own seeded order; --max-tokens is not
 used) or rationale (the project's one-sentence template; --max-tokens and --seed's order apply). With
 the oracle backend the protocol sets only the presentation order: it reads rewards, not prompts. The
 summary records the protocol, its template hash, and how many items needed retries or finally failed.
+What the calls cost (api_calls, answers served by the cache and which, tokens, estimated_cost_usd) goes to
+--usage and the log, not into the judgments or the summary: it depends on what the shared cache held.
 
 The OpenAI backend reads OPENAI_API_KEY from the environment (never from a flag, so it stays out of
 shell history and process lists). The oracle backend takes `--reward module:function`, a callable
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds the bootstrap, and the order under rationale (rpo-paper's order: seed 0)")
     parser.add_argument("--out", required=True, type=Path, help="judgments JSONL")
     parser.add_argument("--summary", required=True, type=Path, help="win-rate summary JSON")
+    parser.add_argument("--usage", type=Path, default=None,
+                        help="JSON of the calls made: api_calls, cached answers (and which), tokens, estimated cost")
     parser.add_argument("--run", default=None, help="run name in the summary (default: the samples file stem)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256, help="rationale only: rpo-paper fixes 10")
@@ -106,10 +112,15 @@ def run(args) -> dict:
         protocol=args.protocol,
         template_sha256=protocol_sha256(args.protocol, args.task),
         **attempt_counts(rows),
-        **judge.usage(),
     )
-    write_jsonl(args.out, rows)
+    # What the calls cost depends on which answers the shared cache already held, i.e. on the order jobs ran
+    # in: kept apart, so the verdicts and the summary are the same bytes however the DAG was scheduled.
+    usage = {"run": summary["run"], **judge.usage(), "cached_ids": [r["id"] for r in rows if r["cached"]]}
+    write_jsonl(args.out, [{k: v for k, v in r.items() if k != "cached"} for r in rows])
     write_json(args.summary, summary)
+    if args.usage is not None:
+        write_json(args.usage, usage)
+    print(json.dumps({k: v for k, v in usage.items() if k != "cached_ids"}))
     return summary
 
 

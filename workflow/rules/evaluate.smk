@@ -36,6 +36,7 @@ rule judge:
     output:
         judgments=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.jsonl",
         summary=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.winrate.json",
+        usage=f"{RESULTS}/{{model}}/{{task}}/judgments/{{run}}.usage.json",
     params:
         wrapper=judge_wrapper(),
         model=JUDGE["model"],
@@ -63,7 +64,7 @@ rule judge:
         " {params.base_url} --model {params.model:q} --protocol {params.protocol} --cache {params.cache} --seed {params.seed}"
         " --concurrency {params.concurrency} --max-tokens {params.max_tokens} --timeout {params.timeout}"
         " --max-attempts {params.max_attempts} {params.failed}"
-        " --no-progress --out {output.judgments} --summary {output.summary}"
+        " --no-progress --out {output.judgments} --summary {output.summary} --usage {output.usage}"
         " > {log} 2>&1"
 
 
