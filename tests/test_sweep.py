@@ -35,7 +35,7 @@ def test_sweep_runs_carry_their_beta_and_reuse_the_main_runs_at_the_configured_o
     config = embedded()
     runs = sweep_runs(config)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 3 * 3 * 3  # betas x (DPO, RPO-Paired, its control) x seeds
+    assert len(names) == len(set(names)) == len(config["sweep"]["betas"]) * 3 * 3  # x (DPO, RPO, control) x seeds
     main = {r.name for r in experiment_runs(config)}
     at_default = [n for n in names if "_beta" not in n]
     assert sorted(at_default) == sorted(

@@ -106,40 +106,46 @@ def sweep_table(runs: pd.DataFrame) -> Table:
 
 
 def plot_sweep(table: Table, stem) -> list[Path]:
-    """One column per task (and model): RPO-Paired - control and - DPO against beta (points, 95%
-    interval), the share of loss logits past |x| = 1 and the end loss of each role."""
+    """One column per task (and model), against beta: each role's win rate and RPO-Paired - control and
+    - DPO (points, 95% intervals), each role's share of loss logits past |x| = 1 and its end loss."""
     data = table.data
     if data.empty:
         raise DataError(f"{table.name}: nothing to plot")
     panels = list(data.groupby(["task", "model"], sort=True, dropna=False))
     several_models = data["model"].nunique(dropna=False) > 1
-    fig, axes = plt.subplots(3, len(panels), figsize=(1.0 + 4.6 * len(panels), 9.0), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(4, len(panels), figsize=(1.0 + 4.6 * len(panels), 11.5), squeeze=False, sharex=True)
     betas = np.sort(data["beta"].astype(float).unique())
     for column, ((task, model), block) in zip(axes.T, panels):
+        for k, role in enumerate(ROLES):
+            rows = block[block["method"] == role].sort_values("beta")
+            err = np.vstack([rows["win_rate"] - rows["ci_low"], rows["ci_high"] - rows["win_rate"]]).astype(float)
+            column[0].errorbar(rows["beta"].to_numpy(float) * 1.04 ** (k - 1), 100 * rows["win_rate"].to_numpy(float),
+                               yerr=100 * err, marker="o", capsize=3, label=ROLE_LABELS[role])
+        column[0].set_title(f"{task} ({model})" if several_models else str(task))
         source = block[block["method"] == SOURCE].sort_values("beta")
         for k, (_, name) in enumerate(AGAINST):
             diff = source[f"vs {name}: diff"].to_numpy(float)
             err = np.vstack([diff - source[f"vs {name}: diff_low"].to_numpy(float),
                              source[f"vs {name}: diff_high"].to_numpy(float) - diff])
             xs = source["beta"].to_numpy(float) * 1.04 ** (k - 0.5)  # side by side at one beta
-            column[0].errorbar(xs, 100 * diff, yerr=100 * err, marker="o", capsize=3,
+            column[1].errorbar(xs, 100 * diff, yerr=100 * err, marker="o", capsize=3,
                                label=f"{ROLE_LABELS[SOURCE]} - {name}")
-        column[0].axhline(0, color="grey", lw=0.8, ls=":")
-        column[0].set_title(f"{task} ({model})" if several_models else str(task))
+        column[1].axhline(0, color="grey", lw=0.8, ls=":")
         for role in ROLES:
             rows = block[block["method"] == role].sort_values("beta")
-            column[1].plot(rows["beta"], 100 * rows["saturated"], marker="o", label=ROLE_LABELS[role])
-            column[2].plot(rows["beta"], rows["loss_end"], marker="o", label=ROLE_LABELS[role])
-        column[2].axhline(np.log(2), color="grey", lw=0.8, ls=":", label="log 2 (start)")
-        column[2].set_xscale("log")
-        column[2].set_xticks(betas, [f"{b:g}" for b in betas])
-        column[2].minorticks_off()
-        column[2].set_xlabel("beta (the control: its source's)")
+            column[2].plot(rows["beta"], 100 * rows["saturated"], marker="o", label=ROLE_LABELS[role])
+            column[3].plot(rows["beta"], rows["loss_end"], marker="o", label=ROLE_LABELS[role])
+        column[3].axhline(np.log(2), color="grey", lw=0.8, ls=":", label="log 2 (start)")
+        column[3].set_xscale("log")
+        column[3].set_xticks(betas, [f"{b:g}" for b in betas])
+        column[3].minorticks_off()
+        column[3].set_xlabel("beta (the control: its source's)")
         for ax in column:
             ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("win-rate difference (points)")
-    axes[1][0].set_ylabel("loss logits past |x| = 1 (%)")
-    axes[2][0].set_ylabel("training loss, last 10% of steps")
+    axes[0][0].set_ylabel("win rate vs chosen (%)")
+    axes[1][0].set_ylabel("win-rate difference (points)")
+    axes[2][0].set_ylabel("loss logits past |x| = 1 (%)")
+    axes[3][0].set_ylabel("training loss, last 10% of steps")
     for row in axes:
         row[-1].legend(fontsize=8)
     fig.suptitle(table.title, fontsize=11)
