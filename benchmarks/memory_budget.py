@@ -21,18 +21,21 @@ stream's, `a` the matmuls' (bf16 under autocast); every term named in `training_
   without it every block's saved tensors; under autocast also each linear's bf16 weight copy); the LM head
   as rpo.scoring computes it (S response positions, chunks of HEAD_CHUNK_ELEMENTS logits, each recomputed in
   backward); the backward's transient gradients; the optimizer step (torch's foreach RMSprop on CUDA holds a
-  sqrt of the whole state). The peak is the largest of: the start of backward, each end of the block loop
-  in backward, and the optimizer step.
+  sqrt of the whole state); the final save (rpo.distributed.full_state_dicts gathers one parameter at a time
+  and copies it to the host). The peak is the largest of: the start of backward, each end of the block loop
+  in backward, the optimizer step and the final save.
 - inference (reference cache, generation's chosen_logp, KTO's KL forward): full weights on each rank and one
   block's working set of N tokens under no_grad. Generation: plus the KV cache of batch x max_length tokens
   (keys in fp32 under fp32 master weights: RoPE's fp32 cos/sin promote them) and its growth by torch.cat.
 - per-token bytes of a block's saved tensors are derived tensor by tensor in `block_saved` (transformers'
-  LlamaDecoderLayer) and were checked with torch's saved-tensor hooks on CPU.
+  LlamaDecoderLayer under rpo.scoring's per-sequence sdpa; tests/test_memory_budget.py checks them against
+  torch's saved-tensor hooks). flash-attention's varlen kernel (the GPU profiles) saves its output once
+  where sdpa's is saved and copied: there the term is 2*d bytes per token too high, on the safe side.
+The CPU probes (benchmarks/RESULTS.md, "Will it fit?") check the whole formula against measured peaks.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +117,10 @@ HEAD_CHUNK_ELEMENTS = 2 ** 24  # rpo.scoring's (imported in main() to check it d
 CUDA_CONTEXT = 1.0 * GIB  # CUDA context, kernels (flash-attn's included), cuBLAS handles: outside the allocator
 NCCL_BUFFERS = 1.0 * GIB  # NCCL's channel buffers for 8 ranks on one node (NVLink), outside the allocator
 ALLOCATOR_OVERHEAD = 1.10  # reserved / allocated at the peak: the caching allocator's rounding and fragmentation
-# ASSUMPTION of the CPU probes only: the tokenizer and the model's Python objects, resident beside the tensors
-CPU_HOST = 32 * 2 ** 20
+# ASSUMPTION of the CPU probes only: the model's Python objects and the probe's own tokenizer instance, resident
+# beside the tensors (the training probes' resident set after loading minus the weights: 4-5 MiB with a 1k-token
+# BPE, 26-31 MiB with SmolLM2's 49k-token tokenizer)
+CPU_HOST = 8 * 2 ** 20
 
 
 def block_saved(shape: Shape, num: Numerics) -> float:
@@ -175,9 +180,9 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
     rows = min(scored, head_chunk_rows(shape))
     chunked = scored > rows
     head_kept = scored * d * r + (0 if chunked else rows * V * 4 + (scored * d * a + V * d * a if num.autocast else 0))
-    # one chunk's backward: log-softmax output, its gradient and the input's (fp32), plus the bf16 gradient;
-    # the chunk's head-weight gradient before it is added to .grad (and its bf16 copies under autocast)
-    head_backward = rows * V * (12 + a) + V * d * (w + (2 * a if num.autocast else 0))
+    # one chunk's backward: its log-softmax output (recomputed; kept from forward when unchunked), the
+    # gradient of that output and of its input (fp32 each), and under autocast the head's bf16 weight copy
+    head_backward = rows * V * (12 if chunked else 8) + (V * d * a if num.autocast else 0)
     block_backward = tokens * (3 * a * shape.intermediate + 2 * r * d) + (d * shape.intermediate * a if num.autocast else 0)
     held = weights + (state if steady else 0) + ddp
     grad_head = (shape.vocab * d * w) if shard == 1 else 0.0  # with FSDP2 the root's gradient is in fsdp_bwd
@@ -190,6 +195,9 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
         + grads,
         "optimizer step": weights + state + grads + ddp
         + (state if foreach else 2 * shape.vocab * d * w * OPTIMIZER_STATES[optimizer] / shard),
+        # rpo.train's final save (rpo.distributed.full_state_dicts, cpu_offload): one parameter gathered whole
+        # at a time, copied to the host; sharded checkpoints (rpo.checkpoint) write each rank's shards as they are
+        "final save": weights + state + shape.vocab * d * w,
     }
     phase = max(phases, key=phases.get)
     breakdown = {"weights": weights, "gradients": grads, "optimizer state": state, "fsdp buffers": fsdp_fwd + fsdp_bwd,
@@ -214,17 +222,18 @@ def kv_bytes(num: Numerics) -> tuple[int, int]:
     return (4 if num.autocast else num.matmul), num.matmul
 
 
-def generation_peak(shape: Shape, num: Numerics, *, batch: int, max_length: int) -> float:
-    """rpo.generate: prefill of up to batch x max_length prompt tokens, decoding with transformers'
+def generation_peak(shape: Shape, num: Numerics, *, batch: int, max_length: int, prompt: int | None = None,
+                    score_chosen: bool = True) -> float:
+    """rpo.generate: prefill of batch x prompt tokens (default: up to max_length), decoding with transformers'
     DynamicCache to batch x max_length tokens (each step torch.cat re-allocates a layer's keys while the old
-    ones live), then chosen_logp's packed forward of batch sequences of up to max_length tokens (the cache is
-    gone by then)."""
+    ones live), then (score_chosen, as the workflow runs it) chosen_logp's packed forward of batch sequences of
+    up to max_length tokens (the cache is gone by then)."""
     key, value = kv_bytes(num)
-    tokens = batch * max_length
-    cache = tokens * shape.layers * shape.kv * (key + value)
-    decode = cache + tokens * shape.kv * key + batch * shape.vocab * 4 * 4  # + logits, the sampler's softmax/mask
-    prefill = cache + tokens * inference_working_set(shape, num)
-    chosen = inference_peak(shape, num, tokens=tokens, scored=tokens) - shape.params * num.weight
+    tokens, prompt_tokens = batch * max_length, batch * (prompt or max_length)
+    per_token = shape.layers * shape.kv * (key + value)
+    decode = tokens * per_token + tokens * shape.kv * key + batch * shape.vocab * 4 * 4  # + logits, the sampler's
+    prefill = prompt_tokens * (per_token + inference_working_set(shape, num))
+    chosen = inference_peak(shape, num, tokens=tokens, scored=tokens) - shape.params * num.weight if score_chosen else 0
     return shape.params * num.weight + max(decode, prefill, chosen)
 
 
@@ -340,6 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--measure: where the probes run")
     parser.add_argument("--out", default=None, help="--measure: also write the probes' figures to this JSON file")
     parser.add_argument("--probes", default=None, help="--measure: comma-separated probe names (default: all)")
+    parser.add_argument("--work", default=None, help="--measure: folder for the probes' models and data, kept "
+                                                     "(default: a new temporary folder)")
     args = parser.parse_args(argv)
     from rpo.config import validate_config
     from rpo.errors import ConfigError
@@ -349,7 +360,7 @@ def main(argv=None) -> int:
     if args.measure:
         from memory_probes import measure
 
-        return measure(args.device, args.out, args.probes.split(",") if args.probes else None)
+        return measure(args.device, args.out, args.probes.split(",") if args.probes else None, args.work)
     path = Path(args.configfile)
     try:
         config = validate_config(yaml.safe_load(path.read_text()))
