@@ -199,20 +199,30 @@ def warm_up(numerics: str, device: str, folder: str) -> None:
 
 
 # -- one probe (child process) -----------------------------------------------------------------------
+def precision_keys(probe: Probe) -> dict:
+    return {"dtype": "bfloat16", "fp32_master_weights": probe.numerics == "fp32m"}
+
+
+def compute_cache(probe: Probe, spec: dict) -> None:
+    """The reference-cache probe's run: rpo.refcache over the probe's data, written to spec["out"]."""
+    from rpo.refcache import compute_reference_cache
+
+    compute_reference_cache(spec["model"], spec["data"], spec["out"], max_length=probe.prompt + probe.response,
+                            max_prompt_length=probe.prompt, batch_size=probe.batch, device=spec["device"],
+                            **precision_keys(probe))
+
+
 def child(spec: dict) -> dict:
     import torch
 
     probe, device = Probe(**spec["probe"]), spec["device"]
     torch.set_num_threads(THREADS)
     from peak_memory import PeakSampler, rss
-    from rpo.generate import generate, select_prompts
     from rpo.data.records import read_records
-    from rpo.refcache import compute_reference_cache
+    from rpo.generate import generate, select_prompts
     from rpo.train import Trainer, resolve_config
 
-    precision = {"dtype": "bfloat16", "fp32_master_weights": probe.numerics == "fp32m"}
-    length = probe.prompt + probe.response
-    cuda = device == "cuda"
+    length, cuda = probe.prompt + probe.response, device == "cuda"
     warm_up(probe.numerics, device, spec["model"])
     gc.collect()
     baseline = torch.cuda.memory_allocated() if cuda else rss()  # before the model is loaded
@@ -222,7 +232,7 @@ def child(spec: dict) -> dict:
             "model": spec["model"], "data": spec["data"], "out": spec["out"], "method": "dpo",
             "reference_cache": spec["cache"], "batch_size": probe.batch, "max_length": length,
             "max_prompt_length": probe.prompt, "optimizer": "rmsprop", "lr": 5e-7, "device": device,
-            "threads": THREADS, "activation_checkpointing": probe.checkpointing, **precision}))
+            "threads": THREADS, "activation_checkpointing": probe.checkpointing, **precision_keys(probe)}))
         trainer.model.train()
         with torch.no_grad():  # read every weight: those mapped from the file become resident before the step
             sum(float(p.float().sum()) for p in trainer.model.parameters())
@@ -230,15 +240,14 @@ def child(spec: dict) -> dict:
         run = trainer.train_step
     elif probe.kind == "refcache":
         def run():
-            compute_reference_cache(spec["model"], spec["data"], spec["out"], max_length=length,
-                                    max_prompt_length=probe.prompt, batch_size=probe.batch, device=device, **precision)
+            compute_cache(probe, spec)
     else:
         prompts = select_prompts(read_records(spec["data"]), probe.batch, seed=1)
 
         def run():
             generate(spec["model"], prompts, spec["out"], max_length=length, max_prompt_length=probe.prompt,
                      train_max_length=length, batch_size=probe.batch, temperature=1.0, device=device,
-                     progress=False, **precision)
+                     progress=False, **precision_keys(probe))
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -257,19 +266,27 @@ def child(spec: dict) -> dict:
 
 
 # -- the run (parent process) ------------------------------------------------------------------------
-def run_probe(probe: Probe, work: Path, device: str) -> dict:
-    """Measure `probe` in a fresh process (after the reference cache it reads, for a training probe) and
-    predict it; the result row."""
+def probe_spec(probe: Probe, work: Path, device: str) -> dict:
+    folder = model_folder(work, probe.model, probe.numerics)
+    spec = {"probe": asdict(probe), "device": device, "model": str(folder),
+            "data": str(data_file(work, probe, folder)), "out": str(work / f"{probe.name}.out")}
+    if probe.kind == "train":
+        spec["cache"] = str(work / f"{probe.cache_probe().name}.out")
+    return spec
+
+
+def run_probe(probe: Probe, work: Path, device: str, measure_cache: bool = True) -> dict:
+    """Measure `probe` in a fresh process and predict it; the result row. A training probe's reference cache
+    is computed first: measured as its own probe, or (measure_cache False) in this process, unmeasured."""
     from transformers import AutoConfig
 
-    folder = model_folder(work, probe.model, probe.numerics)
-    spec = {"probe": asdict(probe), "device": device, "model": str(folder), "data": str(data_file(work, probe, folder)),
-            "out": str(work / f"{probe.name}.out")}
-    if probe.kind == "train":
+    spec = probe_spec(probe, work, device)
+    if probe.kind == "train" and not Path(spec["cache"]).exists():
         cache = probe.cache_probe()
-        spec["cache"] = str(work / f"{cache.name}.out")
-        if not Path(spec["cache"]).exists():
+        if measure_cache:
             run_probe(cache, work, device)
+        else:
+            compute_cache(cache, probe_spec(cache, work, device))
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(THREADS),
            "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
@@ -278,11 +295,12 @@ def run_probe(probe: Probe, work: Path, device: str) -> dict:
     if done.returncode or not lines:
         raise RuntimeError(f"probe {probe.name} failed:\n{done.stderr[-3000:]}")
     measured = json.loads(lines[-1][len("RESULT "):])
+    folder = Path(spec["model"])
     shape = Shape.of(AutoConfig.from_pretrained(folder))
     tokens, scored = token_counts(folder, Path(spec["data"]), probe)
     predicted = predict(probe, shape, device, tokens, scored)
-    return {"probe": probe.name, **asdict(probe), "tokens": tokens, "scored": scored, "params": shape.params, "predicted": predicted,
-            **measured, "error": (predicted - measured["measured"]) / measured["measured"]}
+    return {"probe": probe.name, **asdict(probe), "tokens": tokens, "scored": scored, "params": shape.params,
+            "predicted": predicted, **measured, "error": (predicted - measured["measured"]) / measured["measured"]}
 
 
 def measure(device: str = "cpu", out: str | None = None, names: list[str] | None = None,

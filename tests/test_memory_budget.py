@@ -65,14 +65,13 @@ def test_block_term_is_what_autograd_saves(numerics, kv_heads):
 
 
 def test_a_probe_is_predicted_within_the_tolerance(tmp_path):
-    """A real measurement, in fresh processes: the reference cache's forward and a training step without
-    checkpointing of a Llama from a config (its activations are most of its peak)."""
-    probe = memory_probes.Probe("llama-mha", "bf16", "train", 384, 128, 2, 2, checkpointing=False)
-    train = memory_probes.run_probe(probe, tmp_path, "cpu")
-    cache = memory_probes.run_probe(probe.cache_probe(), tmp_path, "cpu")
-    for row in (train, cache):
-        assert abs(row["error"]) <= memory_probes.TOLERANCE, row
-    assert train["measured"] > 3 * cache["measured"]  # the step's activations, not the weights, dominate
+    """A real measurement, in a fresh process: a training step without checkpointing of a Llama from a
+    config, whose activations are most of its peak (its reference cache computed here, unmeasured)."""
+    probe = memory_probes.Probe("llama-mha", "bf16", "train", 192, 64, 2, 2, checkpointing=False)
+    row = memory_probes.run_probe(probe, tmp_path, "cpu", measure_cache=False)
+    assert abs(row["error"]) <= memory_probes.TOLERANCE, row
+    weights = row["params"] * 2
+    assert row["measured"] > 4 * weights  # the step's activations and gradients, not the weights, dominate
 
 
 def test_the_paper_profile_fits_and_the_table_lists_every_job():
