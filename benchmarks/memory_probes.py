@@ -12,7 +12,8 @@ Probes, each in a fresh process (so nothing of another run's allocations remains
 - reference cache: rpo.refcache.compute_reference_cache over the probe's pairs (a packed no-grad forward of
   each batch; it writes the cache the training probes read);
 - training: one DPO step of our Trainer (rpo.train, as bench_memory.py's step_ours), one micro-batch,
-  RMSprop, with and without activation_checkpointing;
+  RMSprop, with and without activation_checkpointing; and with FSDP2 on 2 gloo ranks (torchrun, rank 0's
+  figures, its reference cache computed in the parent, unmeasured);
 - generation: rpo.generate.generate of one batch of prompts to max_length tokens (the KV cache).
 On CPU the figure is the process's peak resident set during the probe (the kernel's high-water mark, reset
 when the probe starts: peak_memory.PeakSampler(exact=True)) minus its resident set BEFORE THE MODEL IS
@@ -61,11 +62,12 @@ class Probe:
     pairs: int  # records of the probe's data
     batch: int  # refcache: sequences a batch; train: pairs a micro-batch; generate: prompts a batch
     checkpointing: bool = False
+    world: int = 1  # train: ranks (torchrun, gloo) sharding the model with FSDP2 when more than one
 
     @property
     def name(self) -> str:
         ac = {"train": "-ac" if self.checkpointing else "-noac"}.get(self.kind, "")
-        return f"{self.model}-{self.numerics}-{self.kind}{ac}"
+        return f"{self.model}-{self.numerics}-{self.kind}{ac}" + (f"-fsdp{self.world}" if self.world > 1 else "")
 
     @property
     def data_key(self) -> str:
@@ -84,6 +86,9 @@ def default_probes() -> list[Probe]:
             train = [Probe(model, numerics, "train", prompt, response, pairs, pairs, ac) for ac in (False, True)]
             probes += [train[0].cache_probe(), *train]
         probes.append(Probe("llama-mha", numerics, "generate", 256, 256, 32, 32))
+        # FSDP2 on 2 gloo ranks (a micro-batch each): sharded state, the root unit and blocks all-gathered
+        probes += [Probe("smollm2", numerics, "train", 32, 96, 4, 2, True, 2),
+                   Probe("llama-mha", numerics, "train", 384, 128, 8, 4, True, 2)]
     return probes
 
 
@@ -151,8 +156,8 @@ def token_counts(folder: Path, data: Path, probe: Probe) -> tuple[int, int]:
                                  "keep_end")
     sides = [[(len(e["input_ids"]), sum(label != -100 for label in e["labels"])) for e in sequences[side]]
              for side in ("chosen", "rejected")]
-    if probe.kind == "train":  # one micro-batch of every pair: chosen and rejected sequences together
-        batches = [sides[0] + sides[1]]
+    if probe.kind == "train":  # a micro-batch: `batch` pairs' chosen and rejected sequences together
+        batches = [sides[0][s:s + probe.batch] + sides[1][s:s + probe.batch] for s in range(0, probe.pairs, probe.batch)]
     elif probe.kind == "refcache":
         batches = [side[s:s + probe.batch] for side in sides for s in range(0, len(side), probe.batch)]
     else:  # generation: batch x max_length tokens cached, prompts of probe.prompt tokens
@@ -166,7 +171,7 @@ def predict(probe: Probe, shape: Shape, device: str, tokens: int, scored: int) -
         peak = inference_peak(shape, num, tokens=tokens, scored=scored)
     elif probe.kind == "train":
         peak = training_peak(shape, num, tokens=tokens, scored=scored, checkpointing=probe.checkpointing,
-                             foreach=device == "cuda", steady=False)[0]
+                             world=probe.world, fsdp=probe.world > 1, foreach=device == "cuda", steady=False)[0]
     else:
         peak = generation_peak(shape, num, batch=probe.batch, max_length=probe.prompt + probe.response,
                                prompt=probe.prompt, score_chosen=False)
@@ -217,6 +222,8 @@ def child(spec: dict) -> dict:
 
     probe, device = Probe(**spec["probe"]), spec["device"]
     torch.set_num_threads(THREADS)
+    if device == "cuda":  # under torchrun each rank on its own GPU from the start (warm-up and baseline included)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     from peak_memory import PeakSampler, rss
     from rpo.data.records import read_records
     from rpo.generate import generate, select_prompts
@@ -232,7 +239,8 @@ def child(spec: dict) -> dict:
             "model": spec["model"], "data": spec["data"], "out": spec["out"], "method": "dpo",
             "reference_cache": spec["cache"], "batch_size": probe.batch, "max_length": length,
             "max_prompt_length": probe.prompt, "optimizer": "rmsprop", "lr": 5e-7, "device": device,
-            "threads": THREADS, "activation_checkpointing": probe.checkpointing, **precision_keys(probe)}))
+            "threads": THREADS, "activation_checkpointing": probe.checkpointing, "fsdp": probe.world > 1,
+            **precision_keys(probe)}))
         trainer.model.train()
         with torch.no_grad():  # read every weight: those mapped from the file become resident before the step
             sum(float(p.float().sum()) for p in trainer.model.parameters())
@@ -269,9 +277,10 @@ def child(spec: dict) -> dict:
 def probe_spec(probe: Probe, work: Path, device: str) -> dict:
     folder = model_folder(work, probe.model, probe.numerics)
     spec = {"probe": asdict(probe), "device": device, "model": str(folder),
-            "data": str(data_file(work, probe, folder)), "out": str(work / f"{probe.name}.out")}
+            "data": str(data_file(work, probe, folder)), "out": str(work / f"{probe.name}.{probe.data_key}.out")}
     if probe.kind == "train":
-        spec["cache"] = str(work / f"{probe.cache_probe().name}.out")
+        cache = probe.cache_probe()
+        spec["cache"] = str(work / f"{cache.name}.{cache.data_key}.out")
     return spec
 
 
@@ -289,8 +298,9 @@ def run_probe(probe: Probe, work: Path, device: str, measure_cache: bool = True)
             compute_cache(cache, probe_spec(cache, work, device))
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(THREADS),
            "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)
+    ranks = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(probe.world)] if probe.world > 1 else []
+    done = subprocess.run([sys.executable, *ranks, __file__, "--child", json.dumps(spec)], capture_output=True,
+                          text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"probe {probe.name} failed:\n{done.stderr[-3000:]}")
@@ -313,6 +323,10 @@ def measure(device: str = "cpu", out: str | None = None, names: list[str] | None
                   file=sys.stderr)
             return 2
         probes = [p for p in probes if p.name in names]
+    if device == "cuda":
+        import torch
+
+        probes = [p for p in probes if p.world <= torch.cuda.device_count()]  # FSDP2 probes need a GPU a rank
     folder = Path(work or tempfile.mkdtemp(prefix="rpo-memory-probes-"))
     print(f"memory probes on {device} ({platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
           f"{THREADS} threads, each in a fresh process; measured: "
@@ -323,7 +337,7 @@ def measure(device: str = "cpu", out: str | None = None, names: list[str] | None
     print("| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if device == "cuda" else ""), flush=True)
     rows = []
     for probe in probes:
-        r = run_probe(probe, folder, device)
+        r = run_probe(probe, folder, device, measure_cache=False)  # the listed caches are measured as their own rows
         rows.append(r)
         ac = {True: "on", False: "off"}[probe.checkpointing] if probe.kind == "train" else "-"
         extra = f" {r['reserved'] / MIB:.0f} | {r['outside_allocator'] / MIB:.0f} |" if device == "cuda" else ""
@@ -342,6 +356,8 @@ def measure(device: str = "cpu", out: str | None = None, names: list[str] | None
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        print("RESULT " + json.dumps(child(json.loads(sys.argv[2]))), flush=True)
+        result = child(json.loads(sys.argv[2]))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0's figures
+            print("RESULT " + json.dumps(result), flush=True)
     else:
         sys.exit(measure(*(sys.argv[1:2] or ["cpu"])))
