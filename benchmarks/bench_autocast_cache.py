@@ -11,7 +11,7 @@ one row by rpo.scoring (the trainer's scorer: LM head on response positions only
 autocast, summed log-probs' mean as the loss, backward, clip, RMSprop step (the trainer's defaults).
 
 Each variant runs in a fresh process (python's allocator never returns all of a freed peak). A thread samples
-the resident set every 2 ms (bench_memory.PeakSampler); "fwd" = peak from just before the forward to its end
+the resident set every 2 ms (peak_memory.PeakSampler); "fwd" = peak from just before the forward to its end
 (still inside autocast, where the cache holds its copies) minus the resident set just before it; "fwd+bwd" the
 same to the end of backward; "step" through the optimizer step (which adds RMSprop's state, the same in every
 variant). Also reported: ru_maxrss of the process, and the seconds. --fsdp: each block and the root sharded
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_memory import PeakSampler  # noqa: E402  (one home for the RSS sampler)
+from peak_memory import PeakSampler  # noqa: E402  (one home for the RSS sampler)
 
 
 def child(args) -> dict:

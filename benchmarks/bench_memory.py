@@ -25,42 +25,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+from peak_memory import PeakSampler  # one home for the RSS sampler (run as a script: benchmarks/ is on sys.path)
+
 WORDS = ("the and of to in is that for it as with was on be at by this had not are but from or have an they "
          "which one you were all we her she there would their will when who him been has more if no out do so "
          "can what up said about other into than its time only could new them man some these then two first "
          "may any like now my such make over our even most me state after also made many did must before back "
          "see through way where get much go well your know should down work year because come people just say")
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class PeakSampler:
-    def __init__(self):
-        self.peak, self.running = rss(), True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while self.running:
-            self.peak = max(self.peak, rss())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self.before = rss()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, rss())
 
 
 def exact_records(tokenizer, shapes: list[tuple[int, int, int]]) -> list[dict]:

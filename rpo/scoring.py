@@ -113,7 +113,7 @@ def score(model, examples: Sequence[dict], pad_token_id: int, *, packing: bool =
     extra = {"output_hidden_states": True} if with_values else {}
     inner = unwrap(model)
     with _response_head(inner, positions, targets) as result, _segment_attention(inner, packing):
-        output = model(**inputs, **extra)
+        output = model(**inputs, use_cache=False, **extra)  # no KV cache: one forward, nothing to decode after
     if output.logits is not result[0]:
         raise RuntimeError(f"{type(inner).__name__} changes its LM head's output in forward (softcapping, "
                            "scaling); rpo.scoring supports heads whose logits it returns as they are")

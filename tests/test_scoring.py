@@ -133,3 +133,20 @@ def test_an_instance_forward_on_the_head_survives_scoring(tmp_path):
     with torch.no_grad():
         score(model, examples(model.config.vocab_size), 0)
     assert calls and head.forward is wrapped
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_scoring_builds_no_kv_cache(tmp_path, monkeypatch, arch):
+    """A scoring forward decodes nothing after it: without use_cache=False, transformers would keep every
+    layer's keys and values for the whole forward (at 13B, the reference cache's 32 x 512 tokens: 12.5 GiB)."""
+    import transformers.cache_utils
+
+    model, _ = load_model(build_model({**SMALL, "arch": arch}, tmp_path / "m", corpus=["some text"] * 20),
+                          dtype="float64", device="cpu")
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("rpo.scoring.score built a KV cache")
+
+    monkeypatch.setattr(transformers.cache_utils.DynamicCache, "__init__", no_cache)
+    with torch.no_grad():  # eval mode, where use_cache defaults to the config's True
+        assert score(model.eval(), examples(model.config.vocab_size), 0).sums.shape == (5,)
