@@ -24,7 +24,8 @@ stream's, `a` the matmuls' (bf16 under autocast); every term named in `training_
   sqrt of the whole state); the final save (rpo.distributed.full_state_dicts gathers one parameter at a time
   and copies it to the host). The peak is the largest of: the start of backward, each end of the block loop
   in backward, the optimizer step and the final save.
-- inference (reference cache, generation's chosen_logp, KTO's KL forward): full weights on each rank and one
+- inference (reference cache, generation's chosen_logp, KTO's KL forward): full weights on each rank (for the
+  reference cache and generation under fp32 master weights the linears in bf16: inference_weights) and one
   block's working set of N tokens under no_grad. Generation: plus the KV cache of batch x max_length tokens
   (keys in fp32 under fp32 master weights: RoPE's fp32 cos/sin promote them) and its growth by torch.cat.
 - per-token bytes of a block's saved tensors are derived tensor by tensor in `block_saved` (transformers'
@@ -206,6 +207,16 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
     return phases[phase], phase, breakdown
 
 
+def inference_weights(shape: Shape, num: Numerics) -> float:
+    """Bytes of the weights rpo.models.load_model(inference=True) holds: under fp32 master weights every linear
+    not tied to the input embedding in bf16 (rpo.precision.for_inference, exact under autocast); the
+    embeddings and norms in the weights' dtype."""
+    if not num.autocast:
+        return shape.params * num.weight
+    linear = shape.layers * shape.block_linear + (0 if shape.tied else shape.vocab * shape.hidden)
+    return linear * num.matmul + (shape.params - linear) * num.weight
+
+
 def inference_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int) -> float:
     """A packed no-grad forward of `tokens` tokens (the reference cache's, rpo.scoring) on full weights: the
     larger of one block's working set and the head's (the final norm's output, the scored positions, one
@@ -213,7 +224,7 @@ def inference_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int) -> 
     d, V = shape.hidden, shape.vocab
     rows = min(scored, head_chunk_rows(shape))
     head = rows * V * (num.matmul + 8) + scored * d * num.residual + tokens * d * num.weight
-    return shape.params * num.weight + max(tokens * inference_working_set(shape, num), head)
+    return inference_weights(shape, num) + max(tokens * inference_working_set(shape, num), head)
 
 
 def kv_bytes(num: Numerics) -> tuple[int, int]:
@@ -233,8 +244,9 @@ def generation_peak(shape: Shape, num: Numerics, *, batch: int, max_length: int,
     per_token = shape.layers * shape.kv * (key + value)
     decode = tokens * per_token + tokens * shape.kv * key + batch * shape.vocab * 4 * 4  # + logits, the sampler's
     prefill = prompt_tokens * (per_token + inference_working_set(shape, num))
-    chosen = inference_peak(shape, num, tokens=tokens, scored=tokens) - shape.params * num.weight if score_chosen else 0
-    return shape.params * num.weight + max(decode, prefill, chosen)
+    weights = inference_weights(shape, num)
+    chosen = inference_peak(shape, num, tokens=tokens, scored=tokens) - weights if score_chosen else 0
+    return weights + max(decode, prefill, chosen)
 
 
 def on_gpu(allocated: float, world: int) -> float:
