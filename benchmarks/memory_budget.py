@@ -184,7 +184,10 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
     # one chunk's backward: its log-softmax output (recomputed; kept from forward when unchunked), the
     # gradient of that output and of its input (fp32 each), and under autocast the head's bf16 weight copy
     head_backward = rows * V * (12 if chunked else 8) + (V * d * a if num.autocast else 0)
-    block_backward = tokens * (3 * a * shape.intermediate + 2 * r * d) + (d * shape.intermediate * a if num.autocast else 0)
+    # a block's backward: three intermediate-wide gradients at the MLP's product, the residual's two; under
+    # autocast the largest linear's bf16 weight gradient before its fp32 cast
+    i = shape.intermediate
+    block_backward = tokens * (3 * a * i + 2 * r * d) + (d * i * a if num.autocast else 0)
     held = weights + (state if steady else 0) + ddp
     grad_head = (shape.vocab * d * w) if shard == 1 else 0.0  # with FSDP2 the root's gradient is in fsdp_bwd
     phases = {
@@ -201,9 +204,9 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
         "final save": weights + state + shape.vocab * d * w,
     }
     phase = max(phases, key=phases.get)
-    breakdown = {"weights": weights, "gradients": grads, "optimizer state": state, "fsdp buffers": fsdp_fwd + fsdp_bwd,
-                 "kept activations": L * kept_per_block, "recomputed block": recompute, "head": head_kept + head_backward,
-                 "block backward": block_backward}
+    breakdown = {"weights": weights, "gradients": grads, "optimizer state": state,
+                 "fsdp buffers": fsdp_fwd + fsdp_bwd, "kept activations": L * kept_per_block,
+                 "recomputed block": recompute, "head": head_kept + head_backward, "block backward": block_backward}
     return phases[phase], phase, breakdown
 
 
@@ -342,8 +345,9 @@ def print_table(config_path: Path, config: dict, rows: list[dict], gpu_gib: floa
     """The table; returns the configured rows that do not fit."""
     configured = next(r["numerics"] for r in rows if r["configured"])
     ckpt = "on" if config["training"].get("activation_checkpointing") else "off"
-    print(f"{config_path}: predicted peak per GPU, {config['gpus']} GPUs of {gpu_gib:g} GiB, activation "
-          f"checkpointing {ckpt}; * = the configured numerics ({configured}), the only rows that decide the exit status")
+    shown = config_path.resolve().relative_to(ROOT) if config_path.resolve().is_relative_to(ROOT) else config_path
+    print(f"{shown}: predicted peak per GPU, {config['gpus']} GPUs of {gpu_gib:g} GiB, activation checkpointing "
+          f"{ckpt}; * = the configured numerics ({configured}), the only rows that decide the exit status")
     print("| job | model | numerics | peak GiB | GPU GiB | fits |")
     print("| --- | --- | --- | ---: | ---: | --- |")
     for r in rows:

@@ -28,7 +28,9 @@ optimizer, plus CPU_HOST); the error is (predicted - measured) / measured; |erro
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import os
 import platform
@@ -157,7 +159,8 @@ def token_counts(folder: Path, data: Path, probe: Probe) -> tuple[int, int]:
     sides = [[(len(e["input_ids"]), sum(label != -100 for label in e["labels"])) for e in sequences[side]]
              for side in ("chosen", "rejected")]
     if probe.kind == "train":  # a micro-batch: `batch` pairs' chosen and rejected sequences together
-        batches = [sides[0][s:s + probe.batch] + sides[1][s:s + probe.batch] for s in range(0, probe.pairs, probe.batch)]
+        batches = [sides[0][s:s + probe.batch] + sides[1][s:s + probe.batch]
+                   for s in range(0, probe.pairs, probe.batch)]
     elif probe.kind == "refcache":
         batches = [side[s:s + probe.batch] for side in sides for s in range(0, len(side), probe.batch)]
     else:  # generation: batch x max_length tokens cached, prompts of probe.prompt tokens
@@ -294,11 +297,13 @@ def run_probe(probe: Probe, work: Path, device: str, measure_cache: bool = True)
         cache = probe.cache_probe()
         if measure_cache:
             run_probe(cache, work, device)
-        else:
-            compute_cache(cache, probe_spec(cache, work, device))
+        else:  # quietly: its progress lines would interleave with the table
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                compute_cache(cache, probe_spec(cache, work, device))
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(THREADS),
            "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    ranks = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(probe.world)] if probe.world > 1 else []
+    ranks = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(probe.world)]
+    ranks = ranks if probe.world > 1 else []
     done = subprocess.run([sys.executable, *ranks, __file__, "--child", json.dumps(spec)], capture_output=True,
                           text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -41,7 +41,8 @@ def saved_bytes(shape, numerics, layers: int) -> tuple[float, int]:
     def pack(t):
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
-            is_cast = t.dim() == 2 and tuple(t.shape) in weight_shapes and t.dtype == torch.bfloat16 and numerics.autocast
+            is_cast = (numerics.autocast and t.dim() == 2 and tuple(t.shape) in weight_shapes
+                       and t.dtype == torch.bfloat16)
             (casts if is_cast else activations)[storage.data_ptr()] = storage.nbytes()
         return t
 
