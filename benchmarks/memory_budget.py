@@ -25,8 +25,9 @@ stream's, `a` the matmuls' (bf16 under autocast); every term named in `training_
   and copies it to the host). The peak is the largest of: the start of backward, each end of the block loop
   in backward, the optimizer step and the final save.
 - inference (reference cache, generation's chosen_logp, KTO's KL forward): full weights on each rank (for the
-  reference cache and generation under fp32 master weights the linears in bf16: inference_weights) and one
-  block's working set of N tokens under no_grad. Generation: plus the KV cache of batch x max_length tokens
+  reference cache and generation under fp32 master weights the linears in bf16: inference_weights, after a
+  load that puts the fp32 model on the device first: load_peak) and one block's working set of N tokens
+  under no_grad. Generation: plus the KV cache of batch x max_length tokens
   (keys in fp32 under fp32 master weights: RoPE's fp32 cos/sin promote them) and its growth by torch.cat.
 - per-token bytes of a block's saved tensors are derived tensor by tensor in `block_saved` (transformers'
   LlamaDecoderLayer under rpo.scoring's per-sequence sdpa; tests/test_memory_budget.py checks them against
@@ -210,24 +211,41 @@ def training_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, worl
     return phases[phase], phase, breakdown
 
 
-def inference_weights(shape: Shape, num: Numerics) -> float:
-    """Bytes of the weights rpo.models.load_model(inference=True) holds: under fp32 master weights every linear
-    not tied to the input embedding in bf16 (rpo.precision.for_inference, exact under autocast); the
-    embeddings and norms in the weights' dtype."""
+def inference_weights(shape: Shape, num: Numerics, device: str = "cuda") -> float:
+    """Bytes of the weights rpo.models.load_model(inference=True) holds while it computes: under fp32 master
+    weights every linear not tied to the input embedding in bf16 (rpo.precision.for_inference, exact under
+    autocast), the embeddings and norms in the weights' dtype. On a CPU the fp32 file the weights are mapped
+    from stays mapped (the fp32 embeddings and norms still point into it) and the conversion read every page
+    of it: there the whole fp32 file stays resident beside the bf16 copies."""
     if not num.autocast:
         return shape.params * num.weight
     linear = shape.layers * shape.block_linear + (0 if shape.tied else shape.vocab * shape.hidden)
-    return linear * num.matmul + (shape.params - linear) * num.weight
+    rest = shape.params if device == "cpu" else shape.params - linear
+    return linear * num.matmul + rest * num.weight
 
 
-def inference_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int) -> float:
-    """A packed no-grad forward of `tokens` tokens (the reference cache's, rpo.scoring) on full weights: the
+def load_peak(shape: Shape, num: Numerics) -> float:
+    """rpo.models.load_model(inference=True) moves the model to the device in the weights' dtype, then converts
+    its linears (for_inference): the whole model in that dtype is on the device first, plus the bf16 copy of
+    the linear being converted (the largest: the head, or an MLP projection)."""
+    largest = max(shape.hidden * shape.intermediate, 0 if shape.tied else shape.vocab * shape.hidden)
+    return shape.params * num.weight + (largest * num.matmul if num.autocast else 0)
+
+
+def inference_working(shape: Shape, num: Numerics, *, tokens: int, scored: int) -> float:
+    """A packed no-grad forward of `tokens` tokens (the reference cache's, rpo.scoring) beside the weights: the
     larger of one block's working set and the head's (the final norm's output, the scored positions, one
     chunk's logits, their fp32 copy and log-softmax)."""
     d, V = shape.hidden, shape.vocab
     rows = min(scored, head_chunk_rows(shape))
     head = rows * V * (num.matmul + 8) + scored * d * num.residual + tokens * d * num.weight
-    return inference_weights(shape, num) + max(tokens * inference_working_set(shape, num), head)
+    return max(tokens * inference_working_set(shape, num), head)
+
+
+def inference_peak(shape: Shape, num: Numerics, *, tokens: int, scored: int, device: str = "cuda") -> float:
+    """The reference cache: the larger of loading (load_peak) and its forwards on the inference weights."""
+    return max(load_peak(shape, num),
+               inference_weights(shape, num, device) + inference_working(shape, num, tokens=tokens, scored=scored))
 
 
 def kv_bytes(num: Numerics) -> tuple[int, int]:
@@ -237,24 +255,26 @@ def kv_bytes(num: Numerics) -> tuple[int, int]:
 
 
 def generation_peak(shape: Shape, num: Numerics, *, batch: int, max_length: int, prompt: int | None = None,
-                    score_chosen: bool = True) -> float:
-    """rpo.generate: prefill of batch x prompt tokens (default: up to max_length), decoding with transformers'
-    DynamicCache to batch x max_length tokens (each step torch.cat re-allocates a layer's keys while the old
-    ones live), then (score_chosen, as the workflow runs it) chosen_logp's packed forward of batch sequences of
-    up to max_length tokens (the cache is gone by then)."""
+                    score_chosen: bool = True, device: str = "cuda") -> float:
+    """rpo.generate: loading (load_peak), then on the inference weights: prefill of batch x prompt tokens
+    (default: up to max_length), decoding with transformers' DynamicCache to batch x max_length tokens (each
+    step torch.cat re-allocates a layer's keys while the old ones live), then (score_chosen, as the workflow
+    runs it) chosen_logp's packed forward of batch sequences of up to max_length tokens (the cache is gone
+    by then)."""
     key, value = kv_bytes(num)
     tokens, prompt_tokens = batch * max_length, batch * (prompt or max_length)
     per_token = shape.layers * shape.kv * (key + value)
     decode = tokens * per_token + tokens * shape.kv * key + batch * shape.vocab * 4 * 4  # + logits, the sampler's
     prefill = prompt_tokens * (per_token + inference_working_set(shape, num))
-    weights = inference_weights(shape, num)
-    chosen = inference_peak(shape, num, tokens=tokens, scored=tokens) - weights if score_chosen else 0
-    return weights + max(decode, prefill, chosen)
+    chosen = inference_working(shape, num, tokens=tokens, scored=tokens) if score_chosen else 0
+    return max(load_peak(shape, num), inference_weights(shape, num, device) + max(decode, prefill, chosen))
 
 
 def on_gpu(allocated: float, world: int) -> float:
     """Device bytes: torch's allocations grown by the allocator's overhead, plus what lives outside it."""
     return allocated * ALLOCATOR_OVERHEAD + CUDA_CONTEXT + (NCCL_BUFFERS if world > 1 else 0)
+
+
 # -- the jobs of a profile ----------------------------------------------------------------------------
 JOB_ORDER = ("sft", "preference", "kto", "ppo", "reference cache", "generation")
 

@@ -171,13 +171,13 @@ def token_counts(folder: Path, data: Path, probe: Probe) -> tuple[int, int]:
 def predict(probe: Probe, shape: Shape, device: str, tokens: int, scored: int) -> float:
     num = NUMERICS[probe.numerics]
     if probe.kind == "refcache":
-        peak = inference_peak(shape, num, tokens=tokens, scored=scored)
+        peak = inference_peak(shape, num, tokens=tokens, scored=scored, device=device)
     elif probe.kind == "train":
         peak = training_peak(shape, num, tokens=tokens, scored=scored, checkpointing=probe.checkpointing,
                              world=probe.world, fsdp=probe.world > 1, foreach=device == "cuda", steady=False)[0]
     else:
         peak = generation_peak(shape, num, batch=probe.batch, max_length=probe.prompt + probe.response,
-                               prompt=probe.prompt, score_chosen=False)
+                               prompt=probe.prompt, score_chosen=False, device=device)
     return peak + (CPU_HOST if device == "cpu" else 0)
 
 
