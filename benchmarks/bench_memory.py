@@ -142,16 +142,18 @@ def step_ours(args) -> dict:
     # Read every weight once: from_pretrained maps the file, and pages first touched inside the step would
     # count as the step's (TRL's precompute has read them before its step).
     sum(float(p.detach().sum()) for p in trainer.model.parameters())
-    seconds = []
+    seconds, cpu = [], []
     for step in range(args.steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if step == 0:
             with PeakSampler() as sampler:
                 trainer.train_step()
         else:
             trainer.train_step()
         seconds.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
     return {"before": sampler.before, "peak": sampler.peak, "tokens": tokens, "ids": ids, "step_s": seconds,
+            "cpu_s": cpu,
             "blocks": checkpointed_blocks(trainer.model)}
 
 
@@ -164,16 +166,17 @@ def step_trl(args) -> dict:
     tokens = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in trainer.train_dataset]
     rows = list(trainer.train_dataset)
     ids = sequence_digest([r["prompt_ids"] + r[key] for key in ("chosen_ids", "rejected_ids") for r in rows])
-    result = {"step_s": []}
+    result = {"step_s": [], "cpu_s": []}
 
     class Sample(TrainerCallback):  # the first step's peak; every step's time (collation is outside it)
         def on_step_begin(self, *a, **k):
             if not result["step_s"]:
                 result["sampler"] = PeakSampler().__enter__()
-            result["started"] = time.perf_counter()
+            result["started"], result["cpu_started"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             result["step_s"].append(time.perf_counter() - result["started"])
+            result["cpu_s"].append(time.process_time() - result["cpu_started"])
             if len(result["step_s"]) == 1:
                 result["sampler"].__exit__()
                 result["blocks"] = checkpointed_blocks(trainer.model)  # what the step ran with
@@ -181,7 +184,7 @@ def step_trl(args) -> dict:
     trainer.add_callback(Sample())
     trainer.train()
     return {"before": result["sampler"].before, "peak": result["sampler"].peak, "tokens": tokens, "ids": ids,
-            "step_s": result["step_s"], "blocks": result["blocks"]}
+            "step_s": result["step_s"], "cpu_s": result["cpu_s"], "blocks": result["blocks"]}
 
 
 def child(argv) -> None:
@@ -223,22 +226,30 @@ def compare_checkpointing(args, common: list[str], ours: list[str], loads: list[
                 raise SystemExit(f"{trainer}, checkpointing {setting}: the step ran with {r['blocks']} "
                                  "checkpointed blocks")
             got.append(r)
+            print(f"  run: {trainer}, checkpointing {setting}: step needs {(r['peak'] - r['before']) / 2**30:.2f} GB, "
+                  f"steps {', '.join(f'{x:.1f}' for x in r['step_s'])} s "
+                  f"(CPU {', '.join(f'{x:.1f}' for x in r['cpu_s'])} s), load {loads[-2]:.1f}-{loads[-1]:.1f} "
+                  f"({time.strftime('%H:%M:%S')})", flush=True)
     return {key: {"tokens": got[0]["tokens"], "ids": got[0]["ids"], "blocks": got[0]["blocks"],
                   "need": median([r["peak"] - r["before"] for r in got]),
                   "peak": median([r["peak"] for r in got]),
                   "step_s": median([s for r in got for s in (r["step_s"][1:] or r["step_s"])]),
+                  "cpu_s": median([s for r in got for s in (r["cpu_s"][1:] or r["cpu_s"])]),
                   "timed": sum(len(r["step_s"][1:] or r["step_s"]) for r in got)} for key, got in runs.items()}
 
 
 def print_checkpointing(results: dict) -> None:
-    print(f"  {'trainer':<16} {'step needs, checkpointing off':>30} {'on':>9} {'step s, off':>12} {'on':>8} "
-          f"{'on/off':>7}   blocks")
+    """One table: step needs (GB) off / on, wall and CPU seconds per step off / on, and on / off."""
+    print(f"  {'':<16} {'step needs (GB)':>17} {'wall s per step':>25} {'CPU s per step':>25}")
+    print(f"  {'trainer':<16} {'off':>8} {'on':>8} {'off':>8} {'on':>8} {'on/off':>7} {'off':>8} {'on':>8} "
+          f"{'on/off':>7}   blocks on")
     for trainer in ("ours", "TRL precomputed"):
         off, on = results[(trainer, "off")], results[(trainer, "on")]
-        print(f"  {trainer:<16} {off['need'] / 2**30:27.2f} GB {on['need'] / 2**30:6.2f} GB "
-              f"{off['step_s']:12.1f} {on['step_s']:8.1f} {on['step_s'] / off['step_s']:7.2f}   {on['blocks']}")
+        print(f"  {trainer:<16} {off['need'] / 2**30:8.2f} {on['need'] / 2**30:8.2f} "
+              f"{off['step_s']:8.1f} {on['step_s']:8.1f} {on['step_s'] / off['step_s']:7.2f} "
+              f"{off['cpu_s']:8.1f} {on['cpu_s']:8.1f} {on['cpu_s'] / off['cpu_s']:7.2f}   {on['blocks']}")
     ratio = {s: results[("ours", s)]["need"] / results[("TRL precomputed", s)]["need"] for s in ("off", "on")}
-    print(f"  {'ours / TRL':<16} {ratio['off']:30.2f} {ratio['on']:9.2f}")
+    print(f"  {'ours / TRL':<16} {ratio['off']:8.2f} {ratio['on']:8.2f}")
     print(f"ratio ours/TRL-precomputed (step needs), checkpointing on = {ratio['on']:.2f} "
           f"(goal <= 0.6: {'met' if ratio['on'] <= 0.6 else 'NOT met'})   peak RSS ratio "
           f"{results[('ours', 'on')]['peak'] / results[('TRL precomputed', 'on')]['peak']:.2f}; "
