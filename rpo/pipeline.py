@@ -101,14 +101,18 @@ class Run:
         scope = "_global" if self.scope == "global" else ""
         return f"{self.method}{middle}{beta}_bs{self.batch_size}{scope}_seed{self.seed}"
 
-    def trainer_batch(self, micro_batch_size: int) -> dict:
-        """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train."""
+    def trainer_batch(self, micro_batch_size: int, ranks: int = 1) -> dict:
+        """batch_size / gradient_accumulation_steps / contrast_scope for rpo.train. A `_global` run's
+        batch size is the global batch (the paper's 64 = 8 GPUs x 8), so its accumulation divides by
+        the training ranks too: rpo.train's global batch is micro-batch x accumulation x ranks."""
         if self.scope != "global":
             return {"batch_size": self.batch_size, "contrast_scope": "micro"}
-        if self.batch_size % micro_batch_size:
+        if self.batch_size % (micro_batch_size * ranks):
             raise ConfigError(f"run {self.name}: global batch {self.batch_size} is not a multiple of the "
-                              f"micro-batch {micro_batch_size} (preference.batch_size)")
-        return {"batch_size": micro_batch_size, "gradient_accumulation_steps": self.batch_size // micro_batch_size,
+                              f"micro-batch {micro_batch_size} (preference.batch_size) x {ranks} training "
+                              f"rank(s) (gpus); change batch_size_ablation.global_batch_sizes")
+        return {"batch_size": micro_batch_size,
+                "gradient_accumulation_steps": self.batch_size // (micro_batch_size * ranks),
                 "contrast_scope": "global"}
 
 
@@ -299,6 +303,11 @@ REFCACHE_ONLY = ("reference_batch_size", "reference_chunk_records")  # training:
 ONLY_IF_SET = ("activation_checkpointing", "attn_implementation")
 
 
+def training_ranks(config: dict) -> int:
+    """Processes a training job runs as: one per GPU when there are several (torchrun), else one."""
+    return max(1, int(config.get("gpus") or 0))
+
+
 def train_settings(config: dict, run: Run) -> dict:
     """The settings `python -m rpo.train` gets for `run`: the training: keys, its stage's keys (sft: or
     preference:) less other losses' hyperparameters (preference: sets beta and diagonal_weight for
@@ -318,7 +327,7 @@ def train_settings(config: dict, run: Run) -> dict:
     elif run.beta is not None:  # a sweep's beta wins over the stage's and the method's own (rpo.sweep)
         settings["beta"] = run.beta
     if stage == "preference":
-        settings.update(run.trainer_batch(config["preference"]["batch_size"]))
+        settings.update(run.trainer_batch(config["preference"]["batch_size"], training_ranks(config)))
     if run.method in EMBEDDING_LOSSES:
         settings.update(tau=run.tau, embedder=run.embedder)
     settings["device"] = config["device"]  # threads: the job's, which the rule passes (rpo.distributed.set_rank_threads)

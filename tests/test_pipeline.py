@@ -175,6 +175,21 @@ def test_a_run_gets_only_its_own_losses_hyperparameters():
     assert as_overrides({"method": "dpo", "lr": 5e-05}) == "'method=\"dpo\"' lr=5e-05"
 
 
+def test_a_global_runs_batch_is_the_global_batch_on_any_number_of_gpus():
+    """bs64_global is the paper's 64 pairs in one contrast matrix: 8 GPUs x 8 x accumulation 1, one GPU
+    x 8 x 8. Accumulation that ignored the ranks made it 512 pairs on 8 GPUs."""
+    config = profile("workflow/paper.yaml")
+    run = runs_by_name(config, "dialogue")["rpo-paired_tau0.5_minilm_bs64_global_seed1"]
+    batch = lambda gpus: train_settings({**config, "gpus": gpus}, run)
+    for gpus, accumulation in ((8, 1), (2, 4), (1, 8), (0, 8)):
+        settings = batch(gpus)
+        assert (settings["batch_size"], settings["gradient_accumulation_steps"]) == (8, accumulation), gpus
+        assert settings["batch_size"] * settings["gradient_accumulation_steps"] * max(gpus, 1) == 64
+    with pytest.raises(ConfigError, match=r"global batch 64 is not a multiple of the micro-batch 8 .* x 3 "
+                                          r"training rank\(s\) \(gpus\)"):
+        batch(3)
+
+
 def test_the_trainer_accepts_what_the_pipeline_passes(tmp_path):
     from rpo.train_config import resolve_config
 
