@@ -152,7 +152,7 @@ def test_second_run_is_served_from_cache_without_a_key(api_key, server, tmp_path
     assert [r["raw"] for r in second] == [r["raw"] for r in first]
     assert all(r["cached"] for r in second)
     assert judge.usage() == {"api_calls": 0, "cached": N, "input_tokens": 0, "output_tokens": 0,
-                             "estimated_cost_usd": 0.0}
+                             "estimated_cost_usd": 0.0, "endpoint": server.base_url}
 
 
 def test_exhausted_retries_fail_after_the_others_and_keep_their_answers(api_key, server, tmp_path):
@@ -243,6 +243,8 @@ def test_cli_summary_tokens_cost_and_no_key_in_any_file(api_key, server, tmp_pat
     served_out = sum(len(parse.split()) for parse in [json.loads(r)["raw"] for r in out.read_text().splitlines()])
     assert (usage["input_tokens"], usage["output_tokens"]) == (served_in, served_out)
     assert usage["estimated_cost_usd"] == pytest.approx(served_in * 30e-6 + served_out * 60e-6)
+    assert usage["endpoint"] == server.base_url
+    assert "endpoint" not in summary  # a local server's port would make the summary differ run to run
     assert summary["judge_model"] == "gpt-4-0613" and summary["protocol"] == "rpo-paper"
     assert summary["template_sha256"] == protocol_sha256("rpo-paper", "dialogue") != template_sha256("dialogue")
     assert (summary["retried_items"], summary["failed_items"]) == (0, 0)
@@ -325,3 +327,12 @@ def test_cli_oracle_backend(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "o.json").read_text())
     assert (summary["run"], summary["wins"], summary["losses"], summary["judge_backend"]) == ("toy", 6, 6, "oracle")
     assert judge_main(args + ["--reward", "toy_world:missing"]) == 1
+
+
+def test_the_endpoint_names_the_server_without_credentials(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert OpenAIJudge().endpoint() == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert OpenAIJudge().endpoint() == "http://127.0.0.1:8000/v1"
+    judge = OpenAIJudge(base_url="https://user:secret@judge.example.org:8443/v1?key=secret")
+    assert judge.endpoint() == "https://judge.example.org:8443/v1" and "secret" not in str(judge.usage())

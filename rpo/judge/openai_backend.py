@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from urllib.parse import urlsplit, urlunsplit
 from typing import Sequence
 
 import openai
@@ -105,7 +106,14 @@ class OpenAIJudge(Judge):
         with self._lock:
             usage = dict(self._usage)
         usage["estimated_cost_usd"] = estimate_cost(self.model, usage["input_tokens"], usage["output_tokens"])
+        usage["endpoint"] = self.endpoint()
         return usage
+
+    def endpoint(self) -> str:
+        """The server the verdicts came from, as the client resolves it (base_url, else OPENAI_BASE_URL, else
+        OpenAI's), without user, password or query: which judge answered, for comparing win rates."""
+        url = urlsplit(self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        return urlunsplit((url.scheme, (url.hostname or "") + (f":{url.port}" if url.port else ""), url.path, "", ""))
 
     def _get_client(self) -> openai.OpenAI:
         # Built on the first uncached item, so a fully cached rerun needs no key at all.
