@@ -5,7 +5,7 @@ summed response log-probs the losses see.
     .venv/bin/python benchmarks/bench_cpu_bf16.py --model results/rehearsal/pretrained/SmolLM2-135M-Instruct
 
 rpo.precision runs training.dtype bfloat16 with fp32_master_weights under CPU bf16 autocast (the
-rehearsal's path); this script is the measurement behind that choice (README, "Before you spend GPU hours").
+rehearsal's path); this script is the measurement behind that choice (docs/rehearsal.md).
 """
 import argparse
 import statistics

@@ -126,3 +126,9 @@ def row_of(frame, **match):
         mask &= frame[key].to_numpy() == value
     assert mask.sum() == 1, (match, frame)
     return frame[mask].iloc[0]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 15_000, (path, len(data))
+    assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"

@@ -12,7 +12,7 @@ from rpo.report import collect_runs
 from rpo.report.__main__ import main
 from rpo.report.regime import histogram_quantiles, regime
 from rpo.report.tables import weighting
-from test_report import DEFAULTS, MINILM, add_run, assert_png, build_tree, row_of
+from report_tree import DEFAULTS, MINILM, add_run, assert_png, build_tree, row_of
 
 SOURCE = "rpo-paired_tau0.5_minilm_bs8_seed{}"
 

@@ -17,8 +17,8 @@ from rpo.report.__main__ import main
 from rpo.report.figures import shorten_prompt
 from rpo.report.tables import to_markdown
 
-from report_tree import (DEFAULT_FLAGS, DEFAULTS, MINILM, MODEL, ROOT, RUNS, add_run, row_of,  # noqa: F401 (runs, tree: fixtures)
-                         runs, tree)
+from report_tree import (DEFAULT_FLAGS, DEFAULTS, MINILM, MODEL, ROOT, RUNS, add_run,  # noqa: F401 (runs, tree: fixtures)
+                         assert_png, row_of, runs, tree)
 
 
 def test_collect_joins_every_judgment_with_its_config(runs):
@@ -225,12 +225,6 @@ def test_weight_example_matches_rpo_weights(tree):
     bad.write_text(json.dumps({**example, "weights": weights[:, :5].tolist()}))
     with pytest.raises(DataError, match=r"bad_weights\.json: key 'weights' has shape \(6, 5\), expected \(6, 6\)"):
         read_weight_example(bad)
-
-
-def assert_png(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 15_000, (path, len(data))
-    assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_cli_writes_every_table_and_figure(tree, tmp_path, capsys):

@@ -18,7 +18,7 @@ from rpo.report import collect_runs
 from rpo.report.__main__ import main
 from rpo.report.sweep import place_runs, sweep_table
 from rpo.sweep import configured_beta, known_runs, sweep_runs
-from test_report import MINILM, add_run, assert_png, row_of
+from report_tree import MINILM, add_run, assert_png, row_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
