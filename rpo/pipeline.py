@@ -341,8 +341,10 @@ def as_overrides(settings: dict) -> str:
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in settings.items())
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rpo.pipeline", description="List a config's run names.")
+def list_runs(argv, runs_of, prog: str, what: str) -> int:
+    """A run-listing command: read and validate --configfile, print the names `runs_of(config, task)`
+    gives, one a line; a bad file or task is one line on stderr and exit status 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"List {what}.")
     parser.add_argument("--configfile", default="config.yaml", help="a profile (default: config.yaml)")
     parser.add_argument("--task", default=None, help="one task's runs (default: the union over tasks)")
     args = parser.parse_args(argv)
@@ -355,11 +357,17 @@ def main(argv=None) -> int:
             config = validate_config(yaml.safe_load(f))
         if args.task is not None and args.task not in config["data"]["tasks"]:
             raise ConfigError(f"--task: {args.task!r} is not in data.tasks ({', '.join(config['data']['tasks'])})")
+        runs = runs_of(config, args.task)
     except (OSError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(run.name for run in experiment_runs(config, args.task)))
+    print("\n".join(run.name for run in runs))
     return 0
+
+
+def main(argv=None) -> int:
+    return list_runs(argv, experiment_runs, "python -m rpo.pipeline",
+                     "a config's run names (the beta sweep's: python -m rpo.sweep)")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,17 @@ their beta in their name:
     rpo-paired_tau0.5_minilm_beta0.3_bs8_seed2
     dpo_matched-rpo-paired_tau0.5_minilm_beta0.3_bs8_seed2     DPO at that run's beta_eff
     dpo_beta0.3_bs8_seed2
+
+`python -m rpo.sweep --configfile config.yaml` lists them (every task trains the same names).
 """
 from __future__ import annotations
 
 import math
+import sys
 
 from rpo.errors import ConfigError
 from rpo.losses import EMBEDDING_LOSSES, MATCHED_BETA_SOURCES, get_loss
-from rpo.pipeline import Run, runs_by_name, sft_seed, train_settings
+from rpo.pipeline import Run, list_runs, runs_by_name, sft_seed, train_settings
 
 SWEEP = "sweep"  # the target, and the stem of its table and figure (results/{tables,figures}/{model}/sweep.*)
 
@@ -66,3 +69,12 @@ def known_runs(config: dict, task: str) -> dict[str, Run]:
     """Every run a rule may be asked for on `task` by name: the experiment matrix's and the sweep's (a
     sweep run at the configured beta is the matrix's own)."""
     return {**runs_by_name(config, task), **{run.name: run for run in sweep_runs(config)}}
+
+
+def main(argv=None) -> int:
+    return list_runs(argv, lambda config, task: sweep_runs(config), "python -m rpo.sweep",
+                     "the beta sweep's run names (the default target's: python -m rpo.pipeline)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

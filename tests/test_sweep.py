@@ -18,6 +18,7 @@ from rpo.report import collect_runs
 from rpo.report.__main__ import main
 from rpo.report.sweep import place_runs, sweep_table
 from rpo.sweep import configured_beta, known_runs, sweep_runs
+from rpo.sweep import main as sweep_main
 from report_tree import MINILM, add_run, assert_png, row_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,14 @@ def test_sweep_runs_carry_their_beta_and_reuse_the_main_runs_at_the_configured_o
     control = next(r for r in runs if r.name == "dpo_matched-rpo-paired_tau0.5_minilm_beta1_bs8_seed3")
     assert control.beta_of == "rpo-paired_tau0.5_minilm_beta1_bs8_seed3" and control.beta is None
     assert set(known_runs(config, "dialogue")) == main | set(names) - {n for n in main if "summ" in n}
+
+
+def test_cli_lists_the_sweeps_run_names(capsys):
+    """`python -m rpo.sweep` lists what `snakemake sweep` trains (rpo.pipeline lists the default target's)."""
+    assert sweep_main(["--configfile", str(ROOT / "config.yaml")]) == 0
+    assert capsys.readouterr().out.split() == [r.name for r in sweep_runs(embedded())]
+    assert sweep_main(["--configfile", str(ROOT / "config.yaml"), "--task", "hh"]) == 1
+    assert "--task: 'hh' is not in data.tasks" in capsys.readouterr().err
 
 
 def test_the_trainer_gets_the_sweeps_beta_and_the_control_its_sources():
