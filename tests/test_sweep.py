@@ -17,8 +17,7 @@ from rpo.pipeline import Run, experiment_runs, train_settings
 from rpo.report import collect_runs
 from rpo.report.__main__ import main
 from rpo.report.sweep import place_runs, sweep_table
-from rpo.sweep import configured_beta, known_runs, sweep_runs
-from rpo.sweep import main as sweep_main
+from rpo.sweep import configured_beta, known_runs, main as sweep_main, sweep_runs
 from report_tree import MINILM, add_run, assert_png, row_of
 
 ROOT = Path(__file__).resolve().parent.parent
